@@ -1,0 +1,64 @@
+"""Memory budget: parse "256MB"-style sizes and decide what stays resident."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, asdict
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1024, "m": 1e6, "mb": 1e6, "mib": 1 << 20,
+          "g": 1e9, "gb": 1e9, "gib": 1 << 30}
+MIN_CACHE = 1 << 20
+
+
+def parse_size(value: int | float | str | None) -> int | None:
+    """Bytes from 123, "256MB", "1.5GiB"; None or "all" means unlimited (everything resident)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"memory budget must be >= 0, got {value}")
+        return int(value)
+    if isinstance(value, str):
+        s = value.strip().lower().replace(" ", "")
+        if s in ("all", "all-in-ram", "unlimited"):
+            return None
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)([a-z]*)", s)
+        if m and m.group(2) in _UNITS:
+            return int(float(m.group(1)) * _UNITS[m.group(2)])
+    raise ValueError(f"cannot parse memory budget {value!r}: use bytes or a size like '64MB', '1GiB', or 'all'")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What the engine keeps in RAM (the rest is read from disk per query through the cache)."""
+
+    budget: int | None
+    index_bytes: int        # centroids, inverted lists, offsets, deletion masks, id tables: always resident
+    codes_resident: bool    # per-token centroid ids (needed for centroid interaction)
+    residuals_resident: bool
+    cache_bytes: int        # prefetch cache for token rows read from disk
+
+    @property
+    def name(self) -> str:
+        if self.residuals_resident and self.codes_resident:
+            return "all-in-RAM"
+        return "codes-in-RAM" if self.codes_resident else "disk"
+
+    def to_dict(self) -> dict:
+        return dict(asdict(self), name=self.name)
+
+
+def place(budget: int | None, index_bytes: int, codes_bytes: int, residual_bytes: int,
+          max_cache: int = 16 << 20) -> Placement:
+    """Fit the budget: the index always; everything if it fits; then codes; the rest becomes cache.
+
+    The cache is capped at `max_cache`: past a few hundred candidate documents
+    per query a bigger cache buys nothing on a warm page cache.
+    """
+    if budget is None or budget >= index_bytes + codes_bytes + residual_bytes:
+        return Placement(budget, index_bytes, True, True, 0)
+    left = budget - index_bytes
+    codes = left >= codes_bytes + 2 * MIN_CACHE
+    if codes:
+        left -= codes_bytes
+    return Placement(budget, index_bytes, codes, False, int(min(max(left, MIN_CACHE), max_cache)))

@@ -1,0 +1,52 @@
+"""Exhaustive exact MaxSim over every stored document: the ground truth for tests and benchmarks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from store import Store, as_numpy
+
+from ._maxsim import maxsim_concat, top_k
+
+BLOCK_TOKENS = 1 << 17
+
+
+def exhaustive_search(store: Store, query, k: int = 10):
+    """Top-k (id, score) by exact MaxSim against every live, decompressed document.
+
+    query: (q_len, dim) -> one list of hits; (B, q_len, dim) or a list of
+    matrices -> one list per query. The store is decoded block by block (each
+    block once for the whole batch), so memory stays bounded.
+    """
+    if not isinstance(k, (int, np.integer)) or k <= 0:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    single = not isinstance(query, (list, tuple)) and as_numpy(query).ndim == 2
+    queries = [as_numpy(query)] if single else [as_numpy(q) for q in query]
+    qs = []
+    for q in queries:
+        q = q.astype(np.float32)
+        if q.ndim != 2 or q.shape[1] != store.dim or len(q) == 0:
+            raise ValueError(f"query must be a non-empty (q_len, {store.dim}) matrix, got shape {q.shape}")
+        qs.append(q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12))
+    codec = store.codec
+    scores: list[list[np.ndarray]] = [[] for _ in qs]
+    ids: list[str] = []
+    for si, seg in enumerate(store.segments):
+        dead = store.deleted(si)
+        seg_ids = seg.ids()
+        start = 0
+        while start < seg.n_docs:
+            stop = int(np.searchsorted(seg.doc_offsets, seg.doc_offsets[start] + BLOCK_TOKENS, side="right")) - 1
+            stop = min(max(stop, start + 1), seg.n_docs)
+            codes, res, lens, _ = seg.read_docs(np.arange(start, stop))
+            tokens = codec.decode(codes, res)
+            live = ~dead[start:stop]
+            for qi, q in enumerate(qs):
+                scores[qi].append(maxsim_concat(q, tokens, lens)[live])
+            ids.extend(i for i, ok in zip(seg_ids[start:stop], live) if ok)
+            start = stop
+    results = []
+    for per_block in scores:
+        s = np.concatenate(per_block) if per_block else np.zeros(0, np.float32)
+        results.append([(ids[i], float(s[i])) for i in top_k(s, int(k))])
+    return results[0] if single else results

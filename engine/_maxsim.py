@@ -1,0 +1,64 @@
+"""Exact MaxSim over documents whose token rows are concatenated.
+
+score(q, d) = sum over query tokens i of max over document tokens j of <q_i, d_j>.
+Vectorized over every candidate at once: one matmul, one segmented max.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def maxsim_concat(query: np.ndarray, tokens: np.ndarray, doclens: np.ndarray) -> np.ndarray:
+    """Scores of each document: query (q, d), tokens (sum(doclens), d), doclens (n,) all > 0."""
+    if len(doclens) == 0:
+        return np.zeros(0, dtype=np.float32)
+    sim = np.ascontiguousarray((tokens @ query.T).T)  # (q, T): the segmented max runs along rows
+    return _segment_max_sum(sim, doclens)
+
+
+def centroid_scores_concat(scores: np.ndarray, codes: np.ndarray, doclens: np.ndarray) -> np.ndarray:
+    """PLAID's centroid interaction: MaxSim with each token replaced by its centroid.
+
+    scores is (q, K): the query-centroid scores; one column gather per token.
+    """
+    if len(doclens) == 0:
+        return np.zeros(0, dtype=np.float32)
+    return _segment_max_sum(np.take(scores, codes, axis=1), doclens)
+
+
+def _segment_max_sum(sim: np.ndarray, doclens: np.ndarray) -> np.ndarray:
+    """sim (q, T) with documents as consecutive column runs -> per document sum_i max_j.
+
+    reduceat along the last axis of a C-contiguous array: measured 4-5x faster than along axis 0.
+    """
+    starts = np.zeros(len(doclens), dtype=np.int64)
+    np.cumsum(doclens[:-1], out=starts[1:])
+    return np.maximum.reduceat(sim, starts, axis=1).sum(axis=0, dtype=np.float32)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest scores, best first (ties broken by index, for determinism)."""
+    k = min(k, len(scores))
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    if k < len(scores):
+        part = np.argpartition(-scores, k - 1)[:k]
+    else:
+        part = np.arange(len(scores))
+    order = np.lexsort((part, -scores[part]))
+    return part[order]
+
+
+def maxsim_torch(query, tokens, doclens, device: str):
+    """The same MaxSim in torch (used for the GPU path); returns a numpy float32 array."""
+    import torch
+
+    q = torch.as_tensor(query, device=device)
+    t = torch.as_tensor(tokens, device=device)
+    sim = t @ q.T  # (T, q)
+    lens = torch.as_tensor(np.asarray(doclens, dtype=np.int64), device=device)
+    doc = torch.repeat_interleave(torch.arange(len(doclens), device=device), lens)
+    out = torch.full((len(doclens), q.shape[0]), -torch.inf, device=device, dtype=sim.dtype)
+    out.scatter_reduce_(0, doc[:, None].expand_as(sim), sim, reduce="amax", include_self=True)
+    return out.sum(dim=1).float().cpu().numpy()

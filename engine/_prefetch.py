@@ -1,0 +1,136 @@
+"""ESPN-style prefetcher: read candidates' token rows in background threads into a bounded cache.
+
+The searcher submits candidate documents (best first) as soon as it knows
+them, keeps scoring, and collects the rows later. Counters say how often the
+rows were already there (hits), how often it had to wait (io_wait_s), and how
+many bytes and read calls the disk saw.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
+
+import numpy as np
+
+Rows = tuple[np.ndarray, np.ndarray]  # (codes (n,), residuals (n, row_bytes)) of one document
+ReadFn = Callable[[np.ndarray], tuple[list[Rows], dict]]
+
+
+class Prefetcher:
+    """Background reads of documents' token rows into an LRU cache bounded in bytes."""
+
+    def __init__(self, read: ReadFn, cache_bytes: int, threads: int = 2, task_docs: int = 32):
+        self._read = read
+        self.cache_bytes = int(cache_bytes)
+        self.task_docs = task_docs
+        self._cache: OrderedDict[int, Rows] = OrderedDict()
+        self._cached_bytes = 0
+        self._inflight: dict[int, Future] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lodestore-prefetch")
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        self.hits = self.waited = self.misses = 0
+        self.bytes_read = self.read_calls = 0
+        self.io_wait_s = 0.0
+
+    def prefetch(self, docs: np.ndarray) -> None:
+        """Start reading every doc not cached or in flight, in the given (priority) order."""
+        with self._lock:
+            todo = [int(d) for d in docs if int(d) not in self._cache and int(d) not in self._inflight]
+        for s in range(0, len(todo), self.task_docs):
+            chunk = np.array(sorted(todo[s : s + self.task_docs]), dtype=np.int64)
+            fut = self._pool.submit(self._load, chunk)
+            with self._lock:
+                for d in chunk.tolist():
+                    self._inflight[d] = fut
+
+    def _load(self, docs: np.ndarray) -> None:
+        try:
+            rows, io = self._read(docs)
+        except BaseException:
+            with self._lock:
+                for d in docs.tolist():
+                    self._inflight.pop(d, None)
+            raise
+        with self._lock:
+            self.bytes_read += io["bytes"]
+            self.read_calls += io["calls"]
+            for d, r in zip(docs.tolist(), rows):
+                self._put(d, r)
+                self._inflight.pop(d, None)
+
+    def _put(self, doc: int, rows: Rows) -> None:
+        if doc in self._cache:
+            self._cache.move_to_end(doc)
+            return
+        self._cache[doc] = rows
+        self._cached_bytes += rows[0].nbytes + rows[1].nbytes
+        while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cached_bytes -= old[0].nbytes + old[1].nbytes
+
+    def get(self, docs: np.ndarray) -> list[Rows]:
+        """Rows of every doc, in order: from the cache, by waiting for a read in flight, or read now."""
+        out: list[Rows | None] = [None] * len(docs)
+        wait: dict[int, Future] = {}
+        missing = []
+        with self._lock:
+            for i, d in enumerate(docs.tolist()):
+                r = self._cache.get(d)
+                if r is not None:
+                    self._cache.move_to_end(d)
+                    out[i] = r
+                    self.hits += 1
+                elif d in self._inflight:
+                    wait[i] = self._inflight[d]
+                    self.waited += 1
+                else:
+                    missing.append(i)
+                    self.misses += 1
+        t0 = time.perf_counter()
+        if missing:
+            ids = np.asarray(docs)[missing]
+            order = np.argsort(ids, kind="stable")
+            rows, io = self._read(ids[order])
+            with self._lock:
+                self.bytes_read += io["bytes"]
+                self.read_calls += io["calls"]
+            for j, r in zip(order.tolist(), rows):
+                out[missing[j]] = r
+        for i, fut in wait.items():
+            fut.result()  # re-raises a read error (e.g. CorruptStoreError) here
+        self.io_wait_s += time.perf_counter() - t0
+        if wait:
+            with self._lock:
+                for i in wait:
+                    d = int(docs[i])
+                    r = self._cache.get(d)
+                    out[i] = r if r is not None else None
+            lost = [i for i in wait if out[i] is None]  # evicted before we got it: read again
+            if lost:
+                rows, _ = self._read(np.asarray(docs)[lost])
+                for i, r in zip(lost, rows):
+                    out[i] = r
+        # keep the rows just used (the cache is an LRU of recently scored documents)
+        with self._lock:
+            for i in missing:
+                self._put(int(docs[i]), out[i])
+        return out  # type: ignore[return-value]
+
+    @property
+    def resident_bytes(self) -> int:
+        return self._cached_bytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+            self._cached_bytes = 0
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

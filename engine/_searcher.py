@@ -1,0 +1,268 @@
+"""The Searcher: PLAID candidate generation, prefetched reads, exact MaxSim re-ranking.
+
+Per query (q tokens) the pipeline is:
+  1. S = Q C^T, the query-centroid scores (q, K).
+  2. Probe: the top `nprobe` centroids of each query token; the union P of
+     their inverted lists gives the candidates. Each candidate gets an
+     approximate score sum_i max_{c in P, c in doc} S[i, c] from the lists
+     alone (no per-token data needed); the best `ndocs` survive.
+  3. The prefetcher starts reading those candidates' token rows (best first).
+  4. Centroid interaction: every token replaced by its centroid, MaxSim from S;
+     the best max(k, ndocs/4) survive.
+  5. Exact MaxSim over the decompressed tokens of the survivors; top k.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from store import Store, as_numpy
+
+from ._budget import Placement, parse_size, place
+from ._corpus import Corpus
+from ._maxsim import centroid_scores_concat, maxsim_concat, maxsim_torch, top_k
+from ._prefetch import Prefetcher
+
+DEFAULT_BUDGET = "64MB"
+DEFAULT_NPROBE = 4
+DEFAULT_NDOCS = 512
+
+Hits = list[tuple[str, float]]
+
+
+class Searcher:
+    """Answers MaxSim queries over a store within a memory budget.
+
+    memory_budget: bytes, a size string ("64MB"), or "all" to keep everything in RAM.
+    nprobe: centroids probed per query token. ndocs: candidates kept after the
+    list-based approximate scores (a quarter of them reach exact re-ranking).
+    device: "cpu" (numpy, no torch import) or a torch device such as "cuda" for
+    the re-ranking step.
+    """
+
+    def __init__(self, store_or_path: Store | str | os.PathLike, memory_budget: int | str | None = DEFAULT_BUDGET,
+                 nprobe: int | None = None, ndocs: int | None = None, *, device: str = "cpu",
+                 prefetch_threads: int = 2):
+        self._own_store = not isinstance(store_or_path, Store)
+        self.store = Store.open(Path(store_or_path)) if self._own_store else store_or_path
+        if self.store.manifest.codec is None or not self.store.manifest.segments:
+            raise ValueError(f"{self.store.root}: the store is empty; add documents before searching")
+        self.nprobe = int(nprobe or DEFAULT_NPROBE)
+        self.ndocs = int(ndocs or DEFAULT_NDOCS)
+        if self.nprobe <= 0 or self.ndocs <= 0:
+            raise ValueError("nprobe and ndocs must be positive")
+        self.device = device
+        self.generation = self.store.generation
+        self.corpus = Corpus(self.store)
+        c = self.corpus
+        tokens = c.tokens()
+        self.placement: Placement = place(
+            parse_size(memory_budget), c.index_bytes(), tokens * c.codec.code_dtype.itemsize,
+            tokens * c.codec.residual_bytes,
+        )
+        if self.placement.codes_resident:
+            c.load_codes()
+        if self.placement.residuals_resident:
+            c.load_residuals()
+        self.prefetcher = Prefetcher(c.read_rows, self.placement.cache_bytes or (1 << 20), threads=prefetch_threads)
+        self._scores_t: np.ndarray | None = None
+        self.queries = 0
+        self.query_time_s = 0.0
+
+    # ------------------------------------------------------------------ public API
+    def search(self, query: Any, k: int = 10, subset: Sequence[str] | None = None) -> Hits | list[Hits]:
+        """Top-k (id, score) by exact MaxSim, best first.
+
+        query: (q_len, dim) -> one list of hits; (B, q_len, dim) or a list of
+        (q_len_i, dim) -> one list per query. subset: only these document ids
+        may be returned.
+        """
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        single, queries = self._prepare(query)
+        allowed = self.corpus.lookup(list(subset)) if subset is not None else None
+        t0 = time.perf_counter()
+        results = self._search_batch(queries, int(k), allowed)
+        self.query_time_s += time.perf_counter() - t0
+        self.queries += len(queries)
+        return results[0] if single else results
+
+    def stats(self) -> dict[str, Any]:
+        p = self.prefetcher
+        requested = p.hits + p.waited + p.misses
+        c = self.corpus
+        resident = c.index_bytes() + p.resident_bytes
+        resident += c.codes.nbytes if c.codes is not None else 0
+        resident += c.residuals.nbytes if c.residuals is not None else 0
+        return {
+            "generation": self.generation,
+            "queries": self.queries,
+            "hits": p.hits,
+            "waited": p.waited,
+            "misses": p.misses,
+            "hit_rate": p.hits / requested if requested else 1.0,
+            "bytes_read": p.bytes_read,
+            "read_calls": p.read_calls,
+            "io_wait_s": p.io_wait_s,
+            "resident_bytes": resident,
+            "cache_bytes": p.resident_bytes,
+            "placement": self.placement.to_dict(),
+            "nprobe": self.nprobe,
+            "ndocs": self.ndocs,
+        }
+
+    def reset_stats(self) -> None:
+        self.prefetcher.reset_stats()
+        self.queries = 0
+        self.query_time_s = 0.0
+
+    def close(self) -> None:
+        self.prefetcher.close()
+        if self._own_store:
+            self.store.close()
+
+    def __enter__(self) -> "Searcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ pipeline
+    def _prepare(self, query: Any) -> tuple[bool, list[np.ndarray]]:
+        dim = self.corpus.codec.dim
+        if isinstance(query, (list, tuple)):
+            if not query:
+                raise ValueError("empty list of queries")
+            qs = [as_numpy(q) for q in query]
+            single = False
+        else:
+            a = as_numpy(query)
+            if a.ndim == 2:
+                qs, single = [a], True
+            elif a.ndim == 3:
+                qs, single = list(a), False
+            else:
+                raise ValueError(f"query must be (q_len, {dim}) or (batch, q_len, {dim}), got shape {a.shape}")
+        out = []
+        for i, q in enumerate(qs):
+            if q.ndim != 2 or q.shape[1] != dim:
+                raise ValueError(f"query {i}: expected (q_len, {dim}), got shape {q.shape}")
+            if q.shape[0] == 0:
+                raise ValueError(f"query {i}: empty query (no token vectors)")
+            if not np.issubdtype(q.dtype, np.floating) or not np.isfinite(q).all():
+                raise ValueError(f"query {i}: values must be finite floats (NaN or inf found)")
+            q = q.astype(np.float32)
+            norms = np.linalg.norm(q, axis=1, keepdims=True)
+            out.append(q / np.where(norms > 0, norms, 1))
+        return single, out
+
+    def _search_batch(self, queries: list[np.ndarray], k: int, allowed: np.ndarray | None) -> list[Hits]:
+        with _blas_single_thread():
+            return self._search_batch_inner(queries, k, allowed)
+
+    def _search_batch_inner(self, queries: list[np.ndarray], k: int, allowed: np.ndarray | None) -> list[Hits]:
+        c = self.corpus
+        bounds = np.concatenate([[0], np.cumsum([len(q) for q in queries])])
+        scores_all = np.concatenate(queries) @ c.centroids.T  # (total q tokens, K): one matmul per batch
+        per_query = [scores_all[bounds[i] : bounds[i + 1]] for i in range(len(queries))]
+        # stage 2 for every query first, so all reads are in flight before any re-ranking
+        cands = [self._candidates(S, k, allowed) for S in per_query]
+        if not self.placement.residuals_resident:
+            for cand in cands:  # best first; with codes in RAM only the likely survivors are needed
+                self.prefetcher.prefetch(cand if c.codes is None else cand[: self._prefetch_depth(k)])
+        return [self._rerank(q, S, cand, k) for q, S, cand in zip(queries, per_query, cands)]
+
+    def _candidates(self, S: np.ndarray, k: int, allowed: np.ndarray | None) -> np.ndarray:
+        """Stage 2: candidates from the probed inverted lists, ranked by their list-based score.
+
+        S is (q, K): query-centroid scores. A candidate's approximate score is
+        sum_i max over the probed centroids it has of S[i, c].
+        """
+        c = self.corpus
+        if allowed is not None and len(allowed) <= max(self.ndocs, k):
+            return allowed  # a small subset is scored exactly, whole
+        nprobe = min(self.nprobe, S.shape[1])
+        probe = np.argpartition(S, S.shape[1] - nprobe, axis=1)[:, S.shape[1] - nprobe :]
+        cents = np.unique(probe)
+        starts, stops = c.ivf_offsets[cents], c.ivf_offsets[cents + 1]
+        lens = stops - starts
+        docs = np.take(c.ivf_docs, np.repeat(starts, lens) + _ramp(lens)).astype(np.int64)
+        pair_cents = np.repeat(cents, lens)
+        keep = ~c.deleted[docs]
+        if allowed is not None:
+            keep &= np.isin(docs, allowed)
+        docs, pair_cents = docs[keep], pair_cents[keep]
+        if len(docs) == 0:
+            return docs
+        order = np.argsort(docs, kind="stable")
+        docs, pair_cents = docs[order], pair_cents[order]
+        uniq, first = np.unique(docs, return_index=True)
+        pair_scores = np.take(S, pair_cents, axis=1)  # (q, pairs), grouped by document
+        approx = np.maximum.reduceat(pair_scores, first, axis=1).sum(axis=0)
+        return uniq[top_k(approx, max(self.ndocs, k))]
+
+    def _survivors(self, k: int) -> int:
+        return max(k, self.ndocs // 4)
+
+    def _prefetch_depth(self, k: int) -> int:
+        """How many stage-2 candidates to read ahead when codes are resident (measured: the
+        survivors of centroid interaction come almost all from the stage-2 top 1.5x)."""
+        return self._survivors(k) * 3 // 2
+
+    def _rerank(self, Q: np.ndarray, S: np.ndarray, cand: np.ndarray, k: int) -> Hits:
+        """Stages 4-5: centroid interaction, then exact MaxSim on the survivors."""
+        c = self.corpus
+        if len(cand) == 0:
+            return []
+        survivors = self._survivors(k)
+        if c.residuals is not None:
+            codes, lens = c.resident_codes(cand)
+            keep = top_k(centroid_scores_concat(S, codes, lens), survivors)
+            final = cand[keep]
+            codes, residuals, lens = c.resident_rows(final)
+        else:
+            if c.codes is not None:
+                codes, lens = c.resident_codes(cand)
+                rows = None
+            else:
+                rows = self.prefetcher.get(cand)
+                codes = np.concatenate([r[0] for r in rows])
+                lens = np.array([len(r[0]) for r in rows], dtype=np.int64)
+            keep = top_k(centroid_scores_concat(S, codes, lens), survivors)
+            final = cand[np.sort(keep)]
+            got = self.prefetcher.get(final) if rows is None else [rows[i] for i in np.sort(keep).tolist()]
+            codes = np.concatenate([r[0] for r in got])
+            residuals = np.concatenate([r[1] for r in got])
+            lens = np.array([len(r[0]) for r in got], dtype=np.int64)
+        tokens = c.codec.decode(codes, residuals)
+        if self.device == "cpu":
+            exact = maxsim_concat(Q, tokens, lens)
+        else:
+            exact = maxsim_torch(Q, tokens, lens, self.device)
+        best = top_k(exact, k)
+        return [(c.doc_id(int(final[i])), float(exact[i])) for i in best]
+
+
+_CONTROLLER = None
+
+
+def _blas_single_thread():
+    """Run the query's small matmuls on one BLAS thread: on a busy 2-core box, thread
+    hand-offs cost more than they buy for (K x 128) @ (128 x 32) products."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1, user_api="blas")
+
+
+def _ramp(lengths: np.ndarray) -> np.ndarray:
+    total = int(lengths.sum())
+    ends = np.cumsum(lengths)
+    return np.arange(total, dtype=np.int64) - np.repeat(ends - lengths, lengths)

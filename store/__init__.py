@@ -1,0 +1,33 @@
+"""lodestore's on-disk format: codec, segments, manifest, and the Store that ties them together.
+
+This package never imports `engine`: it knows nothing about queries.
+"""
+
+from ._codec import ResidualCodec, default_num_centroids, pack_bits, unpack_bits
+from ._errors import CorruptStoreError, StoreError, StoreLockedError, UnsupportedFormatError
+from ._ingest import BundleSource, DocSource, as_numpy, open_source
+from ._manifest import FORMAT_VERSION, OLDEST_READABLE_VERSION, Manifest, SegmentEntry
+from ._segment import SegmentReader
+from ._store import Store, VerifyReport
+
+__all__ = [
+    "BundleSource",
+    "CorruptStoreError",
+    "DocSource",
+    "FORMAT_VERSION",
+    "Manifest",
+    "OLDEST_READABLE_VERSION",
+    "ResidualCodec",
+    "SegmentEntry",
+    "SegmentReader",
+    "Store",
+    "StoreError",
+    "StoreLockedError",
+    "UnsupportedFormatError",
+    "VerifyReport",
+    "as_numpy",
+    "default_num_centroids",
+    "open_source",
+    "pack_bits",
+    "unpack_bits",
+]

@@ -1,0 +1,218 @@
+"""Where documents come from: validated in-memory lists, embedding bundles, .npy directories.
+
+Every source yields batches of (ids, doclens, tokens) with tokens float32 and
+every row L2-normalized, and can hand k-means a bounded random sample of token
+rows. Bad input raises ValueError naming the document and the problem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+BATCH_TOKENS = 1 << 17  # tokens encoded per batch: bounds encode memory (~64 MiB at d=128)
+
+
+def as_numpy(x: Any) -> np.ndarray:
+    """numpy array from numpy or torch input (duck-typed, so importing store never imports torch)."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor on any device, any float dtype
+        x = x.detach().cpu()
+        if str(getattr(x, "dtype", "")) == "torch.bfloat16":
+            x = x.float()
+        return x.numpy()
+    return np.asarray(x)
+
+
+def normalize_document(doc_id: str, x: Any, dim: int) -> np.ndarray:
+    """Check one document's token matrix and return it as unit-norm float32 rows."""
+    a = as_numpy(x)
+    if a.ndim != 2:
+        raise ValueError(f"document {doc_id!r}: expected a (n_tokens, {dim}) matrix, got shape {a.shape}")
+    if a.shape[1] != dim:
+        raise ValueError(f"document {doc_id!r}: wrong dim {a.shape[1]}, the store has dim {dim}")
+    if a.shape[0] == 0:
+        raise ValueError(f"document {doc_id!r}: empty document (no token vectors)")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"document {doc_id!r}: expected float16/32/64 values, got {a.dtype}")
+    a = a.astype(np.float32)
+    return _normalize_rows(a, lambda what, row: f"document {doc_id!r}: token {row} is {what}")
+
+
+def _normalize_rows(a: np.ndarray, describe) -> np.ndarray:
+    bad = ~np.isfinite(a).all(axis=1)
+    if bad.any():
+        raise ValueError(describe("not finite (NaN or inf)", int(np.argmax(bad))))
+    # Scale each row by its largest |value| first: a float32 sum of squares overflows
+    # past ~1.8e19 (the row would become zeros) and underflows below ~1e-19 (a valid
+    # row would be called a zero vector). After it every row's norm is in [1, sqrt(dim)].
+    peak = np.abs(a).max(axis=1, keepdims=True)
+    zero = peak[:, 0] == 0
+    if zero.any():
+        raise ValueError(describe("a zero vector", int(np.argmax(zero))))
+    a /= peak
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    return a
+
+
+def check_ids(ids: Sequence[Any], n_docs: int, existing: set[str] | None = None) -> list[str]:
+    """Ids must be non-empty, unique strings, one per document, and not already live in the store."""
+    if isinstance(ids, str):
+        raise ValueError("ids must be a list of strings, not one string")
+    ids = list(ids)
+    if len(ids) != n_docs:
+        raise ValueError(f"got {len(ids)} ids for {n_docs} documents")
+    seen: set[str] = set()
+    for i in ids:
+        if not isinstance(i, str):
+            raise ValueError(f"document id {i!r} is not a string")
+        if not i:
+            raise ValueError("empty document id")
+        if i in seen:
+            raise ValueError(f"duplicate document id {i!r}")
+        if existing is not None and i in existing:
+            raise ValueError(f"document id {i!r} is already in the store")
+        seen.add(i)
+    return ids
+
+
+class DocSource:
+    """A stream of documents of known size: what a segment build consumes."""
+
+    n_docs: int
+    n_tokens: int
+    dim: int
+
+    def ids(self) -> list[str]:
+        raise NotImplementedError
+
+    def batches(self) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+        """Yield (ids, doclens int64, tokens float32 unit rows) in document order."""
+        raise NotImplementedError
+
+    def sample(self, n: int, seed: int) -> np.ndarray:
+        """n random token rows (fewer if the source has fewer), unit norm float32."""
+        raise NotImplementedError
+
+
+class InMemorySource(DocSource):
+    """Documents handed to Store.add: validated and normalized up front, before anything is written."""
+
+    def __init__(self, ids: Sequence[Any], embeddings: Sequence[Any], dim: int, existing: set[str] | None):
+        if isinstance(embeddings, np.ndarray) and embeddings.ndim == 2:
+            raise ValueError("embeddings must be a list with one (n_tokens, dim) matrix per document")
+        embeddings = list(embeddings)
+        if len(embeddings) == 0:
+            raise ValueError("nothing to add: no documents")
+        self._ids = check_ids(ids, len(embeddings), existing)
+        self.docs = [normalize_document(i, e, dim) for i, e in zip(self._ids, embeddings)]
+        self.dim = dim
+        self.n_docs = len(self.docs)
+        self.n_tokens = sum(len(d) for d in self.docs)
+
+    def ids(self) -> list[str]:
+        return self._ids
+
+    def batches(self):
+        start = 0
+        while start < self.n_docs:
+            stop, tokens = start, 0
+            while stop < self.n_docs and (tokens == 0 or tokens + len(self.docs[stop]) <= BATCH_TOKENS):
+                tokens += len(self.docs[stop])
+                stop += 1
+            part = self.docs[start:stop]
+            yield self._ids[start:stop], np.array([len(d) for d in part], np.int64), np.concatenate(part)
+            start = stop
+
+    def sample(self, n: int, seed: int) -> np.ndarray:
+        rows = np.random.default_rng(seed).choice(self.n_tokens, size=min(n, self.n_tokens), replace=False)
+        offsets = np.concatenate([[0], np.cumsum([len(d) for d in self.docs])])
+        doc = np.searchsorted(offsets, rows, side="right") - 1
+        return np.stack([self.docs[d][r - offsets[d]] for d, r in zip(doc, rows)]) if len(rows) else np.zeros((0, self.dim), np.float32)
+
+
+class BundleSource(DocSource):
+    """An embedding bundle directory: docs.npy (tokens x dim), doclens.npy, optional ids.txt.
+
+    docs.npy is memory-mapped and read one batch at a time, so memory stays bounded.
+    """
+
+    def __init__(self, path: str | Path, dim: int | None = None, existing: set[str] | None = None):
+        self.path = Path(path)
+        for name in ("docs.npy", "doclens.npy"):
+            if not (self.path / name).exists():
+                raise ValueError(f"{self.path}: not an embedding bundle (no {name})")
+        self.tokens = np.load(self.path / "docs.npy", mmap_mode="r")
+        self.doclens = np.load(self.path / "doclens.npy").astype(np.int64)
+        if self.tokens.ndim != 2:
+            raise ValueError(f"{self.path}/docs.npy: expected (tokens, dim), got shape {self.tokens.shape}")
+        self.dim = int(self.tokens.shape[1])
+        if dim is not None and dim != self.dim:
+            raise ValueError(f"{self.path}: bundle has dim {self.dim}, the store has dim {dim}")
+        if (self.doclens <= 0).any():
+            bad = int(np.argmax(self.doclens <= 0))
+            raise ValueError(f"{self.path}: document {bad} has {self.doclens[bad]} tokens (empty document)")
+        if int(self.doclens.sum()) != len(self.tokens):
+            raise ValueError(f"{self.path}: doclens sum to {int(self.doclens.sum())} but docs.npy has {len(self.tokens)} rows")
+        self.n_docs, self.n_tokens = len(self.doclens), len(self.tokens)
+        ids_file = self.path / "ids.txt"
+        ids = ids_file.read_text(encoding="utf-8").splitlines() if ids_file.exists() else [str(i) for i in range(self.n_docs)]
+        self._ids = check_ids(ids, self.n_docs, existing)
+        self.offsets = np.concatenate([[0], np.cumsum(self.doclens)])
+
+    def ids(self) -> list[str]:
+        return self._ids
+
+    def batches(self):
+        start = 0
+        while start < self.n_docs:
+            stop = max(start + 1, int(np.searchsorted(self.offsets, self.offsets[start] + BATCH_TOKENS, side="right")) - 1)
+            stop = min(stop, self.n_docs)
+            lo, hi = self.offsets[start], self.offsets[stop]
+            tokens = np.array(self.tokens[lo:hi], dtype=np.float32)
+            doclens = self.doclens[start:stop]
+            ids = self._ids[start:stop]
+            doc_of_row = np.repeat(np.arange(stop - start), doclens)
+            yield ids, doclens, _normalize_rows(tokens, lambda what, row: f"document {ids[doc_of_row[row]]!r}: token {row - int(self.offsets[start + doc_of_row[row]] - lo)} is {what}")
+            start = stop
+
+    def sample(self, n: int, seed: int) -> np.ndarray:
+        rows = np.sort(np.random.default_rng(seed).choice(self.n_tokens, size=min(n, self.n_tokens), replace=False))
+        x = np.array(self.tokens[rows], dtype=np.float32)
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():  # name it here: k-means would fail on it with a bare faiss RuntimeError
+            row = int(rows[np.argmax(bad)])
+            doc = int(np.searchsorted(self.offsets, row, side="right")) - 1
+            raise ValueError(f"document {self._ids[doc]!r}: token {row - int(self.offsets[doc])} is not finite (NaN or inf)")
+        peak = np.abs(x).max(axis=1, keepdims=True) if len(x) else np.ones((0, 1), np.float32)
+        x /= np.where(peak > 0, peak, 1)  # as _normalize_rows: no float32 overflow in the norm
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        return x / np.where(norms > 0, norms, 1)
+
+
+class NpyDirSource(InMemorySource):
+    """A directory of .npy files, one document each, id = file stem (sorted by name).
+
+    Loads files one at a time through InMemorySource's checks; suited to
+    modest directories (bundles are the streaming path for large corpora).
+    """
+
+    def __init__(self, path: str | Path, dim: int, existing: set[str] | None = None):
+        files = sorted(Path(path).glob("*.npy"))
+        if not files:
+            raise ValueError(f"{path}: no .npy files")
+        super().__init__([f.stem for f in files], [np.load(f) for f in files], dim, existing)
+
+
+def open_source(path: str | Path, dim: int | None, existing: set[str] | None = None) -> DocSource:
+    """A bundle if the directory has docs.npy, else a directory of per-document .npy files."""
+    path = Path(path)
+    if (path / "docs.npy").exists():
+        return BundleSource(path, dim, existing)
+    if dim is None:
+        first = next(iter(sorted(path.glob("*.npy"))), None)
+        if first is None:
+            raise ValueError(f"{path}: neither an embedding bundle (docs.npy) nor a directory of .npy files")
+        dim = int(np.load(first, mmap_mode="r").shape[-1])
+    return NpyDirSource(path, dim, existing)

@@ -1,0 +1,211 @@
+"""Direct reads of the store's uncompressed, sharded Zarr v3 arrays.
+
+The token arrays (`codes`, `residuals`) are Zarr v3 arrays whose codec chain is
+`sharding_indexed` with inner chunks `[bytes, crc32c]` and a `[bytes(little),
+crc32c]` index at the end of each shard (FORMAT.md section 8). Any Zarr v3
+reader can open them; the query path does not go through zarr-python's per-call
+machinery: it preads the inner chunks a row range covers, checks each chunk's
+CRC32C, and slices rows itself. A checksum mismatch raises CorruptStoreError
+naming the file and the inner chunk, so corruption is never silently searched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import google_crc32c
+import numpy as np
+
+from ._errors import CorruptStoreError
+
+_MISSING = np.uint64(2**64 - 1)
+
+
+class RawShardedArray:
+    """Row reader for one sharded, uncompressed, CRC32C-checked Zarr v3 array."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        meta_path = self.path / "zarr.json"
+        try:
+            meta = json.loads(meta_path.read_bytes())
+        except (OSError, ValueError) as e:
+            raise CorruptStoreError(f"{meta_path}: unreadable array metadata ({e})") from None
+        self._parse(meta, meta_path)
+        self._fds: dict[int, int] = {}
+        self._indexes: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def _parse(self, meta: dict, where: Path) -> None:
+        try:
+            self.shape = tuple(int(s) for s in meta["shape"])
+            self.dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+            self.shard_rows = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+            (sharding,) = meta["codecs"]
+            cfg = sharding["configuration"]
+            inner_ok = [c["name"] for c in cfg["codecs"]] == ["bytes", "crc32c"]
+            index_ok = [c["name"] for c in cfg["index_codecs"]] == ["bytes", "crc32c"]
+            if sharding["name"] != "sharding_indexed" or not inner_ok or not index_ok or cfg["index_location"] != "end":
+                raise ValueError("codec chain is not sharding_indexed[bytes, crc32c] with an end index")
+            for c in cfg["codecs"] + cfg["index_codecs"]:
+                if c["name"] == "bytes" and c.get("configuration", {}).get("endian", "little") != "little":
+                    raise ValueError("only little-endian arrays are read directly")
+            self.inner_rows = int(cfg["chunk_shape"][0])
+            self.fill_value = meta.get("fill_value", 0)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CorruptStoreError(f"{where}: not a lodestore token array ({e})") from None
+        self.row_shape = self.shape[1:]
+        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        self.chunk_bytes = self.inner_rows * self.row_bytes
+        self.chunks_per_shard = self.shard_rows // self.inner_rows
+        self.n_shards = -(-self.shape[0] // self.shard_rows)
+
+    # ------------------------------------------------------------------ files
+    def shard_file(self, shard: int) -> Path:
+        tail = "/".join(["0"] * (len(self.shape) - 1))
+        return self.path / "c" / (f"{shard}/{tail}" if tail else f"{shard}")
+
+    def _fd(self, shard: int) -> int:
+        fd = self._fds.get(shard)
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(shard)
+                if fd is None:
+                    try:
+                        fd = os.open(self.shard_file(shard), os.O_RDONLY)
+                    except FileNotFoundError:
+                        raise CorruptStoreError(f"{self.shard_file(shard)}: shard file missing") from None
+                    self._fds[shard] = fd
+        return fd
+
+    def shard_index(self, shard: int) -> np.ndarray:
+        """(chunks_per_shard, 2) uint64 [offset, nbytes] of each inner chunk, CRC-checked."""
+        idx = self._indexes.get(shard)
+        if idx is None:
+            fd = self._fd(shard)
+            n = self.chunks_per_shard * 16
+            size = os.fstat(fd).st_size
+            if size < n + 4:
+                raise CorruptStoreError(f"{self.shard_file(shard)}: shard too short for its index ({size} bytes)")
+            raw = os.pread(fd, n + 4, size - n - 4)
+            if google_crc32c.value(raw[:n]).to_bytes(4, "little") != raw[n:]:
+                raise CorruptStoreError(f"{self.shard_file(shard)}: shard index checksum mismatch")
+            idx = np.frombuffer(raw[:n], dtype="<u8").reshape(-1, 2)
+            ok = (idx[:, 0] == _MISSING) | ((idx[:, 1] == self.chunk_bytes + 4) & (idx[:, 0] + idx[:, 1] <= size - n - 4))
+            if not ok.all():
+                raise CorruptStoreError(f"{self.shard_file(shard)}: shard index points outside the file")
+            self._indexes[shard] = idx
+        return idx
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+            self._indexes.clear()
+
+    # ------------------------------------------------------------------ reads
+    def read_chunks(self, chunk_ids: np.ndarray) -> tuple[np.ndarray, int, int]:
+        """Read sorted unique inner-chunk ids -> ((n, inner_rows, *row) array, bytes read, read calls).
+
+        Chunks that lie back to back in one shard file are read with one pread.
+        Every chunk's CRC32C is checked.
+        """
+        chunk_ids = np.asarray(chunk_ids, dtype=np.int64)
+        n = len(chunk_ids)
+        out = np.empty((n, self.inner_rows) + self.row_shape, dtype=self.dtype)
+        flat = out.reshape(n, -1).view(np.uint8)
+        step = self.chunk_bytes + 4
+        shards, pos = np.divmod(chunk_ids, self.chunks_per_shard)
+        offs = np.empty(n, dtype=np.uint64)
+        for shard in np.unique(shards).tolist():
+            sel = shards == shard
+            offs[sel] = self.shard_index(shard)[pos[sel], 0]
+        missing = offs == _MISSING
+        brk = np.ones(n, dtype=bool)
+        if n > 1:
+            brk[1:] = (shards[1:] != shards[:-1]) | (offs[1:] != offs[:-1] + np.uint64(step)) | missing[1:] | missing[:-1]
+        starts = np.nonzero(brk)[0].tolist()
+        nbytes = calls = 0
+        crc = google_crc32c.value
+        for a, b in zip(starts, starts[1:] + [n]):
+            if missing[a]:
+                flat[a:b] = 0  # absent chunk: the fill value (0 for every lodestore array)
+                continue
+            shard = int(shards[a])
+            buf = os.pread(self._fd(shard), (b - a) * step, int(offs[a]))
+            nbytes += len(buf)
+            calls += 1
+            if len(buf) != (b - a) * step:
+                raise CorruptStoreError(f"{self.shard_file(shard)}: short read (file truncated?)")
+            raw = np.frombuffer(buf, dtype=np.uint8).reshape(b - a, step)
+            stored = raw[:, self.chunk_bytes :].copy().view("<u4")[:, 0]
+            for k in range(b - a):
+                if crc(buf[k * step : k * step + self.chunk_bytes]) != stored[k]:
+                    raise CorruptStoreError(
+                        f"{self.shard_file(shard)}: checksum mismatch in inner chunk {int(pos[a]) + k} "
+                        f"(rows {int(chunk_ids[a + k]) * self.inner_rows}..{(int(chunk_ids[a + k]) + 1) * self.inner_rows - 1})"
+                    )
+            flat[a:b] = raw[:, : self.chunk_bytes]
+        return out, nbytes, calls
+
+    def read_ranges(self, starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Rows [starts[i], stops[i]) for every i, concatenated in the given order.
+
+        Returns (rows, io) where io = {"bytes": ..., "calls": ...}.
+        """
+        starts = np.asarray(starts, dtype=np.int64)
+        stops = np.asarray(stops, dtype=np.int64)
+        lens = stops - starts
+        total = int(lens.sum())
+        if total == 0:
+            return np.empty((0,) + self.row_shape, self.dtype), {"bytes": 0, "calls": 0}
+        if starts.min() < 0 or stops.max() > self.shape[0] or (lens < 0).any():
+            raise IndexError(f"row range outside {self.path.name} of {self.shape[0]} rows")
+        ir = self.inner_rows
+        first, last = starts // ir, (stops - 1) // ir
+        nonempty = lens > 0
+        span = np.where(nonempty, last - first + 1, 0)
+        chunk_ids = np.unique(np.repeat(first, span) + _ramp(span))
+        data, nbytes, calls = self.read_chunks(chunk_ids)
+        # a range's chunks are consecutive in `data`, so its rows are too: place each range once
+        first_pos = np.searchsorted(chunk_ids, first) * ir + starts % ir
+        rows = np.repeat(first_pos, lens) + _ramp(lens)
+        gathered = np.take(data.reshape((-1,) + self.row_shape), rows, axis=0)
+        return gathered, {"bytes": nbytes, "calls": calls}
+
+    def read_all(self) -> np.ndarray:
+        """The whole array (used to make it resident, and by tests)."""
+        return self.read_ranges(np.array([0]), np.array([self.shape[0]]))[0]
+
+    # ------------------------------------------------------------------ verify
+    def verify(self) -> tuple[int, list[str]]:
+        """Check every shard index and inner chunk CRC -> (chunks checked, failure messages)."""
+        checked, failures = 0, []
+        n_chunks = -(-self.shape[0] // self.inner_rows)
+        for shard in range(self.n_shards):
+            try:
+                idx = self.shard_index(shard)
+            except CorruptStoreError as e:
+                failures.append(str(e))
+                continue
+            lo = shard * self.chunks_per_shard
+            for pos in range(min(self.chunks_per_shard, n_chunks - lo)):
+                checked += 1
+                if idx[pos, 0] == _MISSING:
+                    continue
+                try:
+                    self.read_chunks(np.array([lo + pos]))
+                except CorruptStoreError as e:
+                    failures.append(str(e))
+        return checked, failures
+
+
+def _ramp(lengths: np.ndarray) -> np.ndarray:
+    """For lengths [2, 3] -> [0, 1, 0, 1, 2]: positions within each run, vectorized."""
+    total = int(lengths.sum())
+    ends = np.cumsum(lengths)
+    return np.arange(total, dtype=np.int64) - np.repeat(ends - lengths, lengths)

@@ -1,0 +1,283 @@
+"""Immutable segments: one Zarr v3 group of token arrays, offsets, inverted lists and ids.
+
+Layout (FORMAT.md section 8), for a segment of N documents and T tokens:
+  codes        (T,)            uint16|uint32  sharded, raw bytes + crc32c per inner chunk
+  residuals    (T, dim*nbits/8) uint8         sharded, raw bytes + crc32c per inner chunk
+  doc_offsets  (N+1,)          int64          document d = rows doc_offsets[d]:doc_offsets[d+1]
+  ivf_offsets  (K+1,)          int64          centroid c -> ivf_docs[ivf_offsets[c]:ivf_offsets[c+1]]
+  ivf_docs     (E,)            uint32         local doc numbers, ascending within each list
+  id_offsets   (N+1,)          int64          external id d = id_bytes[id_offsets[d]:id_offsets[d+1]]
+  id_bytes     (B,)            uint8          UTF-8
+The small arrays are blosc(lz4, shuffle) + crc32c, decoded once at open.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
+
+from ._codec import ResidualCodec
+from ._errors import CorruptStoreError
+from ._rawarray import RawShardedArray
+
+SHARD_ROWS = 1 << 16
+SMALL_CHUNK = 1 << 20
+TOKEN_ARRAYS = ("codes", "residuals")
+SMALL_ARRAYS = ("doc_offsets", "ivf_offsets", "ivf_docs", "id_offsets", "id_bytes")
+SEGMENT_FORMAT = 1
+
+
+def inner_rows_for(row_bytes: int) -> int:
+    """Rows per inner chunk: the power of two that makes a chunk about 4 KiB (one page)."""
+    rows = max(16, 4096 // max(row_bytes, 1))
+    return 1 << (rows.bit_length() - 1)
+
+
+def _token_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype: np.dtype) -> zarr.Array:
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    inner = inner_rows_for(row_bytes)
+    return group.create_array(
+        name, shape=shape, dtype=dtype,
+        shards=(SHARD_ROWS,) + shape[1:], chunks=(inner,) + shape[1:],
+        serializer=BytesCodec(endian="little"), compressors=[Crc32cCodec()], fill_value=0,
+        config={"write_empty_chunks": True},
+    )
+
+
+def _write_small(group: zarr.Group, name: str, data: np.ndarray) -> None:
+    arr = group.create_array(
+        name, shape=data.shape, dtype=data.dtype, chunks=(min(max(len(data), 1), SMALL_CHUNK),),
+        serializer=BytesCodec(endian="little"),
+        compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="shuffle" if data.dtype.itemsize > 1 else "noshuffle"), Crc32cCodec()],
+        fill_value=0, config={"write_empty_chunks": True},
+    )
+    if len(data):
+        arr[:] = data
+
+
+class _RowBuffer:
+    """Accumulates rows and writes them shard-aligned, so zarr never rewrites a shard."""
+
+    def __init__(self, array: zarr.Array):
+        self.array = array
+        self.parts: list[np.ndarray] = []
+        self.buffered = 0
+        self.written = 0
+
+    def append(self, rows: np.ndarray) -> None:
+        self.parts.append(rows)
+        self.buffered += len(rows)
+        if self.buffered >= SHARD_ROWS:
+            self.flush(final=False)
+
+    def flush(self, final: bool) -> None:
+        if not self.parts:
+            return
+        data = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
+        n = len(data) if final else (len(data) // SHARD_ROWS) * SHARD_ROWS
+        if n:
+            self.array[self.written : self.written + n] = data[:n]
+            self.written += n
+        rest = data[n:]
+        self.parts = [rest] if len(rest) else []
+        self.buffered = len(rest)
+
+
+class SegmentWriter:
+    """Writes one new segment directory; nothing is visible until the manifest names it.
+
+    Memory is bounded by one shard of rows per token array plus the
+    (centroid, document) pairs of the inverted lists (8 bytes per distinct pair).
+    """
+
+    def __init__(self, path: Path, codec: ResidualCodec, n_docs: int, n_tokens: int):
+        self.path = Path(path)
+        self.codec = codec
+        self.n_docs, self.n_tokens = n_docs, n_tokens
+        self.group = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
+        self.group.attrs.update({"lodestore_segment": SEGMENT_FORMAT, "documents": n_docs, "tokens": n_tokens})
+        self.codes = _RowBuffer(_token_array(self.group, "codes", (n_tokens,), codec.code_dtype))
+        self.residuals = _RowBuffer(_token_array(self.group, "residuals", (n_tokens, codec.residual_bytes), np.dtype(np.uint8)))
+        self.doclens: list[np.ndarray] = []
+        self.ids: list[str] = []
+        self.pairs: list[np.ndarray] = []
+        self.docs_done = 0
+
+    def append(self, ids: list[str], doclens: np.ndarray, codes: np.ndarray, residuals: np.ndarray) -> None:
+        """Add encoded documents (their tokens concatenated in document order)."""
+        doclens = np.asarray(doclens, dtype=np.int64)
+        doc_of_token = np.repeat(np.arange(self.docs_done, self.docs_done + len(doclens), dtype=np.int64), doclens)
+        self.pairs.append(np.unique(codes.astype(np.int64) * self.n_docs + doc_of_token))
+        self.codes.append(codes)
+        self.residuals.append(residuals)
+        self.doclens.append(doclens)
+        self.ids.extend(ids)
+        self.docs_done += len(doclens)
+
+    def finish(self) -> None:
+        """Write the small arrays and flush the token arrays (the caller fsyncs the tree)."""
+        if self.docs_done != self.n_docs or self.codes.written + self.codes.buffered != self.n_tokens:
+            raise ValueError(f"segment got {self.docs_done} docs / {self.codes.written + self.codes.buffered} tokens, "
+                             f"expected {self.n_docs} / {self.n_tokens}")
+        self.codes.flush(final=True)
+        self.residuals.flush(final=True)
+        doclens = np.concatenate(self.doclens)
+        _write_small(self.group, "doc_offsets", np.concatenate([[0], np.cumsum(doclens)]).astype(np.int64))
+        pairs = np.unique(np.concatenate(self.pairs))  # sorted by centroid, then document
+        self.pairs = []
+        centroid, doc = np.divmod(pairs, self.n_docs)
+        counts = np.bincount(centroid, minlength=self.codec.num_centroids)
+        _write_small(self.group, "ivf_offsets", np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+        _write_small(self.group, "ivf_docs", delta_encode_lists(doc, counts))
+        encoded = [s.encode("utf-8") for s in self.ids]
+        lens = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
+        _write_small(self.group, "id_offsets", np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
+        _write_small(self.group, "id_bytes", np.frombuffer(b"".join(encoded), dtype=np.uint8))
+
+
+def delta_encode_lists(docs: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Within each inverted list, keep the first doc number and then the gaps (compress well)."""
+    out = docs.astype(np.int64)
+    out[1:] -= docs[:-1].astype(np.int64)
+    starts = np.cumsum(counts) - counts
+    starts = starts[counts > 0]
+    out[starts] = docs[starts]
+    return out.astype(np.uint32)
+
+
+def delta_decode_lists(deltas: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Inverse of delta_encode_lists, vectorized over all lists."""
+    csum = np.cumsum(deltas, dtype=np.int64)
+    starts = np.cumsum(counts) - counts
+    base = np.concatenate([[0], csum])[starts]  # sum of all deltas before each list
+    return (csum - np.repeat(base, counts)).astype(np.uint32)
+
+
+def read_small(path: Path, name: str) -> np.ndarray:
+    """Decode a whole compressed array, turning a checksum failure into CorruptStoreError."""
+    try:
+        return zarr.open_array(str(path / name), mode="r")[:]
+    except FileNotFoundError:
+        raise CorruptStoreError(f"{path / name}: array missing") from None
+    except ValueError as e:
+        raise CorruptStoreError(f"{path / name}: {e}") from None
+
+
+@dataclass
+class SegmentReader:
+    """Read access to one committed segment. Token arrays are read on demand (pread + CRC)."""
+
+    path: Path
+    name: str
+    doc_offsets: np.ndarray
+    codes: RawShardedArray
+    residuals: RawShardedArray
+
+    @classmethod
+    def open(cls, path: Path) -> "SegmentReader":
+        path = Path(path)
+        if not (path / "zarr.json").exists():
+            raise CorruptStoreError(f"{path}: segment directory missing or incomplete")
+        try:
+            attrs = json.loads((path / "zarr.json").read_bytes()).get("attributes", {})
+        except ValueError as e:
+            raise CorruptStoreError(f"{path / 'zarr.json'}: {e}") from None
+        if attrs.get("lodestore_segment") != SEGMENT_FORMAT:
+            raise CorruptStoreError(f"{path}: not a lodestore segment (format {attrs.get('lodestore_segment')!r})")
+        offsets = read_small(path, "doc_offsets")
+        seg = cls(path, path.name, offsets, RawShardedArray(path / "codes"), RawShardedArray(path / "residuals"))
+        if seg.codes.shape[0] != offsets[-1] or seg.residuals.shape[0] != offsets[-1]:
+            raise CorruptStoreError(f"{path}: token arrays and doc_offsets disagree")
+        return seg
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.doc_offsets) - 1
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.doc_offsets[-1])
+
+    def ids(self) -> list[str]:
+        """External ids, in local document order."""
+        offsets = read_small(self.path, "id_offsets")
+        blob = read_small(self.path, "id_bytes").tobytes()
+        return [blob[a:b].decode("utf-8") for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+
+    def id_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """The raw id table: (id_offsets (N+1,) int64, id_bytes (B,) uint8 UTF-8)."""
+        return read_small(self.path, "id_offsets"), read_small(self.path, "id_bytes")
+
+    def ivf(self) -> tuple[np.ndarray, np.ndarray]:
+        """Inverted lists: (ivf_offsets (K+1,) int64, ivf_docs (E,) uint32 absolute doc numbers)."""
+        offsets = read_small(self.path, "ivf_offsets")
+        return offsets, delta_decode_lists(read_small(self.path, "ivf_docs"), np.diff(offsets))
+
+    def read_docs(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+        """Token rows of local documents `docs` -> (codes, residuals, doclens, io counters)."""
+        docs = np.asarray(docs, dtype=np.int64)
+        starts, stops = self.doc_offsets[docs], self.doc_offsets[docs + 1]
+        codes, io1 = self.codes.read_ranges(starts, stops)
+        residuals, io2 = self.residuals.read_ranges(starts, stops)
+        return codes, residuals, stops - starts, {"bytes": io1["bytes"] + io2["bytes"], "calls": io1["calls"] + io2["calls"]}
+
+    def verify(self) -> tuple[int, list[str]]:
+        """Check every chunk of every array in the segment -> (chunks checked, failures)."""
+        checked, failures = 0, []
+        for arr in (self.codes, self.residuals):
+            c, f = arr.verify()
+            checked += c
+            failures += f
+        for name in SMALL_ARRAYS:
+            c, f = verify_small(self.path / name)
+            checked += c
+            failures += f
+        return checked, failures
+
+    def close(self) -> None:
+        self.codes.close()
+        self.residuals.close()
+
+
+def verify_small(path: Path) -> tuple[int, list[str]]:
+    """CRC-check every chunk file of a (non-sharded) array with a trailing crc32c codec."""
+    import google_crc32c
+
+    import itertools
+
+    try:
+        meta = json.loads((path / "zarr.json").read_bytes())
+        shape, chunk = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
+    except (OSError, ValueError, KeyError) as e:
+        return 0, [f"{path}/zarr.json: unreadable array metadata ({e})"]
+    grid = [range(-(-s // c)) for s, c in zip(shape, chunk)]
+    failures, n_chunks = [], 0
+    for key in itertools.product(*grid):
+        n_chunks += 1
+        i = "/".join(map(str, key))
+        f = path / "c" / i
+        try:
+            data = f.read_bytes()
+        except FileNotFoundError:
+            failures.append(f"{f}: chunk file missing")
+            continue
+        if len(data) < 4 or google_crc32c.value(data[:-4]).to_bytes(4, "little") != data[-4:]:
+            failures.append(f"{f}: checksum mismatch in chunk {i}")
+    return n_chunks, failures
+
+
+def segment_disk_usage(path: Path) -> dict[str, int]:
+    """Bytes on disk per array of a segment directory."""
+    usage = {}
+    for name in TOKEN_ARRAYS + SMALL_ARRAYS:
+        total = 0
+        for dirpath, _d, files in os.walk(path / name):
+            total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
+        usage[name] = total
+    return usage

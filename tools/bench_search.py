@@ -1,0 +1,167 @@
+"""Search benchmark: recall@10, latency, QPS, memory and I/O of lodestore's placements.
+
+    python -m tools.bench_search BUNDLE STORE [--budgets all,64MB,8MB] [--queries 200] [--cold] [--batch 32]
+
+BUNDLE is an embedding bundle (tools/make_bundle.py) with queries.npy; STORE a
+store built from it (`lodestore build STORE --embeddings BUNDLE`). Each
+configuration runs in a fresh child process: imports, then VmRSS is read
+(the baseline), then the Searcher opens, answers 5 warm-up queries, then
+every query once, one at a time; then the batch mode (queries in groups of
+--batch). Index memory = VmRSS after the loop - the baseline: it includes
+the engine's arrays, its cache, and any store pages it touched.
+
+Recall@10 is measured against exhaustive exact MaxSim over the same
+compressed store (search loss only), computed once and cached beside the
+store as STORE.truth.json. With --cold, the store's files are evicted from the
+page cache (posix_fadvise DONTNEED) before every query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def child(cfg: dict) -> dict:
+    """Runs in a fresh process: measure one configuration."""
+    import lodestore
+    from tools import memstat
+
+    queries = np.load(Path(cfg["bundle"]) / "queries.npy")[: cfg["queries"]]
+    base = memstat.status_mb()
+    t0 = time.perf_counter()
+    searcher = lodestore.Searcher(cfg["store"], memory_budget=cfg["budget"], nprobe=cfg["nprobe"], ndocs=cfg["ndocs"])
+    load_s = time.perf_counter() - t0
+    for q in queries[:5]:
+        searcher.search(q, k=10)
+    searcher.reset_stats()
+    store_paths = [Path(cfg["store"]) / "segments"]
+    times, results = [], []
+    io0 = memstat.io_read_bytes()
+    cpu0 = time.process_time()
+    for q in queries:
+        if cfg["cold"]:
+            memstat.evict(store_paths)
+        t = time.perf_counter()
+        hits = searcher.search(q, k=10)
+        times.append(time.perf_counter() - t)
+        results.append([h[0] for h in hits])
+    cpu = time.process_time() - cpu0
+    disk_read = memstat.io_read_bytes() - io0
+    after = memstat.status_mb()
+    stats = searcher.stats()
+    batch_times = []
+    b = cfg["batch"]
+    if b > 1:
+        for s in range(0, len(queries), b):
+            if cfg["cold"]:
+                memstat.evict(store_paths)
+            t = time.perf_counter()
+            searcher.search(queries[s : s + b], k=10)
+            batch_times.append((time.perf_counter() - t) / len(queries[s : s + b]))
+    n = len(queries)
+    return {
+        "placement": stats["placement"]["name"], "load_s": load_s,
+        "p50_ms": float(np.percentile(times, 50) * 1e3), "p95_ms": float(np.percentile(times, 95) * 1e3),
+        "qps": n / sum(times), "cpu_ms": cpu / n * 1e3,
+        "batch_ms_per_query": float(np.mean(batch_times) * 1e3) if batch_times else None,
+        "rss_mb": after["VmRSS"], "rss_anon_mb": after["RssAnon"], "rss_file_mb": after["RssFile"],
+        "hwm_mb": after["VmHWM"], "baseline_mb": base["VmRSS"], "index_mb": after["VmRSS"] - base["VmRSS"],
+        "engine_resident_mb": stats["resident_bytes"] / 1e6,
+        "bytes_read_per_query": stats["bytes_read"] / n, "disk_read_per_query": disk_read / n,
+        "hit_rate": stats["hit_rate"], "io_wait_ms": stats["io_wait_s"] / n * 1e3,
+        "results": results, "loadavg": __import__("os").getloadavg()[0],
+    }
+
+
+def truth(store_path: Path, queries: np.ndarray, k: int = 10) -> list[list[str]]:
+    """Exhaustive MaxSim top-k over the compressed store, cached beside it."""
+    cache = store_path.with_name(store_path.name + ".truth.json")
+    if cache.exists():
+        data = json.loads(cache.read_text())
+        if data["n"] >= len(queries) and data["k"] == k:
+            return data["ids"][: len(queries)]
+    import lodestore
+
+    t = time.perf_counter()
+    with lodestore.Store.open(store_path) as store:
+        res = []
+        for s in range(0, len(queries), 50):
+            res += lodestore.exhaustive_search(store, queries[s : s + 50], k)
+    ids = [[h[0] for h in hits] for hits in res]
+    cache.write_text(json.dumps({"n": len(queries), "k": k, "ids": ids}))
+    print(f"ground truth: {len(queries)} queries in {time.perf_counter() - t:.1f} s (cached in {cache})", file=sys.stderr)
+    return ids
+
+
+def recall(results: list[list[str]], reference: list[list[str]], k: int = 10) -> float:
+    return float(np.mean([len(set(r[:k]) & set(t[:k])) / k for r, t in zip(results, reference)]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.bench_search", description=__doc__.split("\n")[0])
+    p.add_argument("bundle", type=Path)
+    p.add_argument("store", type=Path)
+    p.add_argument("--budgets", default="all,64MB,16MB", help="comma-separated memory budgets, one row each")
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--nprobe", type=int, default=None)
+    p.add_argument("--ndocs", type=int, default=None)
+    p.add_argument("--cold", action="store_true", help="evict the store from the page cache before every query")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return 0
+
+    queries = np.load(args.bundle / "queries.npy")[: args.queries]
+    reference = truth(args.store, queries)
+    import lodestore
+
+    with lodestore.Store.open(args.store) as store:
+        st = store.stats()
+    rows = []
+    for budget in args.budgets.split(","):
+        cfg = {"bundle": str(args.bundle), "store": str(args.store), "budget": budget, "queries": len(queries),
+               "nprobe": args.nprobe, "ndocs": args.ndocs, "cold": args.cold, "batch": args.batch}
+        out = subprocess.run([sys.executable, "-m", "tools.bench_search", "x", "x", "--child", json.dumps(cfg)],
+                             capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        r["recall"] = recall(r.pop("results"), reference)
+        r["budget"] = budget
+        rows.append(r)
+    print(f"\nstore: {args.store} ({st['tokens']:,} tokens, {st['documents']:,} docs, K={st['centroids']}, "
+          f"nbits={st['nbits']}, {st['bytes_per_token']:.2f} B/token on disk); queries: {len(queries)}; "
+          f"cache: {'cold (fadvise DONTNEED before each query)' if args.cold else 'warm'}")
+    head = ("budget", "placement", "R@10", "p50 ms", "p95 ms", "QPS", "batch ms/q", "RSS MB", "anon", "file",
+            "index MB", "KB read/q", "disk KB/q", "hit rate", "load")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        cells = (r["budget"], r["placement"], f"{r['recall']:.3f}", f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}",
+                 f"{r['qps']:.0f}", f"{r['batch_ms_per_query']:.1f}" if r["batch_ms_per_query"] else "-",
+                 f"{r['rss_mb']:.0f}", f"{r['rss_anon_mb']:.0f}", f"{r['rss_file_mb']:.0f}", f"{r['index_mb']:.1f}",
+                 f"{r['bytes_read_per_query'] / 1e3:.0f}", f"{r['disk_read_per_query'] / 1e3:.0f}",
+                 f"{r['hit_rate']:.2f}", f"{r['loadavg']:.1f}")
+        print("| " + " | ".join(cells) + " |")
+    ram = next((r for r in rows if r["placement"] == "all-in-RAM"), None)
+    if ram:
+        print("\nratios against the all-in-RAM row of this run:")
+        for r in rows:
+            if r is not ram:
+                print(f"  {r['budget']:>8}: p50 x{r['p50_ms'] / ram['p50_ms']:.2f}, "
+                      f"index memory x{r['index_mb'] / max(ram['index_mb'], 1e-9):.3f}")
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
