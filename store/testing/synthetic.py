@@ -320,16 +320,17 @@ def make_corpus(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A whole corpus in memory: (docs float32 (total_tokens, dim) unit rows in document order, doclens int64).
 
-    Same output as concatenating `iter_corpus_chunks(n_docs, ...)`.
+    Same output as concatenating `iter_corpus_chunks(n_docs, ...)`; filled in
+    place, so peak memory is the corpus plus one chunk.
     """
-    chunks = list(
-        iter_corpus_chunks(
-            n_docs, dim, n_clusters=n_clusters, mean_len=mean_len, min_len=min_len, max_len=max_len, seed=seed
-        )
-    )
-    if len(chunks) == 1:
-        return chunks[0]
-    return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+    lengths = dict(mean_len=mean_len, min_len=min_len, max_len=max_len, seed=seed)
+    doclens = corpus_doclens(n_docs, **lengths)
+    docs = np.empty((int(doclens.sum()), dim), dtype=np.float32)
+    row = 0
+    for chunk, _ in iter_corpus_chunks(n_docs, dim, n_clusters=n_clusters, **lengths):
+        docs[row : row + len(chunk)] = chunk
+        row += len(chunk)
+    return docs, doclens
 
 
 # --------------------------------------------------------------------------- queries

@@ -1,0 +1,1 @@
+"""Test support shipped with the store: synthetic corpora (synthetic.py)."""
