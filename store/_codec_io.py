@@ -19,7 +19,7 @@ def write_codec(path: Path, codec: ResidualCodec) -> None:
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     group.attrs.update({"kind": "residual", "nbits": codec.nbits, "avg_residual": codec.avg_residual})
     for name in CODEC_ARRAYS:
-        data = getattr(codec, name)
+        data = codec.centroids_f16 if name == "centroids" else getattr(codec, name)
         arr = group.create_array(
             name, shape=data.shape, dtype=data.dtype, chunks=data.shape,
             serializer=BytesCodec(endian="little"), compressors=[Crc32cCodec()], fill_value=0,

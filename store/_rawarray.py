@@ -132,9 +132,10 @@ class RawShardedArray:
         nbytes = calls = 0
         crc = google_crc32c.value
         for a, b in zip(starts, starts[1:] + [n]):
-            if missing[a]:
-                flat[a:b] = 0  # absent chunk: the fill value (0 for every lodestore array)
-                continue
+            if missing[a]:  # v1 writers write every chunk inside the array (FORMAT.md 8.4)
+                raise CorruptStoreError(
+                    f"{self.shard_file(int(shards[a]))}: inner chunk {int(pos[a])} is absent from the shard index"
+                )
             shard = int(shards[a])
             buf = os.pread(self._fd(shard), (b - a) * step, int(offs[a]))
             nbytes += len(buf)
@@ -195,8 +196,6 @@ class RawShardedArray:
             lo = shard * self.chunks_per_shard
             for pos in range(min(self.chunks_per_shard, n_chunks - lo)):
                 checked += 1
-                if idx[pos, 0] == _MISSING:
-                    continue
                 try:
                     self.read_chunks(np.array([lo + pos]))
                 except CorruptStoreError as e:

@@ -186,6 +186,8 @@ class Store:
 
     # ------------------------------------------------------------------ writing
     def _require_writable(self) -> None:
+        if self.writable and self._lock_fd is None:  # closed: it no longer holds the writer lock
+            raise StoreError("store handle is closed: open the store again (writable=True) to change it")
         if not self.writable:
             raise StoreError("store opened read-only: use Store.open(path, writable=True) to change it")
 
@@ -261,6 +263,8 @@ class Store:
         self._require_writable()
         index = self._ids_index()
         ids = list(ids)
+        if not ids:
+            return self.manifest.generation  # nothing to delete: no new generation
         missing = [i for i in ids if i not in index]
         if missing:
             raise KeyError(f"cannot delete unknown document ids: {missing[:5]}{' ...' if len(missing) > 5 else ''}")

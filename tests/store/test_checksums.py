@@ -1,0 +1,298 @@
+"""Corruption is reported, never silently searched: every data byte is under a checksum."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import store
+from store import CorruptStoreError, StoreError
+from store._manifest import MANIFEST_NAME
+
+
+def flip(path: Path, offset: int, mask: int = 0x01) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= mask
+    path.write_bytes(bytes(data))
+
+
+def chunk_layout(root: Path, seg: int, array: str):
+    """(reader, shard file, [(chunk, offset of its bytes)]) of a token array of segment `seg`."""
+    s = store.Store.open(root)
+    raw = getattr(s.segments[seg], array)
+    idx = raw.shard_index(0)
+    chunks = [(pos, int(idx[pos, 0])) for pos in range(raw.chunks_per_shard) if int(idx[pos, 0]) != 2**64 - 1]
+    return s, raw, chunks
+
+
+def docs_in_chunk(s: store.Store, seg: int, inner_rows: int, chunk: int) -> tuple[list[str], list[str]]:
+    """(ids with a row in `chunk`, ids with no row in it) of segment `seg`."""
+    offsets = s.segments[seg].doc_offsets
+    ids = s.segments[seg].ids()
+    inside, outside = [], []
+    for d, doc_id in enumerate(ids):
+        lo, hi = int(offsets[d]) // inner_rows, (int(offsets[d + 1]) - 1) // inner_rows
+        (inside if lo <= chunk <= hi else outside).append(doc_id)
+    return inside, outside
+
+
+# --------------------------------------------------------------------------- token arrays (read directly)
+
+
+@pytest.mark.parametrize("where", ["payload", "crc trailer"])
+def test_flipped_residual_byte_is_reported_and_refused(store_copy, where):
+    s, raw, chunks = chunk_layout(store_copy, 0, "residuals")
+    assert len(chunks) >= 2, "the template segment should span two inner chunks"
+    chunk, offset = chunks[1]
+    inside, outside = docs_in_chunk(s, 0, raw.inner_rows, chunk)
+    assert inside and outside
+    good = {i: s.get(i) for i in outside}
+    shard = raw.shard_file(0)
+    s.close()
+    byte = offset + (37 if where == "payload" else raw.chunk_bytes + 2)
+    flip(shard, byte)
+
+    with store.Store.open(store_copy) as s:
+        report = s.verify()
+        assert not report.ok
+        assert len(report.failures) == 1, report.failures
+        failure = report.failures[0]
+        assert str(shard) in failure and f"inner chunk {chunk}" in failure, failure
+        assert "CORRUPT" in str(report)
+        for doc_id in inside:
+            with pytest.raises(CorruptStoreError, match=f"inner chunk {chunk}") as info:
+                s.get(doc_id)
+            assert str(shard) in str(info.value)
+        for doc_id, tokens in good.items():  # the rest of the segment still reads
+            np.testing.assert_array_equal(s.get(doc_id), tokens)
+
+
+def test_flipped_code_byte_is_reported_and_refused(store_copy):
+    s, raw, chunks = chunk_layout(store_copy, 1, "codes")
+    shard = raw.shard_file(0)
+    victim = s.segments[1].ids()[3]
+    first_row = int(s.segments[1].doc_offsets[3])
+    s.close()
+    flip(shard, chunks[0][1] + first_row * raw.row_bytes, 0x80)
+    with store.Store.open(store_copy) as s:
+        failures = s.verify().failures
+        assert len(failures) == 1 and str(shard) in failures[0] and "inner chunk 0" in failures[0]
+        with pytest.raises(CorruptStoreError):
+            s.get(victim)
+
+
+def test_shard_index_corruption_is_reported(store_copy):
+    s, raw, _ = chunk_layout(store_copy, 0, "residuals")
+    shard = raw.shard_file(0)
+    victim = s.segments[0].ids()[0]
+    index_bytes = raw.chunks_per_shard * 16 + 4
+    s.close()
+    size = shard.stat().st_size
+    flip(shard, size - index_bytes + 3)  # the offset field of inner chunk 0
+    with store.Store.open(store_copy) as s:
+        failures = s.verify().failures
+        assert any(str(shard) in f and "shard index" in f for f in failures), failures
+        with pytest.raises(CorruptStoreError, match="shard index"):
+            s.get(victim)
+
+
+def test_truncated_shard_is_reported(store_copy):
+    s, raw, _ = chunk_layout(store_copy, 1, "residuals")
+    shard = raw.shard_file(0)
+    s.close()
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) - 100])
+    with store.Store.open(store_copy) as s:
+        failures = s.verify().failures
+        assert failures and all(str(shard) in f for f in failures), failures
+
+
+def test_missing_shard_file_is_reported(store_copy):
+    s, raw, _ = chunk_layout(store_copy, 1, "codes")
+    shard = raw.shard_file(0)
+    victim = s.segments[1].ids()[0]
+    s.close()
+    shard.unlink()
+    with store.Store.open(store_copy) as s:
+        failures = s.verify().failures
+        assert any(str(shard) in f and "missing" in f for f in failures), failures
+        with pytest.raises(CorruptStoreError, match="missing"):
+            s.get(victim)
+
+
+# --------------------------------------------------------------------------- compressed arrays
+
+
+@pytest.mark.parametrize("array", ["doc_offsets", "ivf_docs", "ivf_offsets", "id_offsets", "id_bytes"])
+def test_flipped_byte_in_a_compressed_array_is_reported(store_copy, array):
+    chunk = store_copy / "segments" / "seg-000002" / array / "c" / "0"
+    flip(chunk, chunk.stat().st_size // 2)
+    with store.Store.open(store_copy) as s:
+        report = s.verify()
+    assert not report.ok
+    assert any(f"seg-000002/{array}" in f for f in report.failures), report.failures
+
+
+@pytest.mark.parametrize("array", ["doc_offsets", "id_offsets", "id_bytes"])
+def test_reads_through_a_corrupt_compressed_array_fail_loudly(store_copy, template_corpus, array):
+    chunk = store_copy / "segments" / "seg-000002" / array / "c" / "0"
+    flip(chunk, 5)
+    with pytest.raises(CorruptStoreError, match=f"seg-000002/{array}"):
+        with store.Store.open(store_copy) as s:
+            s.get(template_corpus.ids[-1])
+
+
+def test_ivf_corruption_fails_loudly_when_read(store_copy):
+    chunk = store_copy / "segments" / "seg-000001" / "ivf_docs" / "c" / "0"
+    flip(chunk, 7)
+    with store.Store.open(store_copy) as s:
+        with pytest.raises(CorruptStoreError, match="ivf_docs"):
+            s.segments[0].ivf()
+        s.segments[1].ivf()  # the other segment is fine
+
+
+# --------------------------------------------------------------------------- codec
+
+
+@pytest.mark.parametrize("array", ["centroids", "bucket_cutoffs", "bucket_weights"])
+def test_flipped_codec_byte_is_reported(store_copy, template_corpus, array):
+    chunk = next(p for p in (store_copy / "codec" / array / "c").rglob("*") if p.is_file())
+    flip(chunk, 1)
+    with store.Store.open(store_copy) as s:
+        failures = s.verify().failures
+        assert len(failures) == 1 and str(chunk) in failures[0], failures
+        with pytest.raises(CorruptStoreError, match=f"codec/{array}"):
+            s.get(template_corpus.ids[0])
+
+
+# --------------------------------------------------------------------------- deletion bitmaps
+
+
+def test_corrupt_deletion_bitmap_is_refused(store_copy, template_corpus):
+    with store.Store.open(store_copy, writable=True) as s:
+        s.delete([template_corpus.ids[2]])
+    bitmap = store_copy / "segments" / "seg-000001.000003.del"
+    flip(bitmap, 24)
+    with pytest.raises(CorruptStoreError, match="seg-000001.000003.del"):
+        store.Store.open(store_copy).ids()
+
+
+# --------------------------------------------------------------------------- the manifest
+
+
+def _manifest(root: Path) -> Path:
+    return root / MANIFEST_NAME
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda t: t.replace('"generation": 2', '"generation": 3'),
+        lambda t: t.replace('"dim": 32', '"dim": 64', 1),
+        lambda t: t.replace('"seg-000002"', '"seg-000009"'),
+        lambda t: t.replace('"checksum": "crc32c:', '"checksum": "crc32c:0'),
+    ],
+    ids=["generation", "dim", "segment name", "checksum"],
+)
+def test_edited_manifest_body_is_refused(store_copy, edit):
+    path = _manifest(store_copy)
+    text = path.read_text()
+    edited = edit(text)
+    assert edited != text
+    path.write_text(edited)
+    with pytest.raises(CorruptStoreError, match="checksum mismatch"):
+        store.Store.open(store_copy)
+    with pytest.raises(CorruptStoreError):
+        store.Store.open(store_copy, writable=True)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"{", b"\xff\xfe not json", b"[]", b'{"format": "other"}', b"null"],
+    ids=["empty", "torn", "binary", "a list", "another format", "null"],
+)
+def test_garbage_manifest_is_refused(store_copy, content):
+    _manifest(store_copy).write_bytes(content)
+    with pytest.raises(CorruptStoreError):
+        store.Store.open(store_copy)
+
+
+def test_torn_manifest_write_is_refused(store_copy):
+    data = _manifest(store_copy).read_bytes()
+    _manifest(store_copy).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptStoreError, match="not valid JSON"):
+        store.Store.open(store_copy)
+
+
+def test_missing_manifest(store_copy):
+    _manifest(store_copy).unlink()
+    with pytest.raises(StoreError, match="no manifest.json"):
+        store.Store.open(store_copy)
+
+
+def test_verify_reports_a_manifest_corrupted_after_open(store_copy):
+    with store.Store.open(store_copy) as s:
+        flip(_manifest(store_copy), 40)
+        report = s.verify()
+        assert not report.ok and "manifest.json" in report.failures[0]
+
+
+def test_a_manifest_naming_a_missing_segment_is_reported(store_copy):
+    """A manifest with a valid checksum but a segment that is not there: verify says so."""
+    path = _manifest(store_copy)
+    m = store.Manifest.from_bytes(path.read_bytes())
+    path.write_bytes(m.to_bytes())  # the checksum API round-trips
+    import shutil
+
+    shutil.rmtree(store_copy / "segments" / "seg-000002")
+    with store.Store.open(store_copy) as s:
+        failures = s.verify().failures
+        assert any("seg-000002" in f for f in failures), failures
+
+
+# --------------------------------------------------------------------------- any byte
+
+
+def _checked_files(root: Path) -> list[Path]:
+    """Every file whose bytes are under a checksum: chunk and shard files, bitmaps, the manifest."""
+    files = [p for p in sorted(root.rglob("*")) if p.is_file() and p.name not in ("zarr.json", ".lock")]
+    assert any(p.name == MANIFEST_NAME for p in files)
+    return files
+
+
+@pytest.fixture(scope="module")
+def damaged_copy(template_store, tmp_path_factory, template_corpus):
+    """One copy for the whole property: each example flips one bit and flips it back."""
+    import shutil
+
+    dst = tmp_path_factory.mktemp("anybyte") / "store"
+    shutil.copytree(template_store, dst)
+    with store.Store.open(dst, writable=True) as s:
+        s.delete([template_corpus.ids[0]])  # so a bitmap is among the files too
+    return dst
+
+
+@settings(max_examples=max(30, settings().max_examples))
+@given(data=st.data())
+def test_any_flipped_bit_is_reported_by_verify(damaged_copy, data):
+    files = _checked_files(damaged_copy)
+    path = data.draw(st.sampled_from(files), label="file")
+    offset = data.draw(st.integers(0, path.stat().st_size - 1), label="offset")
+    mask = 1 << data.draw(st.integers(0, 7), label="bit")
+    flip(path, offset, mask)
+    try:
+        try:
+            s = store.Store.open(damaged_copy)
+        except StoreError:
+            return  # refused at open: reported
+        with s:
+            report = s.verify()
+            assert not report.ok, f"flip of bit {mask:#x} at {offset} in {path} went unnoticed"
+    finally:
+        flip(path, offset, mask)
+    with store.Store.open(damaged_copy) as s:
+        assert s.verify().ok
