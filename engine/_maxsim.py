@@ -38,16 +38,18 @@ def _segment_max_sum(sim: np.ndarray, doclens: np.ndarray) -> np.ndarray:
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest scores, best first (ties broken by index, for determinism)."""
-    k = min(k, len(scores))
+    """Indices of the k largest scores, best first; ties broken by lower index (deterministic)."""
+    n = len(scores)
+    k = min(k, n)
     if k == 0:
         return np.zeros(0, dtype=np.int64)
-    if k < len(scores):
-        part = np.argpartition(-scores, k - 1)[:k]
+    if k < n:
+        kth = np.partition(scores, n - k)[n - k]
+        part = np.nonzero(scores >= kth)[0]  # every index tied at the cut, so lexsort can choose
     else:
-        part = np.arange(len(scores))
+        part = np.arange(n)
     order = np.lexsort((part, -scores[part]))
-    return part[order]
+    return part[order[:k]]
 
 
 def maxsim_torch(query, tokens, doclens, device: str):

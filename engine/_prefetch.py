@@ -45,25 +45,33 @@ class Prefetcher:
             todo = [int(d) for d in docs if int(d) not in self._cache and int(d) not in self._inflight]
         for s in range(0, len(todo), self.task_docs):
             chunk = np.array(sorted(todo[s : s + self.task_docs]), dtype=np.int64)
-            fut = self._pool.submit(self._load, chunk)
-            with self._lock:
+            fut: Future = Future()
+            with self._lock:  # mark in flight before the read can start (and finish)
                 for d in chunk.tolist():
                     self._inflight[d] = fut
+            self._pool.submit(self._load, chunk, fut)
 
-    def _load(self, docs: np.ndarray) -> None:
+    def _load(self, docs: np.ndarray, fut: Future) -> None:
+        """Read docs into the cache and settle `fut`; a doc leaves the in-flight map only if it is still ours."""
         try:
             rows, io = self._read(docs)
-        except BaseException:
+        except BaseException as e:
             with self._lock:
-                for d in docs.tolist():
-                    self._inflight.pop(d, None)
-            raise
+                self._forget(docs, fut)
+            fut.set_exception(e)
+            return
         with self._lock:
             self.bytes_read += io["bytes"]
             self.read_calls += io["calls"]
             for d, r in zip(docs.tolist(), rows):
                 self._put(d, r)
-                self._inflight.pop(d, None)
+            self._forget(docs, fut)
+        fut.set_result(None)
+
+    def _forget(self, docs: np.ndarray, fut: Future) -> None:
+        for d in docs.tolist():
+            if self._inflight.get(d) is fut:
+                del self._inflight[d]
 
     def _put(self, doc: int, rows: Rows) -> None:
         if doc in self._cache:
@@ -114,7 +122,10 @@ class Prefetcher:
                     out[i] = r if r is not None else None
             lost = [i for i in wait if out[i] is None]  # evicted before we got it: read again
             if lost:
-                rows, _ = self._read(np.asarray(docs)[lost])
+                rows, io = self._read(np.asarray(docs)[lost])
+                with self._lock:
+                    self.bytes_read += io["bytes"]
+                    self.read_calls += io["calls"]
                 for i, r in zip(lost, rows):
                     out[i] = r
         # keep the rows just used (the cache is an LRU of recently scored documents)

@@ -29,8 +29,13 @@ from ._maxsim import centroid_scores_concat, maxsim_concat, maxsim_torch, top_k
 from ._prefetch import Prefetcher
 
 DEFAULT_BUDGET = "64MB"
-DEFAULT_NPROBE = 4
-DEFAULT_NDOCS = 512
+DEFAULT_NPROBE = 8
+DEFAULT_NDOCS = 256
+# Give freed query temporaries back to the OS after every search call: glibc keeps
+# them otherwise (measured at 1e6 tokens, 16MB budget: index memory 45 MB without,
+# 27 MB with; trimming every 16 queries left it at 45 MB since the heap regrows
+# within a few queries). A trim costs ~0.8 ms; a batch call pays it once.
+TRIM_EVERY = 1
 
 Hits = list[tuple[str, float]]
 
@@ -52,10 +57,10 @@ class Searcher:
         self.store = Store.open(Path(store_or_path)) if self._own_store else store_or_path
         if self.store.manifest.codec is None or not self.store.manifest.segments:
             raise ValueError(f"{self.store.root}: the store is empty; add documents before searching")
-        self.nprobe = int(nprobe or DEFAULT_NPROBE)
-        self.ndocs = int(ndocs or DEFAULT_NDOCS)
+        self.nprobe = DEFAULT_NPROBE if nprobe is None else int(nprobe)
+        self.ndocs = DEFAULT_NDOCS if ndocs is None else int(ndocs)
         if self.nprobe <= 0 or self.ndocs <= 0:
-            raise ValueError("nprobe and ndocs must be positive")
+            raise ValueError(f"nprobe and ndocs must be positive integers, got nprobe={nprobe!r}, ndocs={ndocs!r}")
         self.device = device
         self.generation = self.store.generation
         self.corpus = Corpus(self.store)
@@ -70,8 +75,9 @@ class Searcher:
         if self.placement.residuals_resident:
             c.load_residuals()
         self.prefetcher = Prefetcher(c.read_rows, self.placement.cache_bytes or (1 << 20), threads=prefetch_threads)
-        self._scores_t: np.ndarray | None = None
+        _release_free_memory()
         self.queries = 0
+        self._trimmed_at = 0
         self.query_time_s = 0.0
 
     # ------------------------------------------------------------------ public API
@@ -90,6 +96,9 @@ class Searcher:
         results = self._search_batch(queries, int(k), allowed)
         self.query_time_s += time.perf_counter() - t0
         self.queries += len(queries)
+        if self.queries - self._trimmed_at >= TRIM_EVERY:
+            self._trimmed_at = self.queries
+            _release_free_memory()
         return results[0] if single else results
 
     def stats(self) -> dict[str, Any]:
@@ -118,7 +127,7 @@ class Searcher:
 
     def reset_stats(self) -> None:
         self.prefetcher.reset_stats()
-        self.queries = 0
+        self.queries = self._trimmed_at = 0
         self.query_time_s = 0.0
 
     def close(self) -> None:
@@ -145,6 +154,8 @@ class Searcher:
             if a.ndim == 2:
                 qs, single = [a], True
             elif a.ndim == 3:
+                if len(a) == 0:
+                    raise ValueError("empty batch of queries")
                 qs, single = list(a), False
             else:
                 raise ValueError(f"query must be (q_len, {dim}) or (batch, q_len, {dim}), got shape {a.shape}")
@@ -154,11 +165,7 @@ class Searcher:
                 raise ValueError(f"query {i}: expected (q_len, {dim}), got shape {q.shape}")
             if q.shape[0] == 0:
                 raise ValueError(f"query {i}: empty query (no token vectors)")
-            if not np.issubdtype(q.dtype, np.floating) or not np.isfinite(q).all():
-                raise ValueError(f"query {i}: values must be finite floats (NaN or inf found)")
-            q = q.astype(np.float32)
-            norms = np.linalg.norm(q, axis=1, keepdims=True)
-            out.append(q / np.where(norms > 0, norms, 1))
+            out.append(normalize_query(q, f"query {i}"))
         return single, out
 
     def _search_batch(self, queries: list[np.ndarray], k: int, allowed: np.ndarray | None) -> list[Hits]:
@@ -186,9 +193,7 @@ class Searcher:
         c = self.corpus
         if allowed is not None and len(allowed) <= max(self.ndocs, k):
             return allowed  # a small subset is scored exactly, whole
-        nprobe = min(self.nprobe, S.shape[1])
-        probe = np.argpartition(S, S.shape[1] - nprobe, axis=1)[:, S.shape[1] - nprobe :]
-        cents = np.unique(probe)
+        cents = np.unique(_top_columns(S, min(self.nprobe, S.shape[1])))
         starts, stops = c.ivf_offsets[cents], c.ivf_offsets[cents + 1]
         lens = stops - starts
         docs = np.take(c.ivf_docs, np.repeat(starts, lens) + _ramp(lens)).astype(np.int64)
@@ -249,6 +254,47 @@ class Searcher:
 
 
 _CONTROLLER = None
+
+
+def normalize_query(q: np.ndarray, what: str = "query") -> np.ndarray:
+    """Check a (q_len, dim) query's values and return it as unit-norm float32 rows."""
+    if not np.issubdtype(q.dtype, np.floating):
+        raise ValueError(f"{what}: expected float16/32/64 values, got {q.dtype}")
+    if not np.isfinite(q).all():
+        raise ValueError(f"{what}: values must be finite (NaN or inf found)")
+    q = q.astype(np.float32)
+    norms = np.linalg.norm(q, axis=1, keepdims=True)
+    return q / np.where(norms > 0, norms, 1)
+
+
+def _release_free_memory() -> None:
+    """Give the heap pages freed after building the index back to the OS (glibc only).
+
+    Building the merged inverted lists leaves ~10 MB of freed temporaries that
+    glibc would otherwise keep in the process (measured on a 1e6-token store).
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _top_columns(S: np.ndarray, n: int) -> np.ndarray:
+    """Column indices of the n largest entries of each row of S (any order).
+
+    For the small n of probing, n argmax passes beat argpartition (measured 5x at K=8192).
+    """
+    if n > 8:
+        return np.argpartition(S, S.shape[1] - n, axis=1)[:, S.shape[1] - n :]
+    work = S.copy()
+    rows = np.arange(S.shape[0])
+    out = np.empty((S.shape[0], n), dtype=np.int64)
+    for j in range(n):
+        out[:, j] = work.argmax(axis=1)
+        work[rows, out[:, j]] = -np.inf
+    return out
 
 
 def _blas_single_thread():

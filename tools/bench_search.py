@@ -11,8 +11,9 @@ every query once, one at a time; then the batch mode (queries in groups of
 the engine's arrays, its cache, and any store pages it touched.
 
 Recall@10 is measured against exhaustive exact MaxSim over the same
-compressed store (search loss only), computed once and cached beside the
-store as STORE.truth.json. With --cold, the store's files are evicted from the
+compressed store (search loss only; cached beside the store as
+STORE.truth.json) and, where tools/ground_truth.py has been run on the
+bundle, against exact MaxSim over the uncompressed vectors (end to end). With --cold, the store's files are evicted from the
 page cache (posix_fadvise DONTNEED) before every query.
 """
 
@@ -100,6 +101,18 @@ def truth(store_path: Path, queries: np.ndarray, k: int = 10) -> list[list[str]]
     return ids
 
 
+def raw_truth(bundle: Path, n: int) -> list[list[str]] | None:
+    """Top-10 ids by exact MaxSim over the uncompressed bundle (tools/ground_truth.py), if computed."""
+    path = bundle / "truth_k100.npy"
+    if not path.exists():
+        print(f"(no {path}: run python -m tools.ground_truth {bundle} for end-to-end recall)", file=sys.stderr)
+        return None
+    top = np.load(path)[:n, :10]
+    ids_file = bundle / "ids.txt"
+    ids = ids_file.read_text().splitlines() if ids_file.exists() else None
+    return [[ids[i] if ids else str(i) for i in row] for row in top.tolist()]
+
+
 def recall(results: list[list[str]], reference: list[list[str]], k: int = 10) -> float:
     return float(np.mean([len(set(r[:k]) & set(t[:k])) / k for r, t in zip(results, reference)]))
 
@@ -123,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
     queries = np.load(args.bundle / "queries.npy")[: args.queries]
     reference = truth(args.store, queries)
+    raw = raw_truth(args.bundle, len(queries))
     import lodestore
 
     with lodestore.Store.open(args.store) as store:
@@ -134,18 +148,21 @@ def main(argv: list[str] | None = None) -> int:
         out = subprocess.run([sys.executable, "-m", "tools.bench_search", "x", "x", "--child", json.dumps(cfg)],
                              capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        r["recall"] = recall(r.pop("results"), reference)
+        results = r.pop("results")
+        r["recall"] = recall(results, reference)
+        r["recall_raw"] = recall(results, raw) if raw is not None else None
         r["budget"] = budget
         rows.append(r)
     print(f"\nstore: {args.store} ({st['tokens']:,} tokens, {st['documents']:,} docs, K={st['centroids']}, "
           f"nbits={st['nbits']}, {st['bytes_per_token']:.2f} B/token on disk); queries: {len(queries)}; "
           f"cache: {'cold (fadvise DONTNEED before each query)' if args.cold else 'warm'}")
-    head = ("budget", "placement", "R@10", "p50 ms", "p95 ms", "QPS", "batch ms/q", "RSS MB", "anon", "file",
+    head = ("budget", "placement", "R@10 store", "R@10 raw", "p50 ms", "p95 ms", "QPS", "batch ms/q", "RSS MB", "anon", "file",
             "index MB", "KB read/q", "disk KB/q", "hit rate", "load")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
-        cells = (r["budget"], r["placement"], f"{r['recall']:.3f}", f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}",
+        cells = (r["budget"], r["placement"], f"{r['recall']:.3f}",
+                 f"{r['recall_raw']:.3f}" if r["recall_raw"] is not None else "-", f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}",
                  f"{r['qps']:.0f}", f"{r['batch_ms_per_query']:.1f}" if r["batch_ms_per_query"] else "-",
                  f"{r['rss_mb']:.0f}", f"{r['rss_anon_mb']:.0f}", f"{r['rss_file_mb']:.0f}", f"{r['index_mb']:.1f}",
                  f"{r['bytes_read_per_query'] / 1e3:.0f}", f"{r['disk_read_per_query'] / 1e3:.0f}",
