@@ -84,7 +84,10 @@ class Corpus:
 
     # ------------------------------------------------------------------ reads
     def read_rows(self, docs: np.ndarray) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
-        """(codes, residuals) of each global doc, in the given order, read from disk (CRC-checked)."""
+        """(codes, residuals) of each global doc, in the given order, read from disk (CRC-checked).
+
+        When codes are resident only the residual rows are read.
+        """
         docs = np.asarray(docs, dtype=np.int64)
         order = np.argsort(docs, kind="stable")
         sorted_docs = docs[order]
@@ -93,10 +96,13 @@ class Corpus:
         io = {"bytes": 0, "calls": 0}
         for s in np.unique(seg_of).tolist():
             sel = np.nonzero(seg_of == s)[0]
-            codes, res, lens, seg_io = self.segments[s].read_docs(sorted_docs[sel] - self.seg_base[s])
+            local = sorted_docs[sel] - self.seg_base[s]
+            codes, res, lens, seg_io = self.segments[s].read_docs(local, codes=self.codes is None)
+            if codes is None:  # codes are resident: take them from RAM
+                codes, _ = self.resident_codes(sorted_docs[sel])
             io["bytes"] += seg_io["bytes"]
             io["calls"] += seg_io["calls"]
-            bounds = np.concatenate([[0], np.cumsum(lens)])
+            bounds = np.concatenate([[0], np.cumsum(lens)]).tolist()
             for j, i in enumerate(sel.tolist()):
                 a, b = bounds[j], bounds[j + 1]
                 out[order[i]] = (codes[a:b], res[a:b])

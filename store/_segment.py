@@ -219,13 +219,19 @@ class SegmentReader:
         offsets = read_small(self.path, "ivf_offsets")
         return offsets, delta_decode_lists(read_small(self.path, "ivf_docs"), np.diff(offsets))
 
-    def read_docs(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-        """Token rows of local documents `docs` -> (codes, residuals, doclens, io counters)."""
+    def read_docs(self, docs: np.ndarray, *, codes: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, dict]:
+        """Token rows of local documents `docs` -> (codes, residuals, doclens, io counters).
+
+        codes=False skips the codes array (for a reader that keeps codes in RAM) and returns None for it.
+        """
         docs = np.asarray(docs, dtype=np.int64)
         starts, stops = self.doc_offsets[docs], self.doc_offsets[docs + 1]
-        codes, io1 = self.codes.read_ranges(starts, stops)
-        residuals, io2 = self.residuals.read_ranges(starts, stops)
-        return codes, residuals, stops - starts, {"bytes": io1["bytes"] + io2["bytes"], "calls": io1["calls"] + io2["calls"]}
+        residuals, io = self.residuals.read_ranges(starts, stops)
+        code_rows = None
+        if codes:
+            code_rows, io1 = self.codes.read_ranges(starts, stops)
+            io = {"bytes": io["bytes"] + io1["bytes"], "calls": io["calls"] + io1["calls"]}
+        return code_rows, residuals, stops - starts, io
 
     def verify(self) -> tuple[int, list[str]]:
         """Check every chunk of every array in the segment -> (chunks checked, failures)."""

@@ -1,0 +1,73 @@
+"""The tools run end to end on tiny inputs (no figures asserted: those belong to benchmarks)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import lodestore
+from lodestore import cli
+from tools import bench_search, demo, ground_truth, make_bundle
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tools") / "bundle"
+    make_bundle.main([str(path), "--tokens", "6000", "--queries", "6", "--seed", "3", "--dim", "32"])
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(bundle, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tools") / "store"
+    assert cli.main(["build", str(path), "--embeddings", str(bundle), "--centroids", "64", "--quiet"]) == 0
+    return path
+
+
+def test_ground_truth_matches_brute_force(bundle):
+    top = ground_truth.exact_topk(bundle, k=5, progress=False)
+    docs = np.load(bundle / "docs.npy").astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    lens = np.load(bundle / "doclens.npy")
+    queries = np.load(bundle / "queries.npy")
+    bounds = np.concatenate([[0], np.cumsum(lens)])
+    for qi, q in enumerate(queries):
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        scores = np.array([(docs[a:b] @ q.T).max(axis=0).sum() for a, b in zip(bounds[:-1], bounds[1:])])
+        np.testing.assert_allclose(scores[top[qi]], np.sort(scores)[::-1][:5], rtol=1e-5)
+
+
+def test_bench_search_runs(bundle, built, capsys):
+    out = built.parent / "rows.json"
+    assert bench_search.main([str(bundle), str(built), "--queries", "6", "--budgets", "all,1",
+                              "--batch", "3", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["placement"] for r in rows] == ["all-in-RAM", "disk"]
+    assert all(0.0 <= r["recall"] <= 1.0 and r["p50_ms"] > 0 for r in rows)
+    assert "| budget |" in capsys.readouterr().out
+
+
+def test_cli_info_verify_search(bundle, built, capsys):
+    assert cli.main(["info", str(built)]) == 0
+    assert "bytes / token" in capsys.readouterr().out
+    assert cli.main(["verify", str(built)]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert cli.main(["search", str(built), "--queries", str(bundle / "queries.npy"), "-k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 6 and all(len(h) == 3 for h in hits)
+    with lodestore.Store.open(built) as store:
+        exact = lodestore.exhaustive_search(store, np.load(bundle / "queries.npy")[0], k=1)
+    assert hits[0][0]["id"] == exact[0][0]
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    assert cli.main(["info", str(tmp_path / "nope")]) == 2
+    assert "no such store" in capsys.readouterr().err
+
+
+def test_demo_runs(tmp_path, capsys):
+    assert demo.main(["--dir", str(tmp_path / "demo"), "--tokens", "5000"]) == 0
+    out = capsys.readouterr().out
+    assert "recall@10 against exhaustive MaxSim" in out and "OK" in out
