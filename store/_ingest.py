@@ -7,6 +7,7 @@ rows. Bad input raises ValueError naming the document and the problem.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -135,7 +136,9 @@ class InMemorySource(DocSource):
 class BundleSource(DocSource):
     """An embedding bundle directory: docs.npy (tokens x dim), doclens.npy, optional ids.txt.
 
-    docs.npy is memory-mapped and read one batch at a time, so memory stays bounded.
+    docs.npy is read one batch at a time with pread (not through a memory map:
+    mapped pages of a multi-GB file would count in the build's RSS), so memory
+    stays bounded by one batch.
     """
 
     def __init__(self, path: str | Path, dim: int | None = None, existing: set[str] | None = None):
@@ -143,19 +146,26 @@ class BundleSource(DocSource):
         for name in ("docs.npy", "doclens.npy"):
             if not (self.path / name).exists():
                 raise ValueError(f"{self.path}: not an embedding bundle (no {name})")
-        self.tokens = np.load(self.path / "docs.npy", mmap_mode="r")
+        header = np.load(self.path / "docs.npy", mmap_mode="r")
+        shape, self._dtype, self._offset = header.shape, header.dtype, header.offset
+        fortran = header.flags.f_contiguous and not header.flags.c_contiguous
+        del header
         self.doclens = np.load(self.path / "doclens.npy").astype(np.int64)
-        if self.tokens.ndim != 2:
-            raise ValueError(f"{self.path}/docs.npy: expected (tokens, dim), got shape {self.tokens.shape}")
-        self.dim = int(self.tokens.shape[1])
+        if len(shape) != 2 or fortran:
+            raise ValueError(f"{self.path}/docs.npy: expected a C-order (tokens, dim) array, got shape {shape}")
+        if not np.issubdtype(self._dtype, np.floating):
+            raise ValueError(f"{self.path}/docs.npy: expected float16/32/64 values, got {self._dtype}")
+        self.dim = int(shape[1])
+        self._row_bytes = self.dim * self._dtype.itemsize
+        n_rows = int(shape[0])
         if dim is not None and dim != self.dim:
             raise ValueError(f"{self.path}: bundle has dim {self.dim}, the store has dim {dim}")
         if (self.doclens <= 0).any():
             bad = int(np.argmax(self.doclens <= 0))
             raise ValueError(f"{self.path}: document {bad} has {self.doclens[bad]} tokens (empty document)")
-        if int(self.doclens.sum()) != len(self.tokens):
-            raise ValueError(f"{self.path}: doclens sum to {int(self.doclens.sum())} but docs.npy has {len(self.tokens)} rows")
-        self.n_docs, self.n_tokens = len(self.doclens), len(self.tokens)
+        if int(self.doclens.sum()) != n_rows:
+            raise ValueError(f"{self.path}: doclens sum to {int(self.doclens.sum())} but docs.npy has {n_rows} rows")
+        self.n_docs, self.n_tokens = len(self.doclens), n_rows
         ids_file = self.path / "ids.txt"
         ids = ids_file.read_text(encoding="utf-8").splitlines() if ids_file.exists() else [str(i) for i in range(self.n_docs)]
         self._ids = check_ids(ids, self.n_docs, existing)
@@ -164,13 +174,21 @@ class BundleSource(DocSource):
     def ids(self) -> list[str]:
         return self._ids
 
+    def _rows(self, lo: int, hi: int) -> np.ndarray:
+        """Rows [lo, hi) of docs.npy as float32, read with one pread."""
+        with open(self.path / "docs.npy", "rb") as f:
+            data = os.pread(f.fileno(), (hi - lo) * self._row_bytes, self._offset + lo * self._row_bytes)
+        if len(data) != (hi - lo) * self._row_bytes:
+            raise ValueError(f"{self.path}/docs.npy: file shorter than its header says")
+        return np.frombuffer(data, dtype=self._dtype).reshape(hi - lo, self.dim).astype(np.float32)
+
     def batches(self):
         start = 0
         while start < self.n_docs:
             stop = max(start + 1, int(np.searchsorted(self.offsets, self.offsets[start] + BATCH_TOKENS, side="right")) - 1)
             stop = min(stop, self.n_docs)
-            lo, hi = self.offsets[start], self.offsets[stop]
-            tokens = np.array(self.tokens[lo:hi], dtype=np.float32)
+            lo, hi = int(self.offsets[start]), int(self.offsets[stop])
+            tokens = self._rows(lo, hi)
             doclens = self.doclens[start:stop]
             ids = self._ids[start:stop]
             doc_of_row = np.repeat(np.arange(stop - start), doclens)
@@ -179,7 +197,13 @@ class BundleSource(DocSource):
 
     def sample(self, n: int, seed: int) -> np.ndarray:
         rows = np.sort(np.random.default_rng(seed).choice(self.n_tokens, size=min(n, self.n_tokens), replace=False))
-        x = np.array(self.tokens[rows], dtype=np.float32)
+        parts = []  # one pass over the file in blocks, keeping the sampled rows of each
+        for lo in range(0, self.n_tokens, BATCH_TOKENS):
+            hi = min(lo + BATCH_TOKENS, self.n_tokens)
+            a, b = np.searchsorted(rows, [lo, hi])
+            if b > a:
+                parts.append(self._rows(lo, hi)[rows[a:b] - lo])
+        x = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
         bad = ~np.isfinite(x).all(axis=1)
         if bad.any():  # name it here: k-means would fail on it with a bare faiss RuntimeError
             row = int(rows[np.argmax(bad)])
@@ -191,18 +215,47 @@ class BundleSource(DocSource):
         return x / np.where(norms > 0, norms, 1)
 
 
-class NpyDirSource(InMemorySource):
+class NpyDirSource(DocSource):
     """A directory of .npy files, one document each, id = file stem (sorted by name).
 
-    Loads files one at a time through InMemorySource's checks; suited to
-    modest directories (bundles are the streaming path for large corpora).
+    Shapes are read from the headers up front; files are loaded one batch at a
+    time, so memory stays bounded by one batch.
     """
 
     def __init__(self, path: str | Path, dim: int, existing: set[str] | None = None):
-        files = sorted(Path(path).glob("*.npy"))
-        if not files:
+        self.files = sorted(Path(path).glob("*.npy"))
+        if not self.files:
             raise ValueError(f"{path}: no .npy files")
-        super().__init__([f.stem for f in files], [np.load(f) for f in files], dim, existing)
+        self._ids = check_ids([f.stem for f in self.files], len(self.files), existing)
+        lens = []
+        for doc_id, f in zip(self._ids, self.files):
+            shape = np.load(f, mmap_mode="r").shape
+            if len(shape) != 2 or shape[1] != dim or shape[0] == 0:
+                raise ValueError(f"document {doc_id!r}: expected a non-empty (n_tokens, {dim}) matrix in {f.name}, got shape {shape}")
+            lens.append(shape[0])
+        self.doclens = np.array(lens, dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.doclens)])
+        self.dim, self.n_docs, self.n_tokens = dim, len(self.files), int(self.doclens.sum())
+
+    def ids(self) -> list[str]:
+        return self._ids
+
+    def _doc(self, i: int) -> np.ndarray:
+        return normalize_document(self._ids[i], np.load(self.files[i]), self.dim)
+
+    def batches(self):
+        start = 0
+        while start < self.n_docs:
+            stop = max(start + 1, int(np.searchsorted(self.offsets, self.offsets[start] + BATCH_TOKENS, side="right")) - 1)
+            stop = min(stop, self.n_docs)
+            yield self._ids[start:stop], self.doclens[start:stop], np.concatenate([self._doc(i) for i in range(start, stop)])
+            start = stop
+
+    def sample(self, n: int, seed: int) -> np.ndarray:
+        rows = np.sort(np.random.default_rng(seed).choice(self.n_tokens, size=min(n, self.n_tokens), replace=False))
+        doc = np.searchsorted(self.offsets, rows, side="right") - 1
+        parts = [self._doc(d)[rows[doc == d] - self.offsets[d]] for d in np.unique(doc).tolist()]
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
 
 
 def open_source(path: str | Path, dim: int | None, existing: set[str] | None = None) -> DocSource:
