@@ -83,6 +83,19 @@ class Prefetcher:
             _, old = self._cache.popitem(last=False)
             self._cached_bytes -= old[0].nbytes + old[1].nbytes
 
+    def take_ready(self, docs: np.ndarray) -> tuple[np.ndarray, list[Rows]]:
+        """The docs (positions in `docs`) whose rows are already cached, with their rows; each counts as a hit."""
+        idx, rows = [], []
+        with self._lock:
+            for i, d in enumerate(docs.tolist()):
+                r = self._cache.get(d)
+                if r is not None:
+                    self._cache.move_to_end(d)
+                    idx.append(i)
+                    rows.append(r)
+            self.hits += len(idx)
+        return np.array(idx, dtype=np.int64), rows
+
     def get(self, docs: np.ndarray) -> list[Rows]:
         """Rows of every doc, in order: from the cache, by waiting for a read in flight, or read now."""
         out: list[Rows | None] = [None] * len(docs)

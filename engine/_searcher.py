@@ -36,6 +36,7 @@ DEFAULT_NDOCS = 256
 # 27 MB with; trimming every 16 queries left it at 45 MB since the heap regrows
 # within a few queries). A trim costs ~0.8 ms; a batch call pays it once.
 TRIM_EVERY = 1
+STREAM_CHUNK = 16  # documents waited for at once when none of the survivors has arrived yet
 
 Hits = list[tuple[str, float]]
 
@@ -227,30 +228,46 @@ class Searcher:
         survivors = self._survivors(k)
         if c.residuals is not None:
             codes, lens = c.resident_codes(cand)
-            keep = top_k(centroid_scores_concat(S, codes, lens), survivors)
-            final = cand[keep]
+            final = cand[top_k(centroid_scores_concat(S, codes, lens), survivors)]
             codes, residuals, lens = c.resident_rows(final)
-        else:
-            if c.codes is not None:
-                codes, lens = c.resident_codes(cand)
-                rows = None
-            else:
-                rows = self.prefetcher.get(cand)
-                codes = np.concatenate([r[0] for r in rows])
-                lens = np.array([len(r[0]) for r in rows], dtype=np.int64)
-            keep = top_k(centroid_scores_concat(S, codes, lens), survivors)
-            final = cand[np.sort(keep)]
-            got = self.prefetcher.get(final) if rows is None else [rows[i] for i in np.sort(keep).tolist()]
-            codes = np.concatenate([r[0] for r in got])
-            residuals = np.concatenate([r[1] for r in got])
-            lens = np.array([len(r[0]) for r in got], dtype=np.int64)
-        tokens = c.codec.decode(codes, residuals)
+            return self._hits(final, self._exact(Q, codes, residuals, lens), k)
+        if c.codes is not None:
+            codes, lens = c.resident_codes(cand)
+            final = cand[np.sort(top_k(centroid_scores_concat(S, codes, lens), survivors))]  # stage-2 (= prefetch) order
+            return self._exact_streamed(Q, final, k)
+        rows = self.prefetcher.get(cand)  # codes are on disk too: centroid interaction needs every candidate's rows
+        lens = np.array([len(r[0]) for r in rows], dtype=np.int64)
+        keep = np.sort(top_k(centroid_scores_concat(S, np.concatenate([r[0] for r in rows]), lens), survivors))
+        got = [rows[i] for i in keep.tolist()]
+        return self._hits(cand[keep], self._exact(Q, *_stack(got)), k)
+
+    def _exact_streamed(self, Q: np.ndarray, final: np.ndarray, k: int) -> Hits:
+        """Exact MaxSim over `final`, scoring the documents whose rows have arrived while the rest are read."""
+        scores = np.empty(len(final), dtype=np.float32)
+        pending = np.arange(len(final))
+        while len(pending):
+            ready, rows = self.prefetcher.take_ready(final[pending])
+            if not len(ready):  # nothing has arrived: wait for the next few, in prefetch order
+                ready = np.arange(min(STREAM_CHUNK, len(pending)))
+                rows = self.prefetcher.get(final[pending[ready]])
+            scores[pending[ready]] = self._exact(Q, *_stack(rows))
+            pending = np.delete(pending, ready)
+        return self._hits(final, scores, k)
+
+    def _exact(self, Q: np.ndarray, codes: np.ndarray, residuals: np.ndarray, lens: np.ndarray) -> np.ndarray:
+        tokens = self.corpus.codec.decode(codes, residuals)
         if self.device == "cpu":
-            exact = maxsim_concat(Q, tokens, lens)
-        else:
-            exact = maxsim_torch(Q, tokens, lens, self.device)
-        best = top_k(exact, k)
-        return [(c.doc_id(int(final[i])), float(exact[i])) for i in best]
+            return maxsim_concat(Q, tokens, lens)
+        return maxsim_torch(Q, tokens, lens, self.device)
+
+    def _hits(self, docs: np.ndarray, scores: np.ndarray, k: int) -> Hits:
+        return [(self.corpus.doc_id(int(docs[i])), float(scores[i])) for i in top_k(scores, k)]
+
+
+def _stack(rows: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-document (codes, residuals) pairs -> concatenated codes, residuals, and lengths."""
+    return (np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows]),
+            np.array([len(r[0]) for r in rows], dtype=np.int64))
 
 
 _CONTROLLER = None
