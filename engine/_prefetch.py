@@ -83,18 +83,10 @@ class Prefetcher:
             _, old = self._cache.popitem(last=False)
             self._cached_bytes -= old[0].nbytes + old[1].nbytes
 
-    def take_ready(self, docs: np.ndarray) -> tuple[np.ndarray, list[Rows]]:
-        """The docs (positions in `docs`) whose rows are already cached, with their rows; each counts as a hit."""
-        idx, rows = [], []
+    def cached(self, docs: np.ndarray) -> bool:
+        """Whether every doc's rows are in the cache now (counts nothing)."""
         with self._lock:
-            for i, d in enumerate(docs.tolist()):
-                r = self._cache.get(d)
-                if r is not None:
-                    self._cache.move_to_end(d)
-                    idx.append(i)
-                    rows.append(r)
-            self.hits += len(idx)
-        return np.array(idx, dtype=np.int64), rows
+            return all(d in self._cache for d in docs.tolist())
 
     def get(self, docs: np.ndarray) -> list[Rows]:
         """Rows of every doc, in order: from the cache, by waiting for a read in flight, or read now."""

@@ -31,12 +31,7 @@ from ._prefetch import Prefetcher
 DEFAULT_BUDGET = "64MB"
 DEFAULT_NPROBE = 8
 DEFAULT_NDOCS = 256
-# Give freed query temporaries back to the OS after every search call: glibc keeps
-# them otherwise (measured at 1e6 tokens, 16MB budget: index memory 45 MB without,
-# 27 MB with; trimming every 16 queries left it at 45 MB since the heap regrows
-# within a few queries). A trim costs ~0.8 ms; a batch call pays it once.
-TRIM_EVERY = 1
-STREAM_CHUNK = 16  # documents waited for at once when none of the survivors has arrived yet
+STREAM_CHUNK = 16  # survivors scored per exact-MaxSim step (reads of the next steps overlap it)
 
 Hits = list[tuple[str, float]]
 
@@ -48,12 +43,14 @@ class Searcher:
     nprobe: centroids probed per query token. ndocs: candidates kept after the
     list-based approximate scores (a quarter of them reach exact re-ranking).
     device: "cpu" (numpy, no torch import) or a torch device such as "cuda" for
-    the re-ranking step.
+    the re-ranking step. prefetch: read candidates' rows in background threads
+    while scoring (ESPN); False reads them when needed (measured faster on a warm
+    page cache for single queries: docs/BENCHMARKS.md).
     """
 
     def __init__(self, store_or_path: Store | str | os.PathLike, memory_budget: int | str | None = DEFAULT_BUDGET,
                  nprobe: int | None = None, ndocs: int | None = None, *, device: str = "cpu",
-                 prefetch_threads: int = 2):
+                 prefetch: bool = True, prefetch_threads: int = 2):
         self._own_store = not isinstance(store_or_path, Store)
         self.store = Store.open(Path(store_or_path)) if self._own_store else store_or_path
         if self.store.manifest.codec is None or not self.store.manifest.segments:
@@ -63,6 +60,7 @@ class Searcher:
         if self.nprobe <= 0 or self.ndocs <= 0:
             raise ValueError(f"nprobe and ndocs must be positive integers, got nprobe={nprobe!r}, ndocs={ndocs!r}")
         self.device = device
+        self.prefetch = bool(prefetch)
         self.generation = self.store.generation
         self.corpus = Corpus(self.store)
         c = self.corpus
@@ -78,7 +76,6 @@ class Searcher:
         self.prefetcher = Prefetcher(c.read_rows, self.placement.cache_bytes or (1 << 20), threads=prefetch_threads)
         _release_free_memory()
         self.queries = 0
-        self._trimmed_at = 0
         self.query_time_s = 0.0
 
     # ------------------------------------------------------------------ public API
@@ -97,9 +94,6 @@ class Searcher:
         results = self._search_batch(queries, int(k), allowed)
         self.query_time_s += time.perf_counter() - t0
         self.queries += len(queries)
-        if self.queries - self._trimmed_at >= TRIM_EVERY:
-            self._trimmed_at = self.queries
-            _release_free_memory()
         return results[0] if single else results
 
     def stats(self) -> dict[str, Any]:
@@ -122,13 +116,14 @@ class Searcher:
             "resident_bytes": resident,
             "cache_bytes": p.resident_bytes,
             "placement": self.placement.to_dict(),
+            "prefetch": self.prefetch,
             "nprobe": self.nprobe,
             "ndocs": self.ndocs,
         }
 
     def reset_stats(self) -> None:
         self.prefetcher.reset_stats()
-        self.queries = self._trimmed_at = 0
+        self.queries = 0
         self.query_time_s = 0.0
 
     def close(self) -> None:
@@ -180,7 +175,7 @@ class Searcher:
         per_query = [scores_all[bounds[i] : bounds[i + 1]] for i in range(len(queries))]
         # stage 2 for every query first, so all reads are in flight before any re-ranking
         cands = [self._candidates(S, k, allowed) for S in per_query]
-        if not self.placement.residuals_resident:
+        if self.prefetch and not self.placement.residuals_resident:
             for cand in cands:  # best first; with codes in RAM only the likely survivors are needed
                 self.prefetcher.prefetch(cand if c.codes is None else cand[: self._prefetch_depth(k)])
         return [self._rerank(q, S, cand, k) for q, S, cand in zip(queries, per_query, cands)]
@@ -216,9 +211,9 @@ class Searcher:
         return max(k, self.ndocs // 4)
 
     def _prefetch_depth(self, k: int) -> int:
-        """How many stage-2 candidates to read ahead when codes are resident (measured: the
-        survivors of centroid interaction come almost all from the stage-2 top 1.5x)."""
-        return self._survivors(k) * 3 // 2
+        """How many stage-2 candidates to read ahead when codes are resident (measured at 1e6
+        tokens: 4% of the survivors of centroid interaction fall outside the stage-2 top 1.5x)."""
+        return self._survivors(k) * 2
 
     def _rerank(self, Q: np.ndarray, S: np.ndarray, cand: np.ndarray, k: int) -> Hits:
         """Stages 4-5: centroid interaction, then exact MaxSim on the survivors."""
@@ -226,32 +221,36 @@ class Searcher:
         if len(cand) == 0:
             return []
         survivors = self._survivors(k)
-        if c.residuals is not None:
-            codes, lens = c.resident_codes(cand)
-            final = cand[top_k(centroid_scores_concat(S, codes, lens), survivors)]
-            codes, residuals, lens = c.resident_rows(final)
-            return self._hits(final, self._exact(Q, codes, residuals, lens), k)
         if c.codes is not None:
             codes, lens = c.resident_codes(cand)
-            final = cand[np.sort(top_k(centroid_scores_concat(S, codes, lens), survivors))]  # stage-2 (= prefetch) order
-            return self._exact_streamed(Q, final, k)
+            keep = np.sort(top_k(centroid_scores_concat(S, codes, lens), survivors))  # stage-2 (= prefetch) order
+            final = cand[keep]
+            if c.residuals is not None:
+                return self._exact_chunked(Q, final, k, c.resident_rows)
+            p = self.prefetcher
+            return self._exact_chunked(Q, final, k, lambda docs: _stack(p.get(docs)), ready=p.cached)
         rows = self.prefetcher.get(cand)  # codes are on disk too: centroid interaction needs every candidate's rows
         lens = np.array([len(r[0]) for r in rows], dtype=np.int64)
         keep = np.sort(top_k(centroid_scores_concat(S, np.concatenate([r[0] for r in rows]), lens), survivors))
-        got = [rows[i] for i in keep.tolist()]
-        return self._hits(cand[keep], self._exact(Q, *_stack(got)), k)
+        by_doc = {int(cand[i]): rows[i] for i in keep.tolist()}
+        return self._exact_chunked(Q, cand[keep], k, lambda docs: _stack([by_doc[int(d)] for d in docs]))
 
-    def _exact_streamed(self, Q: np.ndarray, final: np.ndarray, k: int) -> Hits:
-        """Exact MaxSim over `final`, scoring the documents whose rows have arrived while the rest are read."""
+    def _exact_chunked(self, Q: np.ndarray, final: np.ndarray, k: int, rows_of, ready=None) -> Hits:
+        """Exact MaxSim over `final`, STREAM_CHUNK documents at a time.
+
+        Chunks whose rows have all arrived are scored first, while the
+        prefetcher keeps reading the others. Which documents form a chunk is
+        fixed by position, never by timing, so a document's score is always
+        computed the same way: every placement, and a batch or a single query,
+        give bit-identical scores.
+        """
         scores = np.empty(len(final), dtype=np.float32)
-        pending = np.arange(len(final))
-        while len(pending):
-            ready, rows = self.prefetcher.take_ready(final[pending])
-            if not len(ready):  # nothing has arrived: wait for the next few, in prefetch order
-                ready = np.arange(min(STREAM_CHUNK, len(pending)))
-                rows = self.prefetcher.get(final[pending[ready]])
-            scores[pending[ready]] = self._exact(Q, *_stack(rows))
-            pending = np.delete(pending, ready)
+        step = STREAM_CHUNK if self.device == "cpu" else max(len(final), 1)  # a GPU wants one big batch
+        pending = list(range(0, len(final), step))
+        while pending:
+            a = next((a for a in pending if ready(final[a : a + step])), pending[0]) if ready else pending[0]
+            pending.remove(a)
+            scores[a : a + step] = self._exact(Q, *rows_of(final[a : a + step]))
         return self._hits(final, scores, k)
 
     def _exact(self, Q: np.ndarray, codes: np.ndarray, residuals: np.ndarray, lens: np.ndarray) -> np.ndarray:
@@ -289,6 +288,9 @@ def _release_free_memory() -> None:
 
     Building the merged inverted lists leaves ~10 MB of freed temporaries that
     glibc would otherwise keep in the process (measured on a 1e6-token store).
+    Not done per query: the query working set (~15-20 MB at 1e6 tokens, d=128)
+    is reused from query to query, and trimming it made every query page-fault
+    it back in (measured: p50 +45%, 16.3 vs 9.2 ms).
     """
     try:
         import ctypes

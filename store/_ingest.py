@@ -13,7 +13,13 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-BATCH_TOKENS = 1 << 17  # tokens encoded per batch: bounds encode memory (~64 MiB at d=128)
+BATCH_BYTES = 64 << 20  # float32 tokens encoded per batch: bounds encode memory at any dim
+BATCH_TOKENS: int | None = None  # fixed tokens per batch (tests); None: from BATCH_BYTES
+
+
+def batch_tokens(dim: int) -> int:
+    """Tokens per encode batch: 2^17 at d=128, fewer for wider vectors."""
+    return BATCH_TOKENS or max(1024, BATCH_BYTES // (4 * dim))
 
 
 def as_numpy(x: Any) -> np.ndarray:
@@ -119,7 +125,7 @@ class InMemorySource(DocSource):
         start = 0
         while start < self.n_docs:
             stop, tokens = start, 0
-            while stop < self.n_docs and (tokens == 0 or tokens + len(self.docs[stop]) <= BATCH_TOKENS):
+            while stop < self.n_docs and (tokens == 0 or tokens + len(self.docs[stop]) <= batch_tokens(self.dim)):
                 tokens += len(self.docs[stop])
                 stop += 1
             part = self.docs[start:stop]
@@ -185,7 +191,7 @@ class BundleSource(DocSource):
     def batches(self):
         start = 0
         while start < self.n_docs:
-            stop = max(start + 1, int(np.searchsorted(self.offsets, self.offsets[start] + BATCH_TOKENS, side="right")) - 1)
+            stop = max(start + 1, int(np.searchsorted(self.offsets, self.offsets[start] + batch_tokens(self.dim), side="right")) - 1)
             stop = min(stop, self.n_docs)
             lo, hi = int(self.offsets[start]), int(self.offsets[stop])
             tokens = self._rows(lo, hi)
@@ -198,8 +204,9 @@ class BundleSource(DocSource):
     def sample(self, n: int, seed: int) -> np.ndarray:
         rows = np.sort(np.random.default_rng(seed).choice(self.n_tokens, size=min(n, self.n_tokens), replace=False))
         parts = []  # one pass over the file in blocks, keeping the sampled rows of each
-        for lo in range(0, self.n_tokens, BATCH_TOKENS):
-            hi = min(lo + BATCH_TOKENS, self.n_tokens)
+        step = batch_tokens(self.dim)
+        for lo in range(0, self.n_tokens, step):
+            hi = min(lo + step, self.n_tokens)
             a, b = np.searchsorted(rows, [lo, hi])
             if b > a:
                 parts.append(self._rows(lo, hi)[rows[a:b] - lo])
@@ -246,7 +253,7 @@ class NpyDirSource(DocSource):
     def batches(self):
         start = 0
         while start < self.n_docs:
-            stop = max(start + 1, int(np.searchsorted(self.offsets, self.offsets[start] + BATCH_TOKENS, side="right")) - 1)
+            stop = max(start + 1, int(np.searchsorted(self.offsets, self.offsets[start] + batch_tokens(self.dim), side="right")) - 1)
             stop = min(stop, self.n_docs)
             yield self._ids[start:stop], self.doclens[start:stop], np.concatenate([self._doc(i) for i in range(start, stop)])
             start = stop

@@ -37,7 +37,8 @@ def child(cfg: dict) -> dict:
     queries = np.load(Path(cfg["bundle"]) / "queries.npy")[: cfg["queries"]]
     base = memstat.status_mb()
     t0 = time.perf_counter()
-    searcher = lodestore.Searcher(cfg["store"], memory_budget=cfg["budget"], nprobe=cfg["nprobe"], ndocs=cfg["ndocs"])
+    searcher = lodestore.Searcher(cfg["store"], memory_budget=cfg["budget"], nprobe=cfg["nprobe"], ndocs=cfg["ndocs"],
+                                  prefetch=cfg["prefetch"])
     load_s = time.perf_counter() - t0
     for q in queries[:5]:
         searcher.search(q, k=10)
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.bench_search", description=__doc__.split("\n")[0])
     p.add_argument("bundle", type=Path)
     p.add_argument("store", type=Path)
-    p.add_argument("--budgets", default="all,64MB,16MB", help="comma-separated memory budgets, one row each")
+    p.add_argument("--budgets", default="all,64MB,16MB",
+                   help="comma-separated memory budgets, one row each; BUDGET:sync reads without the prefetcher")
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--nprobe", type=int, default=None)
     p.add_argument("--ndocs", type=int, default=None)
@@ -142,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     with lodestore.Store.open(args.store) as store:
         st = store.stats()
     rows = []
-    for budget in args.budgets.split(","):
+    for spec in args.budgets.split(","):
+        budget, _, mode = spec.partition(":")
         cfg = {"bundle": str(args.bundle), "store": str(args.store), "budget": budget, "queries": len(queries),
+               "prefetch": mode != "sync",
                "nprobe": args.nprobe, "ndocs": args.ndocs, "cold": args.cold, "batch": args.batch}
         out = subprocess.run([sys.executable, "-m", "tools.bench_search", "x", "x", "--child", json.dumps(cfg)],
                              capture_output=True, text=True, check=True)
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         results = r.pop("results")
         r["recall"] = recall(results, reference)
         r["recall_raw"] = recall(results, raw) if raw is not None else None
-        r["budget"] = budget
+        r["budget"] = spec
         rows.append(r)
     print(f"\nstore: {args.store} ({st['tokens']:,} tokens, {st['documents']:,} docs, K={st['centroids']}, "
           f"nbits={st['nbits']}, {st['bytes_per_token']:.2f} B/token on disk); queries: {len(queries)}; "
