@@ -6,10 +6,12 @@ Per query (q tokens) the pipeline is:
      their inverted lists gives the candidates. Each candidate gets an
      approximate score sum_i max_{c in P, c in doc} S[i, c] from the lists
      alone (no per-token data needed); the best `ndocs` survive.
-  3. The prefetcher starts reading those candidates' token rows (best first).
+  3. The prefetcher starts reading the residual rows of the best 2 x survivors
+     (or of all candidates when the codes are on disk too), best first.
   4. Centroid interaction: every token replaced by its centroid, MaxSim from S;
      the best max(k, ndocs/4) survive.
-  5. Exact MaxSim over the decompressed tokens of the survivors; top k.
+  5. Exact MaxSim over the decompressed tokens of the survivors, 16 documents
+     at a time (chunks whose rows have arrived first); top k.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 from store import Store, as_numpy
 
 from ._budget import Placement, parse_size, place
-from ._corpus import Corpus
+from ._corpus import Corpus, _ramp
 from ._maxsim import centroid_scores_concat, maxsim_concat, maxsim_torch, top_k
 from ._prefetch import Prefetcher
 
@@ -325,9 +327,3 @@ def _blas_single_thread():
 
         _CONTROLLER = ThreadpoolController()
     return _CONTROLLER.limit(limits=1, user_api="blas")
-
-
-def _ramp(lengths: np.ndarray) -> np.ndarray:
-    total = int(lengths.sum())
-    ends = np.cumsum(lengths)
-    return np.arange(total, dtype=np.int64) - np.repeat(ends - lengths, lengths)
