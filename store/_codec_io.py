@@ -5,17 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import zarr
-from zarr.codecs import BytesCodec, Crc32cCodec
 
 from ._codec import ResidualCodec
 from ._errors import CorruptStoreError
-from ._segment import read_small, verify_small
+from ._smallarray import read_attributes, read_small, verify_small
 
 CODEC_ARRAYS = ("centroids", "bucket_cutoffs", "bucket_weights")
 
 
 def write_codec(path: Path, codec: ResidualCodec) -> None:
+    import zarr
+    from zarr.codecs import BytesCodec, Crc32cCodec
+
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     group.attrs.update({"kind": "residual", "nbits": codec.nbits, "avg_residual": codec.avg_residual})
     for name in CODEC_ARRAYS:
@@ -29,11 +30,8 @@ def write_codec(path: Path, codec: ResidualCodec) -> None:
 
 
 def read_codec(path: Path, nbits: int) -> ResidualCodec:
-    try:
-        attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
-    except (FileNotFoundError, ValueError) as e:
-        raise CorruptStoreError(f"{path}: codec group unreadable ({e})") from None
-    arrays = {name: read_small(path, name) for name in CODEC_ARRAYS}
+    attrs = read_attributes(path)
+    arrays = {name: read_small(path / name) for name in CODEC_ARRAYS}
     if attrs.get("nbits") != nbits:
         raise CorruptStoreError(f"{path}: codec nbits {attrs.get('nbits')} disagrees with the manifest ({nbits})")
     return ResidualCodec(

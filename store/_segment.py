@@ -18,13 +18,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import zarr
-from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
 
 from ._codec import ResidualCodec
 from ._errors import CorruptStoreError
 from ._rawarray import RawShardedArray
+from ._smallarray import read_attributes, read_small as _read_small, verify_small
+
+if TYPE_CHECKING:  # zarr is imported only to write: a searching process never loads it
+    import zarr
 
 SHARD_ROWS = 1 << 16
 SMALL_CHUNK = 1 << 20
@@ -39,7 +43,9 @@ def inner_rows_for(row_bytes: int) -> int:
     return 1 << (rows.bit_length() - 1)
 
 
-def _token_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype: np.dtype) -> zarr.Array:
+def _token_array(group: "zarr.Group", name: str, shape: tuple[int, ...], dtype: np.dtype) -> "zarr.Array":
+    from zarr.codecs import BytesCodec, Crc32cCodec
+
     row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
     inner = inner_rows_for(row_bytes)
     return group.create_array(
@@ -50,7 +56,9 @@ def _token_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype: np
     )
 
 
-def _write_small(group: zarr.Group, name: str, data: np.ndarray) -> None:
+def _write_small(group: "zarr.Group", name: str, data: np.ndarray) -> None:
+    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
+
     arr = group.create_array(
         name, shape=data.shape, dtype=data.dtype, chunks=(min(max(len(data), 1), SMALL_CHUNK),),
         serializer=BytesCodec(endian="little"),
@@ -64,7 +72,7 @@ def _write_small(group: zarr.Group, name: str, data: np.ndarray) -> None:
 class _RowBuffer:
     """Accumulates rows and writes them shard-aligned, so zarr never rewrites a shard."""
 
-    def __init__(self, array: zarr.Array):
+    def __init__(self, array: "zarr.Array"):
         self.array = array
         self.parts: list[np.ndarray] = []
         self.buffered = 0
@@ -100,6 +108,8 @@ class SegmentWriter:
         self.path = Path(path)
         self.codec = codec
         self.n_docs, self.n_tokens = n_docs, n_tokens
+        import zarr
+
         self.group = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
         self.group.attrs.update({"lodestore_segment": SEGMENT_FORMAT, "documents": n_docs, "tokens": n_tokens})
         self.codes = _RowBuffer(_token_array(self.group, "codes", (n_tokens,), codec.code_dtype))
@@ -160,13 +170,8 @@ def delta_decode_lists(deltas: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 def read_small(path: Path, name: str) -> np.ndarray:
-    """Decode a whole compressed array, turning a checksum failure into CorruptStoreError."""
-    try:
-        return zarr.open_array(str(path / name), mode="r")[:]
-    except FileNotFoundError:
-        raise CorruptStoreError(f"{path / name}: array missing") from None
-    except ValueError as e:
-        raise CorruptStoreError(f"{path / name}: {e}") from None
+    """Decode a whole compressed array of a segment (CRC-checked, without zarr-python)."""
+    return _read_small(path / name)
 
 
 @dataclass
@@ -184,10 +189,7 @@ class SegmentReader:
         path = Path(path)
         if not (path / "zarr.json").exists():
             raise CorruptStoreError(f"{path}: segment directory missing or incomplete")
-        try:
-            attrs = json.loads((path / "zarr.json").read_bytes()).get("attributes", {})
-        except ValueError as e:
-            raise CorruptStoreError(f"{path / 'zarr.json'}: {e}") from None
+        attrs = read_attributes(path)
         if attrs.get("lodestore_segment") != SEGMENT_FORMAT:
             raise CorruptStoreError(f"{path}: not a lodestore segment (format {attrs.get('lodestore_segment')!r})")
         offsets = read_small(path, "doc_offsets")
@@ -249,33 +251,6 @@ class SegmentReader:
     def close(self) -> None:
         self.codes.close()
         self.residuals.close()
-
-
-def verify_small(path: Path) -> tuple[int, list[str]]:
-    """CRC-check every chunk file of a (non-sharded) array with a trailing crc32c codec."""
-    import google_crc32c
-
-    import itertools
-
-    try:
-        meta = json.loads((path / "zarr.json").read_bytes())
-        shape, chunk = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
-    except (OSError, ValueError, KeyError) as e:
-        return 0, [f"{path}/zarr.json: unreadable array metadata ({e})"]
-    grid = [range(-(-s // c)) for s, c in zip(shape, chunk)]
-    failures, n_chunks = [], 0
-    for key in itertools.product(*grid):
-        n_chunks += 1
-        i = "/".join(map(str, key))
-        f = path / "c" / i
-        try:
-            data = f.read_bytes()
-        except FileNotFoundError:
-            failures.append(f"{f}: chunk file missing")
-            continue
-        if len(data) < 4 or google_crc32c.value(data[:-4]).to_bytes(4, "little") != data[-4:]:
-            failures.append(f"{f}: checksum mismatch in chunk {i}")
-    return n_chunks, failures
 
 
 def segment_disk_usage(path: Path) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""The CPU query path never imports torch or onnxruntime (checked in a fresh interpreter)."""
+"""The CPU query path never imports torch, onnxruntime or zarr (checked in a fresh interpreter)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-HEAVY = ("torch", "onnxruntime")
+HEAVY = ("torch", "onnxruntime", "zarr")  # zarr: ~20 MB of RSS, needed only to write
 
 SCRIPT = textwrap.dedent("""
     import json, sys
