@@ -32,7 +32,7 @@ from ._prefetch import Prefetcher
 
 DEFAULT_BUDGET = "64MB"
 DEFAULT_NPROBE = 8
-DEFAULT_NDOCS = 256
+DEFAULT_NDOCS = 384  # measured: recall@10 vs exhaustive 0.994 (1e6 synthetic), 0.983 (cranfield); 256 gave 0.993 / 0.969
 STREAM_CHUNK = 16  # survivors scored per exact-MaxSim step (reads of the next steps overlap it)
 
 Hits = list[tuple[str, float]]
