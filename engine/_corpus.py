@@ -105,7 +105,7 @@ class Corpus:
             bounds = np.concatenate([[0], np.cumsum(lens)]).tolist()
             for j, i in enumerate(sel.tolist()):
                 a, b = bounds[j], bounds[j + 1]
-                out[order[i]] = (codes[a:b], res[a:b])
+                out[order[i]] = (codes[a:b].copy(), res[a:b].copy())  # own memory: a cached view would pin the whole batch
         return out, io
 
     def resident_codes(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+CI_CHUNK_TOKENS = 8192  # tokens per centroid-interaction slice (bounds the query's working set)
+
 
 def maxsim_concat(query: np.ndarray, tokens: np.ndarray, doclens: np.ndarray) -> np.ndarray:
     """Scores of each document: query (q, d), tokens (sum(doclens), d), doclens (n,) all > 0."""
@@ -24,7 +26,18 @@ def centroid_scores_concat(scores: np.ndarray, codes: np.ndarray, doclens: np.nd
     """
     if len(doclens) == 0:
         return np.zeros(0, dtype=np.float32)
-    return _segment_max_sum(np.take(scores, codes, axis=1), doclens)
+    if len(codes) <= CI_CHUNK_TOKENS:
+        return _segment_max_sum(np.take(scores, codes, axis=1), doclens)
+    # in slices of whole documents: the (q, tokens) gather stays ~1 MB instead of q x all tokens
+    ends = np.cumsum(doclens)
+    out = np.empty(len(doclens), dtype=np.float32)
+    a = 0
+    while a < len(doclens):
+        start = ends[a - 1] if a else 0
+        b = max(a + 1, int(np.searchsorted(ends, start + CI_CHUNK_TOKENS, side="right")))
+        out[a:b] = _segment_max_sum(np.take(scores, codes[start : ends[b - 1]], axis=1), doclens[a:b])
+        a = b
+    return out
 
 
 def _segment_max_sum(sim: np.ndarray, doclens: np.ndarray) -> np.ndarray:

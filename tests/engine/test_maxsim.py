@@ -66,8 +66,20 @@ def test_maxsim_concat_accepts_int32_doclens(case, int32):
     n_centroids=st.integers(1, 300),
     wide=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
+    chunk=st.sampled_from([1, 7, 40, 8192]),
 )
-def test_centroid_scores_concat_matches_naive_reference(doclens, q_len, n_centroids, wide, seed):
+def test_centroid_scores_concat_matches_naive_reference(doclens, q_len, n_centroids, wide, seed, chunk):
+    """Also when the tokens are processed in slices of whole documents (chunk = slice size)."""
+    import engine._maxsim as maxsim_mod
+
+    maxsim_mod.CI_CHUNK_TOKENS, saved = chunk, maxsim_mod.CI_CHUNK_TOKENS
+    try:
+        check_centroid_scores(doclens, q_len, n_centroids, wide, seed)
+    finally:
+        maxsim_mod.CI_CHUNK_TOKENS = saved
+
+
+def check_centroid_scores(doclens, q_len, n_centroids, wide, seed):
     rng = np.random.default_rng(seed)
     doclens = np.array(doclens, dtype=np.int64)
     scores = rng.uniform(-1, 1, (q_len, n_centroids)).astype(np.float32)
