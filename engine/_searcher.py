@@ -46,13 +46,15 @@ class Searcher:
     list-based approximate scores (a quarter of them reach exact re-ranking).
     device: "cpu" (numpy, no torch import) or a torch device such as "cuda" for
     the re-ranking step. prefetch: read candidates' rows in background threads
-    while scoring (ESPN); False reads them when needed (measured faster on a warm
-    page cache for single queries: docs/BENCHMARKS.md).
+    while scoring (ESPN-style). Off by default because on the machines measured
+    (docs/BENCHMARKS.md) reading when needed was faster, warm and cold: the
+    threads' Python-level reads contend with scoring for the GIL. Turn it on
+    where reads block for long (network or slow disks).
     """
 
     def __init__(self, store_or_path: Store | str | os.PathLike, memory_budget: int | str | None = DEFAULT_BUDGET,
                  nprobe: int | None = None, ndocs: int | None = None, *, device: str = "cpu",
-                 prefetch: bool = True, prefetch_threads: int = 2):
+                 prefetch: bool = False, prefetch_threads: int = 2):
         self._own_store = not isinstance(store_or_path, Store)
         self.store = Store.open(Path(store_or_path)) if self._own_store else store_or_path
         if self.store.manifest.codec is None or not self.store.manifest.segments:

@@ -37,8 +37,9 @@ def child(cfg: dict) -> dict:
     queries = np.load(Path(cfg["bundle"]) / "queries.npy")[: cfg["queries"]]
     base = memstat.status_mb()
     t0 = time.perf_counter()
+    options = {} if cfg["prefetch"] is None else {"prefetch": cfg["prefetch"]}
     searcher = lodestore.Searcher(cfg["store"], memory_budget=cfg["budget"], nprobe=cfg["nprobe"], ndocs=cfg["ndocs"],
-                                  prefetch=cfg["prefetch"])
+                                  **options)
     load_s = time.perf_counter() - t0
     for q in queries[:5]:
         searcher.search(q, k=10)
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("bundle", type=Path)
     p.add_argument("store", type=Path)
     p.add_argument("--budgets", default="all,64MB,16MB",
-                   help="comma-separated memory budgets, one row each; BUDGET:sync reads without the prefetcher")
+                   help="comma-separated memory budgets, one row each; BUDGET:prefetch / BUDGET:sync force the prefetcher on / off")
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--nprobe", type=int, default=None)
     p.add_argument("--ndocs", type=int, default=None)
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.budgets.split(","):
         budget, _, mode = spec.partition(":")
         cfg = {"bundle": str(args.bundle), "store": str(args.store), "budget": budget, "queries": len(queries),
-               "prefetch": mode != "sync",
+               "prefetch": {"prefetch": True, "sync": False, "": None}[mode],
                "nprobe": args.nprobe, "ndocs": args.ndocs, "cold": args.cold, "batch": args.batch}
         out = subprocess.run([sys.executable, "-m", "tools.bench_search", "x", "x", "--child", json.dumps(cfg)],
                              capture_output=True, text=True, check=True)

@@ -12,16 +12,18 @@ import pytest
 
 import lodestore
 
-PLACEMENTS = ["all-in-RAM", "codes-in-RAM", "disk"]
+PLACEMENTS = ["all-in-RAM", "codes-in-RAM", "disk", "codes-in-RAM+prefetch", "disk+prefetch"]
 
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 @pytest.fixture(scope="module", params=PLACEMENTS)
 def searcher(request, engine_store, budgets):
-    s = lodestore.Searcher(engine_store, memory_budget=budgets[request.param])
-    assert s.placement.name == request.param, f"budget {budgets[request.param]!r} gave {s.placement}"
-    assert s.stats()["placement"]["name"] == request.param
+    """One searcher per placement, with and without the prefetch threads."""
+    placement, _, prefetch = request.param.partition("+")
+    s = lodestore.Searcher(engine_store, memory_budget=budgets[placement], prefetch=bool(prefetch))
+    assert s.placement.name == placement, f"budget {budgets[placement]!r} gave {s.placement}"
+    assert s.stats()["placement"]["name"] == placement and s.stats()["prefetch"] == bool(prefetch)
     yield s
     s.close()
 
