@@ -8,10 +8,13 @@ from dataclasses import dataclass, asdict
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1024, "m": 1e6, "mb": 1e6, "mib": 1 << 20,
           "g": 1e9, "gb": 1e9, "gib": 1 << 30}
 MIN_CACHE = 1 << 20
+AUTO = "auto"
+AUTO_CACHE = 8 << 20  # the cache "auto" adds to what candidate generation needs
 
 
-def parse_size(value: int | float | str | None) -> int | None:
-    """Bytes from 123, "256MB", "1.5GiB"; None or "all" means unlimited (everything resident)."""
+def parse_size(value: int | float | str | None) -> int | str | None:
+    """Bytes from 123, "256MB", "1.5GiB"; None or "all" means unlimited (everything resident);
+    "auto" is returned as is (see `place`)."""
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -22,10 +25,12 @@ def parse_size(value: int | float | str | None) -> int | None:
         s = value.strip().lower().replace(" ", "")
         if s in ("all", "all-in-ram", "unlimited"):
             return None
+        if s == AUTO:
+            return AUTO
         m = re.fullmatch(r"(\d+(?:\.\d+)?)([a-z]*)", s)
         if m and m.group(2) in _UNITS:
             return int(float(m.group(1)) * _UNITS[m.group(2)])
-    raise ValueError(f"cannot parse memory budget {value!r}: use bytes or a size like '64MB', '1GiB', or 'all'")
+    raise ValueError(f"cannot parse memory budget {value!r}: use bytes, a size like '64MB' or '1GiB', 'auto' or 'all'")
 
 
 @dataclass(frozen=True)
@@ -48,13 +53,17 @@ class Placement:
         return dict(asdict(self), name=self.name)
 
 
-def place(budget: int | None, index_bytes: int, codes_bytes: int, residual_bytes: int,
+def place(budget: int | str | None, index_bytes: int, codes_bytes: int, residual_bytes: int,
           max_cache: int = 16 << 20) -> Placement:
     """Fit the budget: the index always; everything if it fits; then codes; the rest becomes cache.
 
+    "auto" is what candidate generation needs (index + codes) plus an 8 MB
+    cache: the token rows stay on disk unless the whole store fits in that.
     The cache is capped at `max_cache`: past a few hundred candidate documents
     per query a bigger cache buys nothing on a warm page cache.
     """
+    if budget == AUTO:
+        budget = index_bytes + codes_bytes + AUTO_CACHE
     if budget is None or budget >= index_bytes + codes_bytes + residual_bytes:
         return Placement(budget, index_bytes, True, True, 0)
     left = budget - index_bytes

@@ -1,0 +1,34 @@
+"""Placement rules of the memory budget (engine/_budget.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine._budget import AUTO_CACHE, MIN_CACHE, parse_size, place
+
+MB = 1 << 20
+
+
+def test_auto_keeps_index_and_codes_and_a_small_cache():
+    p = place(parse_size("auto"), index_bytes=20 * MB, codes_bytes=10 * MB, residual_bytes=160 * MB)
+    assert (p.name, p.codes_resident, p.residuals_resident, p.cache_bytes) == ("codes-in-RAM", True, False, AUTO_CACHE)
+
+
+def test_auto_keeps_a_store_that_fits_in_that_all_in_ram():
+    p = place("auto", index_bytes=1 * MB, codes_bytes=1 * MB, residual_bytes=4 * MB)
+    assert p.name == "all-in-RAM"
+
+
+@pytest.mark.parametrize("budget, name", [(None, "all-in-RAM"), (200 * MB, "all-in-RAM"),
+                                          (40 * MB, "codes-in-RAM"), (25 * MB, "disk"), (0, "disk")])
+def test_budgets_choose_placements_in_order(budget, name):
+    p = place(budget, index_bytes=20 * MB, codes_bytes=10 * MB, residual_bytes=160 * MB)
+    assert p.name == name
+    if name != "all-in-RAM":
+        assert MIN_CACHE <= p.cache_bytes <= 16 * MB
+
+
+def test_parse_size_words():
+    assert parse_size("Auto") == "auto" and parse_size("all") is None and parse_size("1.5GiB") == int(1.5 * (1 << 30))
+    with pytest.raises(ValueError, match="'auto'"):
+        parse_size("lots")
