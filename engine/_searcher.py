@@ -103,6 +103,16 @@ class Searcher:
         return results[0] if single else results
 
     def stats(self) -> dict[str, Any]:
+        """Counters since open (or reset_stats) and what is resident.
+
+        hits: documents whose rows were in the row cache when re-ranking needed
+        them (read ahead by the prefetch threads, or kept from earlier queries);
+        waited: in flight in a prefetch thread, so re-ranking waited; misses:
+        read when needed. hit_rate = hits / (hits + waited + misses).
+        bytes_read / read_calls: what the store files saw; io_wait_s: time the
+        query thread spent waiting for rows. resident_bytes: index + resident
+        arrays + cache; placement: what the memory budget chose.
+        """
         p = self.prefetcher
         requested = p.hits + p.waited + p.misses
         c = self.corpus

@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     queries = np.load(bundle / "queries.npy")
     targets = np.load(bundle / "query_targets.npy")
     ids = (bundle / "ids.txt").read_text().splitlines()
-    print(f"\n5. searching {len(queries)} queries (each made from one document's tokens) with a 2 MB memory budget")
+    print(f"\n5. searching {len(queries)} queries (each made from one document's tokens) with a 2 MB memory budget"
+          " (token rows and centroid ids read from disk per query)")
     with lodestore.Store.open(path) as store, lodestore.Searcher(store, memory_budget="2MB") as searcher:
         found = agree = 0
         for qi, q in enumerate(queries):
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   source document ranked first: {found}/{len(queries)}")
         print(f"   recall@10 against exhaustive MaxSim over the store: {agree / (10 * len(queries)):.3f}")
         print(f"   placement: {s['placement']['name']}, engine memory {s['resident_bytes'] / 1e6:.1f} MB, "
-              f"prefetch hit rate {s['hit_rate']:.2f}, {s['bytes_read'] / len(queries) / 1e3:.0f} KB read per query")
+              f"row-cache hit rate {s['hit_rate']:.2f}, {s['bytes_read'] / len(queries) / 1e3:.0f} KB read from the store per query")
     return 0
 
 
