@@ -71,3 +71,17 @@ def test_demo_runs(tmp_path, capsys):
     assert demo.main(["--dir", str(tmp_path / "demo"), "--tokens", "5000"]) == 0
     out = capsys.readouterr().out
     assert "recall@10 against exhaustive MaxSim" in out and "OK" in out
+
+
+def test_cli_verify_exits_1_naming_the_corrupt_chunk(built, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "corrupt"
+    shutil.copytree(built, copy)
+    shard = copy / "segments" / "seg-000001" / "residuals" / "c" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[10] ^= 0xFF  # inside inner chunk 0's payload
+    shard.write_bytes(bytes(data))
+    assert cli.main(["verify", str(copy)]) == 1
+    out = capsys.readouterr().out
+    assert "residuals/c/0/0" in out and "inner chunk 0" in out and "CORRUPT" in out
