@@ -8,7 +8,7 @@ Layout (FORMAT.md section 8), for a segment of N documents and T tokens:
   ivf_docs     (E,)            uint32         local doc numbers, ascending within each list
   id_offsets   (N+1,)          int64          external id d = id_bytes[id_offsets[d]:id_offsets[d+1]]
   id_bytes     (B,)            uint8          UTF-8
-The small arrays are blosc(lz4, shuffle) + crc32c, decoded once at open.
+The small arrays are gzip + crc32c, decoded once at open.
 """
 
 from __future__ import annotations
@@ -57,12 +57,12 @@ def _token_array(group: "zarr.Group", name: str, shape: tuple[int, ...], dtype: 
 
 
 def _write_small(group: "zarr.Group", name: str, data: np.ndarray) -> None:
-    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
+    from zarr.codecs import BytesCodec, Crc32cCodec, GzipCodec
 
     arr = group.create_array(
         name, shape=data.shape, dtype=data.dtype, chunks=(min(max(len(data), 1), SMALL_CHUNK),),
         serializer=BytesCodec(endian="little"),
-        compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="shuffle" if data.dtype.itemsize > 1 else "noshuffle"), Crc32cCodec()],
+        compressors=[GzipCodec(level=5), Crc32cCodec()],  # smaller than blosc-lz4 here, and zlib reads it
         fill_value=0, config={"write_empty_chunks": True},
     )
     if len(data):

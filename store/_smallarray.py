@@ -1,16 +1,16 @@
 """Direct reads of the small compressed Zarr v3 arrays (offsets, inverted lists, ids, codec state).
 
-Their codec chain is `bytes(little)` [+ `blosc`] + `crc32c` (FORMAT.md section 8).
-Reading them here, rather than through zarr-python, keeps zarr out of a
-searching process: importing zarr costs ~20 MB of RSS, this module's one
-dependency (numcodecs' blosc) ~6 MB, and blosc is imported only when a chunk
-is compressed.
+Their codec chain is `bytes(little)` [+ `gzip` | `blosc`] + `crc32c` (FORMAT.md
+section 8). Reading them here, rather than through zarr-python, keeps zarr out of
+a searching process: importing zarr costs ~20 MB of RSS. gzip decodes with the
+standard zlib; numcodecs' blosc (~6 MB) is imported only for older stores.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import zlib
 from pathlib import Path
 
 import google_crc32c
@@ -19,8 +19,8 @@ import numpy as np
 from ._errors import CorruptStoreError
 
 
-def _meta(path: Path) -> tuple[tuple[int, ...], tuple[int, ...], np.dtype, bool]:
-    """(shape, chunk shape, dtype, blosc-compressed) of the array at `path`, or CorruptStoreError."""
+def _meta(path: Path) -> tuple[tuple[int, ...], tuple[int, ...], np.dtype, str | None]:
+    """(shape, chunk shape, dtype, compressor name or None) of the array at `path`, or CorruptStoreError."""
     meta_path = path / "zarr.json"
     try:
         meta = json.loads(meta_path.read_bytes())
@@ -36,9 +36,10 @@ def _meta(path: Path) -> tuple[tuple[int, ...], tuple[int, ...], np.dtype, bool]
         endian = meta["codecs"][0].get("configuration", {}).get("endian", "little")
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise CorruptStoreError(f"{meta_path}: not a lodestore array ({e!r})") from None
-    if names not in (["bytes", "crc32c"], ["bytes", "blosc", "crc32c"]) or endian != "little" or len(shape) != len(chunks):
+    chains = (["bytes", "crc32c"], ["bytes", "gzip", "crc32c"], ["bytes", "blosc", "crc32c"])
+    if names not in chains or endian != "little" or len(shape) != len(chunks):
         raise CorruptStoreError(f"{meta_path}: unsupported codec chain {names} for a lodestore array")
-    return shape, chunks, dtype, "blosc" in names
+    return shape, chunks, dtype, names[1] if len(names) == 3 else None
 
 
 def _chunk_keys(shape: tuple[int, ...], chunks: tuple[int, ...]):
@@ -60,17 +61,15 @@ def _chunk_payload(path: Path, key: tuple[int, ...]) -> bytes:
 def read_small(path: Path) -> np.ndarray:
     """The whole array at `path`, every chunk CRC-checked (CorruptStoreError names the chunk file)."""
     path = Path(path)
-    shape, chunks, dtype, blosc = _meta(path)
+    shape, chunks, dtype, compressor = _meta(path)
     out = np.zeros(shape, dtype=dtype)
     for key in _chunk_keys(shape, chunks):
         payload = _chunk_payload(path, key)
-        if blosc:
-            from numcodecs import blosc as _blosc
-
+        if compressor:
             try:
-                payload = _blosc.decompress(payload)
+                payload = _decompress(compressor, payload)
             except Exception as e:  # a chunk whose CRC matches but does not decompress
-                raise CorruptStoreError(f"{path}/c/{'/'.join(map(str, key))}: blosc decode failed ({e})") from None
+                raise CorruptStoreError(f"{path}/c/{'/'.join(map(str, key))}: {compressor} decode failed ({e})") from None
         n = int(np.prod(chunks, dtype=np.int64))
         if len(payload) != n * dtype.itemsize:
             raise CorruptStoreError(f"{path}/c/{'/'.join(map(str, key))}: chunk has {len(payload)} bytes, expected {n * dtype.itemsize}")
@@ -78,6 +77,14 @@ def read_small(path: Path) -> np.ndarray:
         region = tuple(slice(k * c, min((k + 1) * c, s)) for k, c, s in zip(key, chunks, shape))
         out[region] = block[tuple(slice(0, r.stop - r.start) for r in region)]
     return out
+
+
+def _decompress(compressor: str, payload: bytes) -> bytes:
+    if compressor == "gzip":
+        return zlib.decompress(payload, wbits=31)  # RFC 1952 framing
+    from numcodecs import blosc  # stores written before gzip became the writer's choice
+
+    return blosc.decompress(payload)
 
 
 def read_attributes(path: Path) -> dict:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-HEAVY = ("torch", "onnxruntime", "zarr")  # zarr: ~20 MB of RSS, needed only to write
+HEAVY = ("torch", "onnxruntime", "zarr", "numcodecs")  # zarr ~20 MB of RSS (writer only); numcodecs: blosc, old stores only
 
 SCRIPT = textwrap.dedent("""
     import json, sys
