@@ -18,7 +18,7 @@ class Corpus:
     def __init__(self, store: Store):
         self.store = store
         self.codec = store.codec
-        self.segments = store.segments
+        self.segments = store.open_segments()  # our own readers: a commit on `store` closes its own
         self.centroids = self.codec.centroids_f32  # (K, d) float32 for BLAS
         sizes = [s.n_docs for s in self.segments]
         self.seg_base = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -66,6 +66,10 @@ class Corpus:
         if unknown:
             raise ValueError(f"unknown document ids in subset: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
         return np.array(sorted({self._id_lookup[i] for i in ids}), dtype=np.int64)
+
+    def close(self) -> None:
+        for seg in self.segments:
+            seg.close()
 
     # ------------------------------------------------------------------ residency
     def index_bytes(self) -> int:

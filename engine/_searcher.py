@@ -68,17 +68,24 @@ class Searcher:
         self.device = device
         self.prefetch = bool(prefetch)
         self.generation = self.store.generation
-        self.corpus = Corpus(self.store)
-        c = self.corpus
-        tokens = c.tokens()
-        self.placement: Placement = place(
-            parse_size(memory_budget), c.index_bytes(), tokens * c.codec.code_dtype.itemsize,
-            tokens * c.codec.residual_bytes,
-        )
-        if self.placement.codes_resident:
-            c.load_codes()
-        if self.placement.residuals_resident:
-            c.load_residuals()
+        self.corpus = None
+        try:
+            self.corpus = c = Corpus(self.store)
+            tokens = c.tokens()
+            self.placement: Placement = place(
+                parse_size(memory_budget), c.index_bytes(), tokens * c.codec.code_dtype.itemsize,
+                tokens * c.codec.residual_bytes,
+            )
+            if self.placement.codes_resident:
+                c.load_codes()
+            if self.placement.residuals_resident:
+                c.load_residuals()
+        except BaseException:  # e.g. a corrupt chunk: leave nothing open behind
+            if self.corpus is not None:
+                self.corpus.close()
+            if self._own_store:
+                self.store.close()
+            raise
         self.prefetcher = Prefetcher(c.read_rows, self.placement.cache_bytes or (1 << 20), threads=prefetch_threads)
         _release_free_memory()
         self.queries = 0
@@ -95,6 +102,8 @@ class Searcher:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         single, queries = self._prepare(query)
+        if isinstance(subset, str):
+            raise ValueError("subset must be a collection of document ids, not one string")
         allowed = self.corpus.lookup(list(subset)) if subset is not None else None
         t0 = time.perf_counter()
         results = self._search_batch(queries, int(k), allowed)
@@ -144,6 +153,7 @@ class Searcher:
 
     def close(self) -> None:
         self.prefetcher.close()
+        self.corpus.close()
         if self._own_store:
             self.store.close()
 
@@ -204,7 +214,7 @@ class Searcher:
         """
         c = self.corpus
         if allowed is not None and len(allowed) <= max(self.ndocs, k):
-            return allowed  # a small subset is scored exactly, whole
+            return allowed  # a small subset skips probing: all of it goes to centroid interaction
         cents = np.unique(_top_columns(S, min(self.nprobe, S.shape[1])))
         starts, stops = c.ivf_offsets[cents], c.ivf_offsets[cents + 1]
         lens = stops - starts

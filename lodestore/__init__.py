@@ -14,19 +14,16 @@ from store import (
 
 __version__ = "0.1.0"
 
+from engine import Searcher, exhaustive_search
+
 __all__ = [
     "CorruptStoreError",
+    "Searcher",
     "Store",
     "StoreError",
     "StoreLockedError",
     "UnsupportedFormatError",
     "VerifyReport",
     "__version__",
+    "exhaustive_search",
 ]
-
-try:  # the engine is optional at import time only while it is being built
-    from engine import Searcher, exhaustive_search  # noqa: F401
-
-    __all__ += ["Searcher", "exhaustive_search"]
-except ImportError:  # pragma: no cover
-    pass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from store import Store, StoreError
+from store import CorruptStoreError, Store, StoreError, VerifyReport
 
 
 def _human(n: float) -> str:
@@ -63,8 +63,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    with Store.open(args.store) as store:
-        report = store.verify()
+    try:
+        with Store.open(args.store) as store:
+            report = store.verify()
+    except CorruptStoreError as e:  # the manifest or a deletion bitmap is damaged: opening already fails
+        report = VerifyReport(failures=[str(e)])
     print(report)
     print("OK" if report.ok else "CORRUPT: restore this store from a backup or rebuild it")
     return 0 if report.ok else 1

@@ -157,6 +157,8 @@ class BundleSource(DocSource):
         fortran = header.flags.f_contiguous and not header.flags.c_contiguous
         del header
         self.doclens = np.load(self.path / "doclens.npy").astype(np.int64)
+        if self.doclens.ndim != 1 or len(self.doclens) == 0:
+            raise ValueError(f"{self.path}: nothing to add: doclens.npy holds no documents (shape {self.doclens.shape})")
         if len(shape) != 2 or fortran:
             raise ValueError(f"{self.path}/docs.npy: expected a C-order (tokens, dim) array, got shape {shape}")
         if not np.issubdtype(self._dtype, np.floating):

@@ -19,7 +19,7 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 
-from ._errors import CorruptStoreError
+from ._errors import CorruptStoreError, StoreError
 
 _MISSING = np.uint64(2**64 - 1)
 
@@ -38,6 +38,7 @@ class RawShardedArray:
         self._fds: dict[int, int] = {}
         self._indexes: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
+        self._closed = False
 
     def _parse(self, meta: dict, where: Path) -> None:
         try:
@@ -72,6 +73,8 @@ class RawShardedArray:
         fd = self._fds.get(shard)
         if fd is None:
             with self._lock:
+                if self._closed:
+                    raise StoreError(f"{self.path}: reader is closed")
                 fd = self._fds.get(shard)
                 if fd is None:
                     try:
@@ -102,6 +105,7 @@ class RawShardedArray:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()

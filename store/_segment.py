@@ -8,7 +8,8 @@ Layout (FORMAT.md section 8), for a segment of N documents and T tokens:
   ivf_docs     (E,)            uint32         local doc numbers, ascending within each list
   id_offsets   (N+1,)          int64          external id d = id_bytes[id_offsets[d]:id_offsets[d+1]]
   id_bytes     (B,)            uint8          UTF-8
-The small arrays are gzip + crc32c, decoded once at open.
+The small arrays are gzip + crc32c; doc_offsets is decoded at open, ids and
+inverted lists each time they are asked for (a Searcher asks once).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class _RowBuffer:
 class SegmentWriter:
     """Writes one new segment directory; nothing is visible until the manifest names it.
 
-    Memory is bounded by one shard of rows per token array plus the
+    Memory is bounded by one encode batch plus one shard of rows per token array, plus the
     (centroid, document) pairs of the inverted lists (8 bytes per distinct pair).
     """
 

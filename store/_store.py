@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -91,11 +92,11 @@ class Store:
             if writable:
                 manifest.check_writable()
                 _collect_garbage(root, manifest)
+            return cls(root, manifest, writable=writable, lock_fd=lock_fd)  # loads the deletion bitmaps
         except BaseException:
             if lock_fd is not None:
                 os.close(lock_fd)
             raise
-        return cls(root, manifest, writable=writable, lock_fd=lock_fd)
 
     def close(self) -> None:
         for seg in self._segments or []:
@@ -141,6 +142,14 @@ class Store:
         if self._segments is None:
             self._segments = [SegmentReader.open(self.root / SEGMENTS_DIR / s.name) for s in self.manifest.segments]
         return self._segments
+
+    def open_segments(self) -> list[SegmentReader]:
+        """New readers of this generation's segments, owned (and closed) by the caller.
+
+        For a long-lived reader such as a Searcher: the store's own readers are
+        closed and replaced when this handle commits.
+        """
+        return [SegmentReader.open(self.root / SEGMENTS_DIR / s.name) for s in self.manifest.segments]
 
     def deleted(self, i: int) -> np.ndarray:
         """Boolean deletion mask of segment i (all False when it has no deletions)."""
@@ -256,7 +265,14 @@ class Store:
         k = settings.get("num_centroids") or default_num_centroids(source.n_tokens)
         seed = int(settings.get("seed", 0))
         sample = source.sample(training_sample_size(source.n_tokens, k), seed)
-        return ResidualCodec.train(sample, self.nbits, num_centroids=k, n_tokens=source.n_tokens, seed=seed)
+        codec = ResidualCodec.train(sample, self.nbits, num_centroids=k, n_tokens=source.n_tokens, seed=seed)
+        if codec.num_centroids < k:
+            warnings.warn(
+                f"the first add has only {source.n_tokens} tokens: the codec gets {codec.num_centroids} centroids "
+                f"instead of {k}, for the life of this store; add a representative first batch for better compression",
+                stacklevel=3,
+            )
+        return codec
 
     def delete(self, ids: Sequence[str]) -> int:
         """Mark documents deleted in one commit (new bitmap files; segments are never edited)."""

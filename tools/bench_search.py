@@ -12,7 +12,7 @@ the engine's arrays, its cache, and any store pages it touched.
 
 Recall@10 is measured against exhaustive exact MaxSim over the same
 compressed store (search loss only; cached beside the store as
-STORE.truth.json) and, where tools/ground_truth.py has been run on the
+STORE.truth.json, keyed by the manifest checksum and a hash of the queries) and, where tools/ground_truth.py has been run on the
 bundle, against exact MaxSim over the uncompressed vectors (end to end). With --cold, the store's files are evicted from the
 page cache (posix_fadvise DONTNEED) before every query.
 """
@@ -85,11 +85,15 @@ def child(cfg: dict) -> dict:
 
 def truth(store_path: Path, queries: np.ndarray, k: int = 10) -> list[list[str]]:
     """Exhaustive MaxSim top-k over the compressed store, cached beside it."""
+    import hashlib
+
     cache = store_path.with_name(store_path.name + ".truth.json")
+    key = {"manifest": json.loads((store_path / "manifest.json").read_text())["checksum"],
+           "queries": hashlib.sha1(np.ascontiguousarray(queries).tobytes()).hexdigest(), "k": k}
     if cache.exists():
         data = json.loads(cache.read_text())
-        if data["n"] >= len(queries) and data["k"] == k:
-            return data["ids"][: len(queries)]
+        if data.get("key") == key:
+            return data["ids"]
     import lodestore
 
     t = time.perf_counter()
@@ -98,7 +102,7 @@ def truth(store_path: Path, queries: np.ndarray, k: int = 10) -> list[list[str]]
         for s in range(0, len(queries), 50):
             res += lodestore.exhaustive_search(store, queries[s : s + 50], k)
     ids = [[h[0] for h in hits] for hits in res]
-    cache.write_text(json.dumps({"n": len(queries), "k": k, "ids": ids}))
+    cache.write_text(json.dumps({"key": key, "ids": ids}))
     print(f"ground truth: {len(queries)} queries in {time.perf_counter() - t:.1f} s (cached in {cache})", file=sys.stderr)
     return ids
 
