@@ -112,6 +112,28 @@ class Corpus:
                 out[order[i]] = (codes[a:b].copy(), res[a:b].copy())  # own memory: a cached view would pin the whole batch
         return out, io
 
+    def read_codes(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Codes of docs read from disk, concatenated in the given order, with lengths and io counters."""
+        docs = np.asarray(docs, dtype=np.int64)
+        order = np.argsort(docs, kind="stable")
+        sorted_docs = docs[order]
+        seg_of = np.searchsorted(self.seg_base, sorted_docs, side="right") - 1
+        parts, io = [], {"bytes": 0, "calls": 0}
+        for s in np.unique(seg_of).tolist():
+            seg = self.segments[s]
+            local = sorted_docs[seg_of == s] - self.seg_base[s]
+            codes, seg_io = seg.codes.read_ranges(seg.doc_offsets[local], seg.doc_offsets[local + 1])
+            parts.append(codes)
+            io["bytes"] += seg_io["bytes"]
+            io["calls"] += seg_io["calls"]
+        lens = self.doclens[docs].astype(np.int64)
+        codes = np.concatenate(parts)
+        # back to the caller's order: the sorted concatenation's runs, permuted
+        sorted_lens = lens[order]
+        starts = np.concatenate([[0], np.cumsum(sorted_lens)])[np.argsort(order, kind="stable")]
+        idx = np.repeat(starts, lens) + _ramp(lens)
+        return codes[idx], lens, io
+
     def resident_codes(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Codes of docs from RAM, concatenated, with their lengths."""
         starts = self.token_offsets[docs]

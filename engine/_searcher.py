@@ -6,8 +6,9 @@ Per query (q tokens) the pipeline is:
      their inverted lists gives the candidates. Each candidate gets an
      approximate score sum_i max_{c in P, c in doc} S[i, c] from the lists
      alone (no per-token data needed); the best `ndocs` survive.
-  3. The prefetcher starts reading the residual rows of the best 2 x survivors
-     (or of all candidates when the codes are on disk too), best first.
+  3. With prefetch on, background threads start reading the rows of the best
+     2 x survivors, best first. (With the codes on disk, every candidate's codes
+     are read for step 4.)
   4. Centroid interaction: every token replaced by its centroid, MaxSim from S;
      the best max(k, ndocs/4) survive.
   5. Exact MaxSim over the decompressed tokens of the survivors, 16 documents
@@ -202,8 +203,8 @@ class Searcher:
         # stage 2 for every query first, so all reads are in flight before any re-ranking
         cands = [self._candidates(S, k, allowed) for S in per_query]
         if self.prefetch and not self.placement.residuals_resident:
-            for cand in cands:  # best first; with codes in RAM only the likely survivors are needed
-                self.prefetcher.prefetch(cand if c.codes is None else cand[: self._prefetch_depth(k)])
+            for cand in cands:  # best first: the likely survivors of centroid interaction
+                self.prefetcher.prefetch(cand[: self._prefetch_depth(k)])
         return [self._rerank(q, S, cand, k) for q, S, cand in zip(queries, per_query, cands)]
 
     def _candidates(self, S: np.ndarray, k: int, allowed: np.ndarray | None) -> np.ndarray:
@@ -255,11 +256,12 @@ class Searcher:
                 return self._exact_chunked(Q, final, k, c.resident_rows)
             p = self.prefetcher
             return self._exact_chunked(Q, final, k, lambda docs: _stack(p.get(docs)), ready=p.cached)
-        rows = self.prefetcher.get(cand)  # codes are on disk too: centroid interaction needs every candidate's rows
-        lens = np.array([len(r[0]) for r in rows], dtype=np.int64)
-        keep = np.sort(top_k(centroid_scores_concat(S, np.concatenate([r[0] for r in rows]), lens), survivors))
-        by_doc = {int(cand[i]): rows[i] for i in keep.tolist()}
-        return self._exact_chunked(Q, cand[keep], k, lambda docs: _stack([by_doc[int(d)] for d in docs]))
+        # codes on disk too: read every candidate's codes (2 B/token), then rows for the survivors only
+        codes, lens, io = c.read_codes(cand)
+        self.prefetcher.count_io(io)
+        keep = np.sort(top_k(centroid_scores_concat(S, codes, lens), survivors))
+        p = self.prefetcher
+        return self._exact_chunked(Q, cand[keep], k, lambda docs: _stack(p.get(docs)), ready=p.cached)
 
     def _exact_chunked(self, Q: np.ndarray, final: np.ndarray, k: int, rows_of, ready=None) -> Hits:
         """Exact MaxSim over `final`, STREAM_CHUNK documents at a time.
