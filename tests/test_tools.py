@@ -85,3 +85,28 @@ def test_cli_verify_exits_1_naming_the_corrupt_chunk(built, tmp_path, capsys):
     assert cli.main(["verify", str(copy)]) == 1
     out = capsys.readouterr().out
     assert "residuals/c/0/0" in out and "inner chunk 0" in out and "CORRUPT" in out
+
+
+def test_encode_collection_writes_a_bundle_the_store_builds_from(tmp_path):
+    from tools import encode_collection
+
+    coll = tmp_path / "coll"
+    (coll / "qrels").mkdir(parents=True)
+    docs = [{"_id": "d1", "title": "Boundary layers", "text": "Heat transfer in a laminar boundary layer."},
+            {"_id": "d2", "title": "", "text": "Supersonic flow over a wedge."},
+            {"_id": "d3", "title": "Empty", "text": ""}]
+    (coll / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (coll / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "laminar heat transfer"}) + "\n"
+                                        + json.dumps({"_id": "q2", "text": "unjudged"}) + "\n")
+    (coll / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    out = tmp_path / "bundle"
+    assert encode_collection.main([str(coll), str(out), "--threads", "1"]) == 0
+    assert (out / "ids.txt").read_text().split() == ["d1", "d2", "d3"]  # "Empty" still has a title
+    assert (out / "query_ids.txt").read_text().split() == ["q1"]  # only judged queries
+    lens = np.load(out / "doclens.npy")
+    assert np.load(out / "docs.npy").shape == (lens.sum(), 384)
+    assert np.load(out / "queries.npy").shape == (1, 32, 384)
+    with lodestore.Store.create(tmp_path / "s", dim=384, num_centroids=8) as s:
+        s.add_embeddings(out, progress=False)
+        hits = lodestore.exhaustive_search(s, np.load(out / "queries.npy")[0], k=3)
+    assert hits[0][0] == "d1"
