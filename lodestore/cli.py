@@ -1,4 +1,4 @@
-"""The `lodestore` command line: build, info, verify, search."""
+"""The `lodestore` command line: build, add, delete, info, verify, search."""
 
 from __future__ import annotations
 
@@ -29,6 +29,20 @@ def cmd_build(args: argparse.Namespace) -> int:
         store = Store.create(path, dim=dim, nbits=args.nbits, num_centroids=args.centroids, seed=args.seed)
     with store:
         generation = store.add_embeddings(args.embeddings, progress=not args.quiet)
+        print(f"committed generation {generation}: {store}")
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    with Store.open(args.store, writable=True) as store:
+        generation = store.add_embeddings(args.embeddings, progress=not args.quiet)
+        print(f"committed generation {generation}: {store}")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with Store.open(args.store, writable=True) as store:
+        generation = store.delete(args.ids)
         print(f"committed generation {generation}: {store}")
     return 0
 
@@ -103,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_build)
+
+    a = sub.add_parser("add", help="add an embedding bundle or a directory of .npy files to an existing store (one commit)")
+    a.add_argument("store")
+    a.add_argument("--embeddings", required=True)
+    a.add_argument("--quiet", action="store_true")
+    a.set_defaults(func=cmd_add)
+
+    d = sub.add_parser("delete", help="delete documents by id (one commit)")
+    d.add_argument("store")
+    d.add_argument("ids", nargs="+")
+    d.set_defaults(func=cmd_delete)
 
     i = sub.add_parser("info", help="sizes and parameters of a store")
     i.add_argument("store")

@@ -110,3 +110,23 @@ def test_encode_collection_writes_a_bundle_the_store_builds_from(tmp_path):
         s.add_embeddings(out, progress=False)
         hits = lodestore.exhaustive_search(s, np.load(out / "queries.npy")[0], k=3)
     assert hits[0][0] == "d1"
+
+
+def test_cli_add_and_delete(bundle, tmp_path, capsys):
+    import shutil
+
+    path = tmp_path / "s"
+    assert cli.main(["build", str(path), "--embeddings", str(bundle), "--centroids", "32", "--quiet"]) == 0
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    rng = np.random.default_rng(3)
+    for name in ("x1", "x2"):
+        np.save(extra / f"{name}.npy", rng.standard_normal((7, 32)).astype(np.float32))
+    assert cli.main(["add", str(path), "--embeddings", str(extra), "--quiet"]) == 0
+    assert cli.main(["delete", str(path), "x1", "doc000000"]) == 0
+    assert cli.main(["delete", str(path), "nope"]) == 2
+    assert "unknown document ids" in capsys.readouterr().err
+    with lodestore.Store.open(path) as s:
+        assert "x2" in s and "x1" not in s and "doc000000" not in s
+        assert s.generation == 3 and s.verify().ok
+    shutil.rmtree(extra)
