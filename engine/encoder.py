@@ -12,7 +12,6 @@ run, so that importing this module stays cheap.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import string
 import warnings
@@ -431,6 +430,8 @@ def _check_output_width(width: int | None, projection: np.ndarray | None, config
 
 
 def _sha256_file(path: Path) -> str:
+    import hashlib  # lazily: OpenSSL's bindings cost ~4 MB of RSS at import
+
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -439,6 +440,8 @@ def _sha256_file(path: Path) -> str:
 
 
 def _sha256_bytes(data: bytes) -> str:
+    import hashlib
+
     return hashlib.sha256(data).hexdigest()
 
 

@@ -14,10 +14,12 @@ from store import (
 
 __version__ = "0.1.0"
 
-from engine import Searcher, exhaustive_search
+from engine import Encoder, EncoderConfig, Searcher, exhaustive_search
 
 __all__ = [
     "CorruptStoreError",
+    "Encoder",
+    "EncoderConfig",
     "Searcher",
     "Store",
     "StoreError",
