@@ -56,9 +56,9 @@ class Store:
         self._lock_fd = lock_fd
         self._codec: ResidualCodec | None = None
         self._segments: list[SegmentReader] | None = None
-        self._deleted: list[np.ndarray] | None = None
+        self._deleted: list[np.ndarray] = []
         self._id_map: dict[str, tuple[int, int]] | None = None
-        self.deleted(0) if manifest.segments else None  # load bitmaps now: a later writer may collect them
+        self._load_deletes()  # now, not on first use: a later writer may collect superseded bitmaps
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -153,14 +153,13 @@ class Store:
 
     def deleted(self, i: int) -> np.ndarray:
         """Boolean deletion mask of segment i (all False when it has no deletions)."""
-        if self._deleted is None:
-            self._deleted = []
-            for entry in self.manifest.segments:
-                if entry.deletes:
-                    self._deleted.append(read_deletes(self.root / SEGMENTS_DIR / entry.deletes, entry.documents))
-                else:
-                    self._deleted.append(np.zeros(entry.documents, dtype=bool))
         return self._deleted[i]
+
+    def _load_deletes(self) -> None:
+        self._deleted = [
+            read_deletes(self.root / SEGMENTS_DIR / e.deletes, e.documents) if e.deletes else np.zeros(e.documents, dtype=bool)
+            for e in self.manifest.segments
+        ]
 
     def _ids_index(self) -> dict[str, tuple[int, int]]:
         """Map external id -> (segment number, local doc) over live documents."""
@@ -330,9 +329,8 @@ class Store:
     def _segments_reset(self) -> None:
         for seg in self._segments or []:
             seg.close()
-        self._segments = self._deleted = self._id_map = None
-        if self.manifest.segments:
-            self.deleted(0)
+        self._segments = self._id_map = None
+        self._load_deletes()
 
     # ------------------------------------------------------------------ reporting
     def stats(self) -> dict[str, Any]:
