@@ -229,7 +229,8 @@ class Searcher:
             return docs
         order = np.argsort(docs, kind="stable")
         docs, pair_cents = docs[order], pair_cents[order]
-        uniq, first = np.unique(docs, return_index=True)
+        first = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]])
+        uniq = docs[first]
         pair_scores = np.take(S, pair_cents, axis=1)  # (q, pairs), grouped by document
         approx = np.maximum.reduceat(pair_scores, first, axis=1).sum(axis=0)
         return uniq[top_k(approx, max(self.ndocs, k))]
