@@ -83,12 +83,6 @@ class Prefetcher:
             _, old = self._cache.popitem(last=False)
             self._cached_bytes -= old[0].nbytes + old[1].nbytes
 
-    def count_io(self, io: dict) -> None:
-        """Add reads made outside the prefetcher (e.g. codes for centroid interaction) to its counters."""
-        with self._lock:
-            self.bytes_read += io["bytes"]
-            self.read_calls += io["calls"]
-
     def cached(self, docs: np.ndarray) -> bool:
         """Whether every doc's rows are in the cache now (counts nothing)."""
         with self._lock:

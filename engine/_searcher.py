@@ -1,18 +1,16 @@
-"""The Searcher: PLAID candidate generation, prefetched reads, exact MaxSim re-ranking.
+"""The Searcher: PLAID-style candidate generation, exact MaxSim re-ranking, prefetched reads.
 
 Per query (q tokens) the pipeline is:
   1. S = Q C^T, the query-centroid scores (q, K).
-  2. Probe: the top `nprobe` centroids of each query token; the union P of
-     their inverted lists gives the candidates. Each candidate gets an
-     approximate score sum_i max_{c in P, c in doc} S[i, c] from the lists
-     alone (no per-token data needed); the best `ndocs` survive.
-  3. With prefetch on, background threads start reading the rows of the best
-     2 x survivors, best first. (With the codes on disk, every candidate's codes
-     are read for step 4.)
-  4. Centroid interaction: every token replaced by its centroid, MaxSim from S;
-     the best max(k, ndocs/4) survive.
-  5. Exact MaxSim over the decompressed tokens of the survivors, 16 documents
-     at a time (chunks whose rows have arrived first); top k.
+  2. Probe: the top `nprobe` centroids of each query token; the union of their
+     inverted lists gives the candidates.
+  3. Centroid interaction: each candidate scored by MaxSim with its tokens
+     replaced by their centroids, computed from the document's *distinct*
+     centroid ids (a resident document-major copy of the inverted lists, ~1/4
+     of the per-token ids); the best max(k, ndocs/4) survive.
+  4. Their token rows are read (with prefetch on, by background threads, best
+     first) and exact MaxSim over the decompressed tokens ranks them, 16
+     documents at a time (chunks whose rows have arrived first); top k.
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ from ._prefetch import Prefetcher
 
 DEFAULT_BUDGET = "auto"  # index + codes + 8 MB cache: measured 97 MB for a whole 5e6-token process
 DEFAULT_NPROBE = 8
-DEFAULT_NDOCS = 384  # measured: recall@10 vs exhaustive 0.994 (1e6 synthetic), 0.983 (cranfield); 256 gave 0.993 / 0.969
+DEFAULT_NDOCS = 384  # 96 survivors; measured recall@10 vs exhaustive: 0.993 (1e6), 0.969 (5e6), 0.984 (cranfield)
 STREAM_CHUNK = 16  # survivors scored per exact-MaxSim step (reads of the next steps overlap it)
 
 Hits = list[tuple[str, float]]
@@ -45,8 +43,8 @@ class Searcher:
     memory_budget: bytes, a size string ("64MB"), "auto" (the default: what
     candidate generation needs, i.e. the index and the per-token centroid ids,
     plus an 8 MB cache), or "all" to keep everything in RAM.
-    nprobe: centroids probed per query token. ndocs: candidates kept after the
-    list-based approximate scores (a quarter of them reach exact re-ranking).
+    nprobe: centroids probed per query token. ndocs: a quarter of it (at least k)
+    is how many candidates reach exact re-ranking.
     device: "cpu" (numpy, no torch import) or a torch device such as "cuda" for
     the re-ranking step. prefetch: read candidates' rows in background threads
     while scoring (ESPN-style). Off by default because on the machines measured
@@ -200,69 +198,49 @@ class Searcher:
         bounds = np.concatenate([[0], np.cumsum([len(q) for q in queries])])
         scores_all = np.concatenate(queries) @ c.centroids.T  # (total q tokens, K): one matmul per batch
         per_query = [scores_all[bounds[i] : bounds[i + 1]] for i in range(len(queries))]
-        # stage 2 for every query first, so all reads are in flight before any re-ranking
+        # candidates for every query first, so all reads are in flight before any re-ranking
         cands = [self._candidates(S, k, allowed) for S in per_query]
         if self.prefetch and not self.placement.residuals_resident:
-            for cand in cands:  # best first: the likely survivors of centroid interaction
-                self.prefetcher.prefetch(cand[: self._prefetch_depth(k)])
+            for cand in cands:  # the survivors, best first
+                self.prefetcher.prefetch(cand)
         return [self._rerank(q, S, cand, k) for q, S, cand in zip(queries, per_query, cands)]
 
     def _candidates(self, S: np.ndarray, k: int, allowed: np.ndarray | None) -> np.ndarray:
-        """Stage 2: candidates from the probed inverted lists, ranked by their list-based score.
+        """Stages 2-3: the documents of the probed inverted lists, ranked by centroid interaction.
 
-        S is (q, K): query-centroid scores. A candidate's approximate score is
-        sum_i max over the probed centroids it has of S[i, c].
+        S is (q, K): query-centroid scores. Each candidate's score is MaxSim with
+        its tokens replaced by their centroids, computed from its distinct
+        centroid ids (the document-major copy of the inverted lists). Returns
+        the best max(k, ndocs/4) candidates, best first: the survivors.
         """
         c = self.corpus
         if allowed is not None and len(allowed) <= max(self.ndocs, k):
-            return allowed  # a small subset skips probing: all of it goes to centroid interaction
-        cents = np.unique(_top_columns(S, min(self.nprobe, S.shape[1])))
-        starts, stops = c.ivf_offsets[cents], c.ivf_offsets[cents + 1]
-        lens = stops - starts
-        docs = np.take(c.ivf_docs, np.repeat(starts, lens) + _ramp(lens)).astype(np.int64)
-        pair_cents = np.repeat(cents, lens)
-        keep = ~c.deleted[docs]
-        if allowed is not None:
-            keep &= np.isin(docs, allowed)
-        docs, pair_cents = docs[keep], pair_cents[keep]
+            docs = allowed  # a small subset skips probing: all of it is scored
+        else:
+            cents = np.unique(_top_columns(S, min(self.nprobe, S.shape[1])))
+            starts, stops = c.ivf_offsets[cents], c.ivf_offsets[cents + 1]
+            lens = stops - starts
+            docs = np.unique(np.take(c.ivf_docs, np.repeat(starts, lens) + _ramp(lens)))
+            docs = docs[~c.deleted[docs]].astype(np.int64)
+            if allowed is not None:
+                docs = docs[np.isin(docs, allowed, assume_unique=True)]
         if len(docs) == 0:
             return docs
-        order = np.argsort(docs, kind="stable")
-        docs, pair_cents = docs[order], pair_cents[order]
-        first = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]])
-        uniq = docs[first]
-        pair_scores = np.take(S, pair_cents, axis=1)  # (q, pairs), grouped by document
-        approx = np.maximum.reduceat(pair_scores, first, axis=1).sum(axis=0)
-        return uniq[top_k(approx, max(self.ndocs, k))]
+        codes, lens = c.distinct_codes(docs)
+        return docs[top_k(centroid_scores_concat(S, codes, lens), self._survivors(k))]
 
     def _survivors(self, k: int) -> int:
         return max(k, self.ndocs // 4)
 
-    def _prefetch_depth(self, k: int) -> int:
-        """How many stage-2 candidates to read ahead when codes are resident (measured at 1e6
-        tokens: 4% of the survivors of centroid interaction fall outside the stage-2 top 1.5x)."""
-        return self._survivors(k) * 2
-
-    def _rerank(self, Q: np.ndarray, S: np.ndarray, cand: np.ndarray, k: int) -> Hits:
-        """Stages 4-5: centroid interaction, then exact MaxSim on the survivors."""
+    def _rerank(self, Q: np.ndarray, S: np.ndarray, final: np.ndarray, k: int) -> Hits:
+        """Stage 4: exact MaxSim over the survivors' decompressed tokens; top k."""
         c = self.corpus
-        if len(cand) == 0:
+        if len(final) == 0:
             return []
-        survivors = self._survivors(k)
-        if c.codes is not None:
-            codes, lens = c.resident_codes(cand)
-            keep = np.sort(top_k(centroid_scores_concat(S, codes, lens), survivors))  # stage-2 (= prefetch) order
-            final = cand[keep]
-            if c.residuals is not None:
-                return self._exact_chunked(Q, final, k, c.resident_rows)
-            p = self.prefetcher
-            return self._exact_chunked(Q, final, k, lambda docs: _stack(p.get(docs)), ready=p.cached)
-        # codes on disk too: read every candidate's codes (2 B/token), then rows for the survivors only
-        codes, lens, io = c.read_codes(cand)
-        self.prefetcher.count_io(io)
-        keep = np.sort(top_k(centroid_scores_concat(S, codes, lens), survivors))
+        if c.residuals is not None:
+            return self._exact_chunked(Q, final, k, c.resident_rows)
         p = self.prefetcher
-        return self._exact_chunked(Q, cand[keep], k, lambda docs: _stack(p.get(docs)), ready=p.cached)
+        return self._exact_chunked(Q, final, k, lambda docs: _stack(p.get(docs)), ready=p.cached)
 
     def _exact_chunked(self, Q: np.ndarray, final: np.ndarray, k: int, rows_of, ready=None) -> Hits:
         """Exact MaxSim over `final`, STREAM_CHUNK documents at a time.
