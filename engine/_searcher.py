@@ -203,7 +203,7 @@ class Searcher:
         if self.prefetch and not self.placement.residuals_resident:
             for cand in cands:  # the survivors, best first
                 self.prefetcher.prefetch(cand)
-        return [self._rerank(q, S, cand, k) for q, S, cand in zip(queries, per_query, cands)]
+        return [self._rerank(q, cand, k) for q, cand in zip(queries, cands)]
 
     def _candidates(self, S: np.ndarray, k: int, allowed: np.ndarray | None) -> np.ndarray:
         """Stages 2-3: the documents of the probed inverted lists, ranked by centroid interaction.
@@ -232,7 +232,7 @@ class Searcher:
     def _survivors(self, k: int) -> int:
         return max(k, self.ndocs // 4)
 
-    def _rerank(self, Q: np.ndarray, S: np.ndarray, final: np.ndarray, k: int) -> Hits:
+    def _rerank(self, Q: np.ndarray, final: np.ndarray, k: int) -> Hits:
         """Stage 4: exact MaxSim over the survivors' decompressed tokens; top k."""
         c = self.corpus
         if len(final) == 0:
