@@ -29,7 +29,7 @@ from ._corpus import Corpus, _ramp
 from ._maxsim import centroid_scores_concat, maxsim_concat, maxsim_torch, top_k
 from ._prefetch import Prefetcher
 
-DEFAULT_BUDGET = "auto"  # index + codes + 8 MB cache: measured 99 MB for a whole 5e6-token process
+DEFAULT_BUDGET = "auto"  # index + codes + 4 MB cache (docs/BENCHMARKS.md 2.0)
 DEFAULT_NPROBE = 8
 DEFAULT_NDOCS = 384  # 96 survivors; measured recall@10 vs exhaustive: 0.993 (1e6), 0.969 (5e6), 0.984 (cranfield)
 STREAM_CHUNK = 16  # survivors scored per exact-MaxSim step (reads of the next steps overlap it)
@@ -42,15 +42,15 @@ class Searcher:
 
     memory_budget: bytes, a size string ("64MB"), "auto" (the default: what
     candidate generation needs, i.e. the index and the per-token centroid ids,
-    plus an 8 MB cache), or "all" to keep everything in RAM.
+    plus a 4 MB cache), or "all" to keep everything in RAM.
     nprobe: centroids probed per query token. ndocs: a quarter of it (at least k)
     is how many candidates reach exact re-ranking.
     device: "cpu" (numpy, no torch import) or a torch device such as "cuda" for
-    the re-ranking step. prefetch: read candidates' rows in background threads
-    while scoring (ESPN-style). Off by default because on the machines measured
-    (docs/BENCHMARKS.md) reading when needed was faster, warm and cold: the
-    threads' Python-level reads contend with scoring for the GIL. Turn it on
-    where reads block for long (network or slow disks).
+    the re-ranking step. prefetch: background threads read the likely
+    survivors' rows while centroid interaction runs (ESPN-style). Measured
+    (docs/BENCHMARKS.md 2.0): hit rate 0.96-1.0, p50 equal on a warm page cache
+    and ~8% lower cold, for twice the bytes read and ~6 MB more RSS; off by
+    default to keep the memory small. Turn it on where reads block for long.
     """
 
     def __init__(self, store_or_path: Store | str | os.PathLike, memory_budget: int | str | None = DEFAULT_BUDGET,
