@@ -48,9 +48,9 @@ class Searcher:
     device: "cpu" (numpy, no torch import) or a torch device such as "cuda" for
     the re-ranking step. prefetch: background threads read the likely
     survivors' rows while centroid interaction runs (ESPN-style). Measured
-    (docs/BENCHMARKS.md 2.0): hit rate 0.96-1.0, p50 equal on a warm page cache
-    and ~8% lower cold, for twice the bytes read and ~6 MB more RSS; off by
-    default to keep the memory small. Turn it on where reads block for long.
+    (docs/BENCHMARKS.md 2.0): hit rate 0.97-0.99; p50 lower on a cold page
+    cache, higher on a warm one, for twice the bytes read and 7-9 MB more RSS;
+    off by default. Turn it on where reads block for long.
     """
 
     def __init__(self, store_or_path: Store | str | os.PathLike, memory_budget: int | str | None = DEFAULT_BUDGET,
