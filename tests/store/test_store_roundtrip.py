@@ -10,6 +10,9 @@ from hypothesis import strategies as st
 import store
 from store import StoreError
 
+# Tiny corpora on purpose: the warning that a small first add fixes K is tested in tests/test_lifecycle.py.
+pytestmark = pytest.mark.filterwarnings("ignore:the first add has only")
+
 HEAVY = max(3, settings().max_examples // 10)
 
 # nbits=2 bounds from tests/store/test_codec.py (COSINE_BOUNDS), with K well above the
