@@ -19,7 +19,7 @@ class Corpus:
         self.store = store
         self.codec = store.codec
         self.segments = store.open_segments()  # our own readers: a commit on `store` closes its own
-        self.centroids = self.codec.centroids_f32  # (K, d) float32 for BLAS
+        self.centroids = self.codec.centroids  # (K, d) float32 for BLAS
         sizes = [s.n_docs for s in self.segments]
         self.seg_base = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.n_docs = int(self.seg_base[-1])
@@ -125,17 +125,19 @@ class Corpus:
         lens = self.doc_code_offsets[docs + 1] - starts
         return np.take(self.doc_codes, np.repeat(starts, lens) + _ramp(lens)), lens
 
+    def _token_index(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Row numbers of docs' tokens in the resident arrays, concatenated, and the lengths."""
+        lens = self.doclens[docs].astype(np.int64)
+        return np.repeat(self.token_offsets[docs], lens) + _ramp(lens), lens
+
     def resident_codes(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Codes of docs from RAM, concatenated, with their lengths."""
-        starts = self.token_offsets[docs]
-        lens = self.doclens[docs].astype(np.int64)
-        idx = np.repeat(starts, lens) + _ramp(lens)
+        idx, lens = self._token_index(docs)
         return np.take(self.codes, idx), lens
 
     def resident_rows(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        starts = self.token_offsets[docs]
-        lens = self.doclens[docs].astype(np.int64)
-        idx = np.repeat(starts, lens) + _ramp(lens)
+        """Codes and residual rows of docs from RAM, concatenated, with their lengths."""
+        idx, lens = self._token_index(docs)
         return np.take(self.codes, idx), np.take(self.residuals, idx, axis=0), lens
 
 

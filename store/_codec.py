@@ -123,16 +123,12 @@ class ResidualCodec:
 
     @property
     def code_dtype(self) -> np.dtype:
-        return np.dtype(np.uint16) if self.num_centroids <= 65536 else np.dtype(np.uint32)
+        """uint16: K never exceeds 65536."""
+        return np.dtype(np.uint16)
 
     @property
     def residual_bytes(self) -> int:
         return self.dim * self.nbits // 8
-
-    @property
-    def centroids_f32(self) -> np.ndarray:
-        """Centroids as float32 (the values residuals were computed against)."""
-        return self.centroids
 
     @property
     def centroids_f16(self) -> np.ndarray:
@@ -183,7 +179,7 @@ class ResidualCodec:
 
         proto = cls(centroids, np.zeros((1 << nbits) - 1, np.float32), np.zeros(1 << nbits, np.float32), nbits)
         codes = proto.assign(heldout)
-        residuals = heldout - proto.centroids_f32[codes]
+        residuals = heldout - proto.centroids[codes]
         flat = residuals.ravel()
         levels = 1 << nbits
         cutoffs = np.quantile(flat, np.arange(1, levels) / levels).astype(np.float32)
