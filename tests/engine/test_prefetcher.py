@@ -86,6 +86,15 @@ def open_later(disk: FakeDisk, delay: float = 0.05) -> threading.Timer:
     return t
 
 
+def held_read(p: Prefetcher, disk: FakeDisk, docs) -> threading.Timer:
+    """Start a background read of docs that stays blocked on the disk until a timer releases it
+    shortly after: the caller acts while the read is in flight, then joins the timer."""
+    disk.gate.clear()
+    p.prefetch(np.asarray(docs))
+    assert disk.started.wait(TIMEOUT)
+    return open_later(disk)
+
+
 def check_rows(got, docs) -> None:
     assert len(got) == len(docs)
     for (codes, res), d in zip(got, docs):
@@ -124,11 +133,8 @@ def test_prefetched_and_finished_reads_are_hits(make):
 
 def test_reads_in_flight_are_waited_for(make):
     disk = FakeDisk()
-    disk.gate.clear()
     p = make(disk)
-    p.prefetch(np.array([5, 6]))
-    assert disk.started.wait(TIMEOUT)
-    timer = open_later(disk)  # the read finishes while get() is blocked on it
+    timer = held_read(p, disk, [5, 6])  # the read finishes while get() is blocked on it
     got = p.get(np.array([6, 5]))
     timer.join()
     check_rows(got, [6, 5])
@@ -246,11 +252,8 @@ def test_clear_empties_the_cache(make):
                          ids=["OSError", "CorruptStoreError"])
 def test_background_read_error_surfaces_in_get(make, error):
     disk = FakeDisk(fail={4}, error=error)
-    disk.gate.clear()
     p = make(disk)
-    p.prefetch(np.array([4, 7]))
-    assert disk.started.wait(TIMEOUT)
-    timer = open_later(disk)
+    timer = held_read(p, disk, [4, 7])
     with pytest.raises(type(error), match=str(error).split(":")[0]):
         p.get(np.array([7, 4]))  # waiting on the failed read
     timer.join()
@@ -306,11 +309,8 @@ def test_counters_accumulate_and_reset(make):
 
 def test_rereads_of_evicted_docs_are_counted(make):
     disk = FakeDisk()
-    disk.gate.clear()
     p = make(disk, cache_bytes=DOC_BYTES)  # room for one document
-    p.prefetch(np.array([1, 2]))  # one task: 2 evicts 1 as soon as they land
-    assert disk.started.wait(TIMEOUT)
-    timer = open_later(disk)
+    timer = held_read(p, disk, [1, 2])  # one task: 2 evicts 1 as soon as they land
     check_rows(p.get(np.array([1, 2])), [1, 2])  # waits, then finds 1 gone and reads it again
     timer.join()
     assert disk.n_calls == 2  # the disk saw two reads, three documents
@@ -360,11 +360,8 @@ def test_a_read_that_finishes_before_prefetch_returns_leaves_no_stale_state(make
 
 def test_close_waits_for_reads_in_flight(make):
     disk = FakeDisk()
-    disk.gate.clear()
     p = make(disk)
-    p.prefetch(np.array([1, 2]))
-    assert disk.started.wait(TIMEOUT)
-    timer = open_later(disk)
+    timer = held_read(p, disk, [1, 2])
     p.close()  # returns once the running read is done
     timer.join()
     assert p.read_calls == 1 and p.resident_bytes == 2 * DOC_BYTES
