@@ -130,3 +130,11 @@ def test_cli_add_and_delete(bundle, tmp_path, capsys):
         assert "x2" in s and "x1" not in s and "doc000000" not in s
         assert s.generation == 3 and s.verify().ok
     shutil.rmtree(extra)
+
+
+def test_sweep_search_prints_one_row_per_setting(bundle, built, capsys):
+    from tools import sweep_search
+
+    assert sweep_search.main([str(bundle), str(built), "--grid", "2x16,4x32", "--queries", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "| 2 | 16 | 10 |" in out and "| 4 | 32 | 10 |" in out

@@ -1,0 +1,62 @@
+"""Recall/latency operating points of the Searcher over (nprobe, ndocs), one process, one table.
+
+    python -m tools.sweep_search BUNDLE STORE [--grid 4x384,8x256,8x384,8x512] [--queries 100] [--budget all]
+
+Recall@10 is against exhaustive MaxSim over the same store (the ground truth
+tools/bench_search.py caches beside it, computed here if missing). One
+untimed pass over the queries warms the page cache; then each setting
+answers 5 warm-up queries, then every query once; the table also
+gives the ratio of each p50 to the first setting's, measured in the same run.
+This is what chose the defaults (docs/BENCHMARKS.md section 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.sweep_search", description=__doc__.split("\n")[0])
+    p.add_argument("bundle", type=Path)
+    p.add_argument("store", type=Path)
+    p.add_argument("--grid", default="4x384,8x256,8x384,8x512", help="comma-separated NPROBExNDOCS settings")
+    p.add_argument("--queries", type=int, default=100)
+    p.add_argument("--budget", default="all")
+    args = p.parse_args(argv)
+
+    import lodestore
+    from tools.bench_search import recall, truth
+
+    queries = np.load(args.bundle / "queries.npy")[: args.queries]
+    reference = truth(args.store, queries)
+    rows = []
+    with lodestore.Store.open(args.store) as store, lodestore.Searcher(store, memory_budget=args.budget) as searcher:
+        for q in queries:  # one untimed pass: the first setting must not pay for a cold page cache
+            searcher.search(q, k=10)
+        for spec in args.grid.split(","):
+            nprobe, ndocs = (int(v) for v in spec.lower().split("x"))
+            searcher.nprobe, searcher.ndocs = nprobe, ndocs
+            for q in queries[:5]:
+                searcher.search(q, k=10)
+            times, results = [], []
+            for q in queries:
+                t = time.perf_counter()
+                hits = searcher.search(q, k=10)
+                times.append(time.perf_counter() - t)
+                results.append([h[0] for h in hits])
+            rows.append((nprobe, ndocs, max(10, ndocs // 4), recall(results, reference), np.median(times) * 1e3))
+    print(f"\nstore: {args.store}; queries: {len(queries)}; budget: {args.budget}; load {__import__('os').getloadavg()[0]:.1f}")
+    print("| nprobe | ndocs | survivors | R@10 store | p50 ms | p50 vs first |")
+    print("|---|---|---|---|---|---|")
+    for nprobe, ndocs, surv, rec, p50 in rows:
+        print(f"| {nprobe} | {ndocs} | {surv} | {rec:.3f} | {p50:.1f} | x{p50 / rows[0][4]:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
