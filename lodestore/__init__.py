@@ -16,10 +16,14 @@ __version__ = "0.1.0"
 
 from engine import Encoder, EncoderConfig, Searcher, exhaustive_search
 
+from .index import Hit, Index
+
 __all__ = [
     "CorruptStoreError",
     "Encoder",
     "EncoderConfig",
+    "Hit",
+    "Index",
     "Searcher",
     "Store",
     "StoreError",

@@ -1,4 +1,4 @@
-"""The `lodestore` command line: build, add, delete, info, verify, search."""
+"""The `lodestore` command line: build, add, delete, info, verify, search; index, query, eval (text)."""
 
 from __future__ import annotations
 
@@ -71,6 +71,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"{k:<{width}}  {v}")
     print("\ndisk size per array")
     for name, size in s["array_bytes"].items():
+        if name.startswith("payload") and not size:
+            continue  # a store without text
         per = size / s["tokens"] if s["tokens"] else 0
         print(f"  {name:<12} {_human(size):>12}  {per:8.3f} B/token")
     return 0
@@ -102,6 +104,75 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"query {qi}")
         for rank, (doc_id, score) in enumerate(hits, 1):
             print(f"  {rank:>3}  {score:9.4f}  {doc_id}")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .collection import Collection
+    from .index import Index
+    from engine import Encoder
+
+    col = Collection.load(args.collection, args.max_docs)
+    if col.skipped_empty:
+        print(f"skipping {col.skipped_empty} document(s) with no text", file=sys.stderr)
+    encoder = Encoder.from_dir(args.encoder, intra_op_num_threads=args.threads) if args.encoder \
+        else Encoder.default(intra_op_num_threads=args.threads)
+    path = Path(args.store)
+    if path.exists() and any(path.iterdir()):
+        index = Index.open(path, encoder, writable=True)
+    else:
+        index = Index.create(path, encoder, nbits=args.nbits, num_centroids=args.centroids, seed=args.seed)
+    with index:
+        new = [d for d in col.docs if d["_id"] not in index.store]
+        if len(new) < len(col.docs):
+            print(f"{len(col.docs) - len(new)} document(s) already indexed: adding the other {len(new)}", file=sys.stderr)
+        if not new:
+            print(f"nothing to add: {index}")
+            return 0
+        generation = index.add([d["_id"] for d in new], [d.get("text") or "" for d in new],
+                               titles=[d.get("title") or "" for d in new], batch_size=args.batch,
+                               progress=not args.quiet)
+        print(f"committed generation {generation}: {index}")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from .index import Index
+
+    with Index.open(args.store, memory_budget=args.memory_budget) as index:
+        hits = index.search(args.text, k=args.k)
+    if args.json:
+        print(json.dumps([{"rank": r, "id": h.id, "score": h.score, "title": h.title, "text": h.text,
+                           "metadata": h.metadata} for r, h in enumerate(hits, 1)], ensure_ascii=False))
+        return 0
+    print(f"{'rank':>4}  {'score':>7}  id")
+    for rank, h in enumerate(hits, 1):
+        print(f"{rank:>4}  {h.score:7.3f}  {h.id}  {h.title}")
+        print(f"{'':>15}{h.snippet(args.words)}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .collection import Collection
+    from .evaluate import MEASURES, evaluate
+    from .index import Index
+
+    col = Collection.load(args.collection)
+    with Index.open(args.store, memory_budget=args.memory_budget) as index:
+        missing = sum(d["_id"] not in index.store for d in col.docs)
+        if missing:
+            print(f"warning: {missing} document(s) of the collection are not in the index", file=sys.stderr)
+        results = evaluate(index, col, exhaustive=not args.no_exhaustive, max_queries=args.queries)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"{'run':<11}" + "".join(f"{m:>9}" for m in MEASURES) + f"{'queries':>9}{'ms/q':>9}")
+    for name, r in results.items():
+        print(f"{name:<11}" + "".join(f"{r[m]:9.4f}" for m in MEASURES) + f"{r['queries']:9d}{r['ms_per_query']:9.1f}")
+    if "exhaustive" in results:
+        gap = results["exhaustive"]["nDCG@10"] - results["engine"]["nDCG@10"]
+        print(f"engine nDCG@10 is {gap:+.4f} below exhaustive MaxSim over the same store" if gap >= 0
+              else f"engine nDCG@10 is {-gap:.4f} above exhaustive MaxSim over the same store")
     return 0
 
 
@@ -145,6 +216,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--memory-budget", default="auto", help="bytes, e.g. 64MB; 'auto' (index + codes + 4 MB cache) or 'all'")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_search)
+
+    x = sub.add_parser("index", help="encode a BEIR collection's corpus (corpus.jsonl) into a text index")
+    x.add_argument("store")
+    x.add_argument("--collection", required=True, help="BEIR directory: corpus.jsonl, queries.jsonl, qrels/test.tsv")
+    x.add_argument("--max-docs", type=int, default=None, help="index only the first N documents")
+    x.add_argument("--encoder", default=None, help="directory with model.onnx, tokenizer.json, encoder.json (default: packaged MiniLM)")
+    x.add_argument("--nbits", type=int, default=2, choices=(1, 2, 4))
+    x.add_argument("--centroids", type=int, default=None)
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--batch", type=int, default=32, help="documents per model call")
+    x.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    x.add_argument("--quiet", action="store_true")
+    x.set_defaults(func=cmd_index)
+
+    q = sub.add_parser("query", help="search a text index with a text query and print the ranked documents")
+    q.add_argument("store")
+    q.add_argument("text")
+    q.add_argument("-k", type=int, default=10)
+    q.add_argument("--words", type=int, default=25, help="words of each document's text to show")
+    q.add_argument("--memory-budget", default="auto")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_query)
+
+    e = sub.add_parser("eval", help="nDCG@10, R@100, MRR@10 of the engine and of exhaustive MaxSim on a BEIR collection")
+    e.add_argument("store")
+    e.add_argument("--collection", required=True)
+    e.add_argument("--queries", type=int, default=None, help="evaluate only the first N judged queries")
+    e.add_argument("--no-exhaustive", action="store_true", help="skip the exhaustive run (slow on big stores)")
+    e.add_argument("--memory-budget", default="auto")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
     return p
 
 

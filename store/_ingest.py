@@ -13,6 +13,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ._payloads import check_payloads
+
 BATCH_BYTES = 64 << 20  # float32 tokens encoded per batch: bounds encode memory at any dim
 BATCH_TOKENS: int | None = None  # fixed tokens per batch (tests); None: from BATCH_BYTES
 
@@ -90,6 +92,8 @@ class DocSource:
     n_docs: int
     n_tokens: int
     dim: int
+    #: One bytes object per document (stored beside its tokens, FORMAT.md 8.5), or None.
+    payloads: list[bytes] | None = None
 
     def ids(self) -> list[str]:
         raise NotImplementedError
@@ -106,13 +110,15 @@ class DocSource:
 class InMemorySource(DocSource):
     """Documents handed to Store.add: validated and normalized up front, before anything is written."""
 
-    def __init__(self, ids: Sequence[Any], embeddings: Sequence[Any], dim: int, existing: set[str] | None):
+    def __init__(self, ids: Sequence[Any], embeddings: Sequence[Any], dim: int, existing: set[str] | None,
+                 payloads: Sequence[Any] | None = None):
         if isinstance(embeddings, np.ndarray) and embeddings.ndim == 2:
             raise ValueError("embeddings must be a list with one (n_tokens, dim) matrix per document")
         embeddings = list(embeddings)
         if len(embeddings) == 0:
             raise ValueError("nothing to add: no documents")
         self._ids = check_ids(ids, len(embeddings), existing)
+        self.payloads = check_payloads(payloads, len(embeddings))
         self.docs = [normalize_document(i, e, dim) for i, e in zip(self._ids, embeddings)]
         self.dim = dim
         self.n_docs = len(self.docs)
@@ -147,7 +153,8 @@ class BundleSource(DocSource):
     stays bounded by one batch.
     """
 
-    def __init__(self, path: str | Path, dim: int | None = None, existing: set[str] | None = None):
+    def __init__(self, path: str | Path, dim: int | None = None, existing: set[str] | None = None,
+                 ids: Sequence[Any] | None = None):
         self.path = Path(path)
         for name in ("docs.npy", "doclens.npy"):
             if not (self.path / name).exists():
@@ -175,7 +182,8 @@ class BundleSource(DocSource):
             raise ValueError(f"{self.path}: doclens sum to {int(self.doclens.sum())} but docs.npy has {n_rows} rows")
         self.n_docs, self.n_tokens = len(self.doclens), n_rows
         ids_file = self.path / "ids.txt"
-        ids = ids_file.read_text(encoding="utf-8").splitlines() if ids_file.exists() else [str(i) for i in range(self.n_docs)]
+        if ids is None:  # ids given by the caller win over ids.txt (they may hold any character)
+            ids = ids_file.read_text(encoding="utf-8").splitlines() if ids_file.exists() else [str(i) for i in range(self.n_docs)]
         self._ids = check_ids(ids, self.n_docs, existing)
         self.offsets = np.concatenate([[0], np.cumsum(self.doclens)])
 
@@ -267,11 +275,17 @@ class NpyDirSource(DocSource):
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
 
 
-def open_source(path: str | Path, dim: int | None, existing: set[str] | None = None) -> DocSource:
-    """A bundle if the directory has docs.npy, else a directory of per-document .npy files."""
+def open_source(path: str | Path, dim: int | None, existing: set[str] | None = None,
+                ids: Sequence[Any] | None = None) -> DocSource:
+    """A bundle if the directory has docs.npy, else a directory of per-document .npy files.
+
+    ids: the bundle's document ids, instead of its ids.txt (bundles only).
+    """
     path = Path(path)
     if (path / "docs.npy").exists():
-        return BundleSource(path, dim, existing)
+        return BundleSource(path, dim, existing, ids)
+    if ids is not None:
+        raise ValueError(f"{path}: ids can be given only for an embedding bundle (docs.npy)")
     if dim is None:
         first = next(iter(sorted(path.glob("*.npy"))), None)
         if first is None:

@@ -8,6 +8,7 @@ Layout (FORMAT.md section 8), for a segment of N documents and T tokens:
   ivf_docs     (E,)            uint32         local doc numbers, ascending within each list
   id_offsets   (N+1,)          int64          external id d = id_bytes[id_offsets[d]:id_offsets[d+1]]
   id_bytes     (B,)            uint8          UTF-8
+  payload_offsets, payload_bytes  optional per-document bytes (store/_payloads.py)
 The small arrays are gzip + crc32c; doc_offsets is decoded at open, ids and
 inverted lists each time they are asked for (a Searcher asks once).
 """
@@ -25,6 +26,7 @@ import numpy as np
 
 from ._codec import ResidualCodec
 from ._errors import CorruptStoreError
+from ._payloads import PAYLOAD_ARRAYS, PayloadReader, write_payloads
 from ._rawarray import RawShardedArray
 from ._smallarray import read_attributes, read_small as _read_small, verify_small
 
@@ -105,14 +107,18 @@ class SegmentWriter:
     (centroid, document) pairs of the inverted lists (8 bytes per distinct pair).
     """
 
-    def __init__(self, path: Path, codec: ResidualCodec, n_docs: int, n_tokens: int):
+    def __init__(self, path: Path, codec: ResidualCodec, n_docs: int, n_tokens: int, *, payloads: bool = False):
         self.path = Path(path)
         self.codec = codec
         self.n_docs, self.n_tokens = n_docs, n_tokens
         import zarr
 
         self.group = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
-        self.group.attrs.update({"lodestore_segment": SEGMENT_FORMAT, "documents": n_docs, "tokens": n_tokens})
+        attrs = {"lodestore_segment": SEGMENT_FORMAT, "documents": n_docs, "tokens": n_tokens}
+        if payloads:
+            attrs["payloads"] = True
+        self.group.attrs.update(attrs)
+        self.payloads: list[bytes] | None = [] if payloads else None  # held until finish: bytes per doc, not tokens
         self.codes = _RowBuffer(_token_array(self.group, "codes", (n_tokens,), codec.code_dtype))
         self.residuals = _RowBuffer(_token_array(self.group, "residuals", (n_tokens, codec.residual_bytes), np.dtype(np.uint8)))
         self.doclens: list[np.ndarray] = []
@@ -120,8 +126,13 @@ class SegmentWriter:
         self.pairs: list[np.ndarray] = []
         self.docs_done = 0
 
-    def append(self, ids: list[str], doclens: np.ndarray, codes: np.ndarray, residuals: np.ndarray) -> None:
-        """Add encoded documents (their tokens concatenated in document order)."""
+    def append(self, ids: list[str], doclens: np.ndarray, codes: np.ndarray, residuals: np.ndarray,
+               payloads: list[bytes] | None = None) -> None:
+        """Add encoded documents (their tokens concatenated in document order) and their payloads."""
+        if (payloads is None) != (self.payloads is None) or (payloads is not None and len(payloads) != len(ids)):
+            raise ValueError("a segment's documents must all have a payload, or none")
+        if payloads is not None:
+            self.payloads.extend(payloads)
         doclens = np.asarray(doclens, dtype=np.int64)
         doc_of_token = np.repeat(np.arange(self.docs_done, self.docs_done + len(doclens), dtype=np.int64), doclens)
         self.pairs.append(np.unique(codes.astype(np.int64) * self.n_docs + doc_of_token))
@@ -150,6 +161,9 @@ class SegmentWriter:
         lens = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
         _write_small(self.group, "id_offsets", np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
         _write_small(self.group, "id_bytes", np.frombuffer(b"".join(encoded), dtype=np.uint8))
+        if self.payloads is not None:
+            write_payloads(self.group, self.payloads)
+            self.payloads = []
 
 
 def delta_encode_lists(docs: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -184,6 +198,8 @@ class SegmentReader:
     doc_offsets: np.ndarray
     codes: RawShardedArray
     residuals: RawShardedArray
+    has_payloads: bool = False
+    _payloads: PayloadReader | None = None
 
     @classmethod
     def open(cls, path: Path) -> "SegmentReader":
@@ -194,7 +210,8 @@ class SegmentReader:
         if attrs.get("lodestore_segment") != SEGMENT_FORMAT:
             raise CorruptStoreError(f"{path}: not a lodestore segment (format {attrs.get('lodestore_segment')!r})")
         offsets = read_small(path, "doc_offsets")
-        seg = cls(path, path.name, offsets, RawShardedArray(path / "codes"), RawShardedArray(path / "residuals"))
+        seg = cls(path, path.name, offsets, RawShardedArray(path / "codes"), RawShardedArray(path / "residuals"),
+                  has_payloads=bool(attrs.get("payloads", False)))
         if seg.codes.shape[0] != offsets[-1] or seg.residuals.shape[0] != offsets[-1]:
             raise CorruptStoreError(f"{path}: token arrays and doc_offsets disagree")
         return seg
@@ -216,6 +233,16 @@ class SegmentReader:
     def id_table(self) -> tuple[np.ndarray, np.ndarray]:
         """The raw id table: (id_offsets (N+1,) int64, id_bytes (B,) uint8 UTF-8)."""
         return read_small(self.path, "id_offsets"), read_small(self.path, "id_bytes")
+
+    def payloads(self, docs: np.ndarray) -> list[bytes] | None:
+        """Payload bytes of local documents `docs` (None when the segment stores none)."""
+        if not self.has_payloads:
+            return None
+        if self._payloads is None:
+            self._payloads = PayloadReader(self.path)
+            if len(self._payloads.offsets) != self.n_docs + 1:
+                raise CorruptStoreError(f"{self.path}: payload_offsets has {len(self._payloads.offsets)} entries for {self.n_docs} documents")
+        return self._payloads.get(docs)
 
     def ivf(self) -> tuple[np.ndarray, np.ndarray]:
         """Inverted lists: (ivf_offsets (K+1,) int64, ivf_docs (E,) uint32 absolute doc numbers)."""
@@ -243,7 +270,7 @@ class SegmentReader:
             c, f = arr.verify()
             checked += c
             failures += f
-        for name in SMALL_ARRAYS:
+        for name in SMALL_ARRAYS + (PAYLOAD_ARRAYS if self.has_payloads else ()):
             c, f = verify_small(self.path / name)
             checked += c
             failures += f
@@ -257,7 +284,7 @@ class SegmentReader:
 def segment_disk_usage(path: Path) -> dict[str, int]:
     """Bytes on disk per array of a segment directory."""
     usage = {}
-    for name in TOKEN_ARRAYS + SMALL_ARRAYS:
+    for name in TOKEN_ARRAYS + SMALL_ARRAYS + PAYLOAD_ARRAYS:
         total = 0
         for dirpath, _d, files in os.walk(path / name):
             total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)

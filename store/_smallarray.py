@@ -19,7 +19,7 @@ import numpy as np
 from ._errors import CorruptStoreError
 
 
-def _meta(path: Path) -> tuple[tuple[int, ...], tuple[int, ...], np.dtype, str | None]:
+def read_meta(path: Path) -> tuple[tuple[int, ...], tuple[int, ...], np.dtype, str | None]:
     """(shape, chunk shape, dtype, compressor name or None) of the array at `path`, or CorruptStoreError."""
     meta_path = path / "zarr.json"
     try:
@@ -46,7 +46,7 @@ def _chunk_keys(shape: tuple[int, ...], chunks: tuple[int, ...]):
     return itertools.product(*[range(-(-s // c)) for s, c in zip(shape, chunks)])
 
 
-def _chunk_payload(path: Path, key: tuple[int, ...]) -> bytes:
+def chunk_payload(path: Path, key: tuple[int, ...]) -> bytes:
     """A chunk file's bytes without its CRC32C trailer, after checking it."""
     f = path / "c" / "/".join(map(str, key))
     try:
@@ -61,10 +61,10 @@ def _chunk_payload(path: Path, key: tuple[int, ...]) -> bytes:
 def read_small(path: Path) -> np.ndarray:
     """The whole array at `path`, every chunk CRC-checked (CorruptStoreError names the chunk file)."""
     path = Path(path)
-    shape, chunks, dtype, compressor = _meta(path)
+    shape, chunks, dtype, compressor = read_meta(path)
     out = np.zeros(shape, dtype=dtype)
     for key in _chunk_keys(shape, chunks):
-        payload = _chunk_payload(path, key)
+        payload = chunk_payload(path, key)
         if compressor:
             try:
                 payload = _decompress(compressor, payload)
@@ -100,14 +100,14 @@ def read_attributes(path: Path) -> dict:
 def verify_small(path: Path) -> tuple[int, list[str]]:
     """CRC-check every chunk file of a small array -> (chunks checked, failure messages)."""
     try:
-        shape, chunks, _, _ = _meta(Path(path))
+        shape, chunks, _, _ = read_meta(Path(path))
     except CorruptStoreError as e:
         return 0, [str(e)]
     checked, failures = 0, []
     for key in _chunk_keys(shape, chunks):
         checked += 1
         try:
-            _chunk_payload(Path(path), key)
+            chunk_payload(Path(path), key)
         except CorruptStoreError as e:
             failures.append(str(e))
     return checked, failures

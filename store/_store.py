@@ -22,6 +22,7 @@ from ._deletes import encode_deletes, read_deletes
 from ._errors import StoreError, StoreLockedError
 from ._fs import failpoint, fsync_dir, fsync_tree, write_durable
 from ._ingest import DocSource, InMemorySource, open_source
+from ._payloads import check_payloads
 from ._manifest import MANIFEST_NAME, CodecEntry, Manifest, SegmentEntry, read_manifest, write_manifest
 from ._segment import SegmentReader, SegmentWriter, segment_disk_usage
 
@@ -63,8 +64,12 @@ class Store:
     # ------------------------------------------------------------------ lifecycle
     @classmethod
     def create(cls, path: str | os.PathLike, dim: int = 128, nbits: int = 2, *,
-               num_centroids: int | None = None, seed: int = 0) -> "Store":
-        """Create an empty store at `path` (which must not exist or be an empty directory)."""
+               num_centroids: int | None = None, seed: int = 0, encoder: dict[str, Any] | None = None) -> "Store":
+        """Create an empty store at `path` (which must not exist or be an empty directory).
+
+        `encoder`: the identity of the encoder whose vectors this store will hold
+        (recorded in the manifest; the Index refuses text through another encoder).
+        """
         check_params(dim, nbits)
         if num_centroids is not None and not 1 <= num_centroids <= 65536:
             raise ValueError(f"num_centroids must be in [1, 65536], got {num_centroids}")
@@ -75,7 +80,7 @@ class Store:
         (root / SEGMENTS_DIR).mkdir()
         lock_fd = _acquire_lock(root)
         manifest = Manifest(generation=0, dim=int(dim), nbits=int(nbits),
-                            settings={"num_centroids": num_centroids, "seed": int(seed)})
+                            settings={"num_centroids": num_centroids, "seed": int(seed)}, encoder=encoder)
         write_manifest(root, manifest)
         fsync_dir(root.parent)
         return cls(root, manifest, writable=True, lock_fd=lock_fd)
@@ -192,6 +197,22 @@ class Store:
         codes, residuals, _, _ = self.segments[si].read_docs(np.array([local]))
         return self.codec.decode(codes, residuals)
 
+    def payloads(self, ids: Sequence[str]) -> list[bytes | None]:
+        """The payload bytes stored with each live document (None for one added without)."""
+        index = self._ids_index()
+        missing = [i for i in ids if i not in index]
+        if missing:
+            raise KeyError(f"no documents with ids {missing[:5]}{' ...' if len(missing) > 5 else ''} in the store")
+        out: list[bytes | None] = [None] * len(ids)
+        by_segment: dict[int, list[int]] = {}
+        for pos, doc_id in enumerate(ids):
+            by_segment.setdefault(index[doc_id][0], []).append(pos)
+        for si, positions in by_segment.items():
+            got = self.segments[si].payloads(np.array([index[ids[p]][1] for p in positions]))
+            for p, data in zip(positions, got or [None] * len(positions)):
+                out[p] = data
+        return out
+
     # ------------------------------------------------------------------ writing
     def _require_writable(self) -> None:
         if self.writable and self._lock_fd is None:  # closed: it no longer holds the writer lock
@@ -199,21 +220,30 @@ class Store:
         if not self.writable:
             raise StoreError("store opened read-only: use Store.open(path, writable=True) to change it")
 
-    def add(self, ids: Sequence[str], embeddings: Sequence[Any], *, progress: bool = False) -> int:
+    def add(self, ids: Sequence[str], embeddings: Sequence[Any], *, payloads: Sequence[bytes] | None = None,
+            progress: bool = False) -> int:
         """Add documents in one commit; trains the codec on the first add. Returns the new generation.
 
         Embeddings: one (n_tokens, dim) float16/32/64 numpy array or torch tensor per
-        document; rows are L2-normalized on the way in. On bad input a ValueError
-        names the document and nothing is written.
+        document; rows are L2-normalized on the way in. Payloads: optional bytes per
+        document kept beside it (the Index keeps its text there). On bad input a
+        ValueError names the document and nothing is written.
         """
         self._require_writable()
-        source = InMemorySource(ids, embeddings, self.dim, set(self._ids_index()))
+        source = InMemorySource(ids, embeddings, self.dim, set(self._ids_index()), payloads)
         return self.add_source(source, progress=progress)
 
-    def add_embeddings(self, path: str | os.PathLike, *, progress: bool = True) -> int:
-        """Add an embedding bundle (docs.npy + doclens.npy [+ ids.txt]) or a directory of .npy files."""
+    def add_embeddings(self, path: str | os.PathLike, *, ids: Sequence[str] | None = None,
+                       payloads: Sequence[bytes] | None = None, progress: bool = True) -> int:
+        """Add an embedding bundle (docs.npy + doclens.npy [+ ids.txt]) or a directory of .npy files.
+
+        ids (instead of the bundle's ids.txt) and payloads (optional bytes per
+        document) are in the bundle's document order.
+        """
         self._require_writable()
-        return self.add_source(open_source(path, self.dim, set(self._ids_index())), progress=progress)
+        source = open_source(path, self.dim, set(self._ids_index()), ids)
+        source.payloads = check_payloads(payloads, source.n_docs)
+        return self.add_source(source, progress=progress)
 
     def add_source(self, source: DocSource, *, progress: bool = False) -> int:
         """Encode a document source into one new segment and commit it (FORMAT.md section 12)."""
@@ -231,11 +261,15 @@ class Store:
             if new_codec:
                 write_codec(codec_path, codec)
                 failpoint("add.codec_written")
-            writer = SegmentWriter(seg_path, codec, source.n_docs, source.n_tokens)
+            payloads = source.payloads
+            writer = SegmentWriter(seg_path, codec, source.n_docs, source.n_tokens, payloads=payloads is not None)
             bar = _progress(progress, source.n_tokens, f"encoding {name}")
+            done = 0
             for batch_ids, doclens, tokens in source.batches():
                 codes, residuals = codec.encode(tokens)
-                writer.append(batch_ids, doclens, codes, residuals)
+                part = None if payloads is None else payloads[done : done + len(batch_ids)]
+                writer.append(batch_ids, doclens, codes, residuals, part)
+                done += len(batch_ids)
                 bar.update(len(tokens))
                 failpoint("add.batch_written")
             bar.close()

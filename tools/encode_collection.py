@@ -20,27 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lodestore.collection import Collection, doc_text
+
 SLICE_DOCS = 512
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def read_qrels(path: Path) -> list[tuple[str, str, int]]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        next(f)  # header: query-id, corpus-id, score
-        for line in f:
-            q, d, s = line.rstrip("\n").split("\t")
-            rows.append((q, d, int(s)))
-    return rows
-
-
-def doc_text(doc: dict) -> str:
-    title, text = doc.get("title") or "", doc.get("text") or ""
-    return f"{title}. {text}" if title else text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,14 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     from engine.encoder import Encoder
     from tqdm import tqdm
 
-    corpus = read_jsonl(args.collection / "corpus.jsonl")[: args.max_docs]
-    corpus = [d for d in corpus if doc_text(d).strip()]
-    qrels = read_qrels(args.collection / "qrels" / "test.tsv")
-    kept = {d["_id"] for d in corpus}
-    qrels = [r for r in qrels if r[1] in kept]
-    judged = sorted({q for q, _, s in qrels if s > 0})
-    queries = {q["_id"]: q["text"] for q in read_jsonl(args.collection / "queries.jsonl")}
-    judged = [q for q in judged if q in queries]
+    col = Collection.load(args.collection, args.max_docs)
+    corpus, qrels, queries, judged = col.docs, col.qrels, col.queries, list(col.queries)
 
     enc = Encoder.default(intra_op_num_threads=args.threads)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,45 @@
+"""Retrieval quality of an Index on a judged collection: engine vs exhaustive MaxSim.
+
+Metrics come from ir-measures (trec_eval's implementations), not computed by
+hand. Both runs score the same query vectors against the same store, so the
+difference between them is the cost of the engine's approximation alone.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .collection import Collection
+from .index import Index
+
+MEASURES = ("nDCG@10", "R@100", "RR@10")
+RUN_DEPTH = 100
+
+
+def evaluate(index: Index, collection: Collection, *, exhaustive: bool = True, max_queries: int | None = None
+             ) -> dict[str, dict[str, Any]]:
+    """{"engine": {...}, "exhaustive": {...}}: each the MEASURES, queries, ms/query."""
+    import ir_measures
+
+    from engine import exhaustive_search
+
+    qids = list(collection.queries)[:max_queries]
+    if not qids:
+        raise ValueError(f"{collection.path}: no judged test query has a relevant document in the index")
+    vectors = index.encoder.encode_queries([collection.queries[q] for q in qids])
+    qrels = [ir_measures.Qrel(q, d, s) for q, d, s in collection.qrels if q in set(qids)]
+    measures = [ir_measures.parse_measure(m) for m in MEASURES]
+    runs: dict[str, Any] = {"engine": lambda: index.search_vectors(vectors, k=RUN_DEPTH)}
+    if exhaustive:
+        runs["exhaustive"] = lambda: exhaustive_search(index.store, list(vectors), k=RUN_DEPTH)
+    out: dict[str, dict[str, Any]] = {}
+    for name, run in runs.items():
+        t0 = time.perf_counter()
+        results = run()
+        seconds = time.perf_counter() - t0
+        scored = [ir_measures.ScoredDoc(q, d, s) for q, hits in zip(qids, results) for d, s in hits]
+        agg = ir_measures.calc_aggregate(measures, qrels, scored)
+        out[name] = {str(m): float(agg[m]) for m in measures}
+        out[name].update(queries=len(qids), ms_per_query=1000 * seconds / len(qids))
+    return out

@@ -1,0 +1,269 @@
+"""The Index: text in, ranked documents (with their text) out.
+
+An Index is a store whose manifest records the encoder that made its vectors,
+and whose documents carry their title, text and metadata as payloads (UTF-8
+JSON, FORMAT.md section 8.5). It ties together three parts that also work
+alone: the Encoder (ONNX model + tokenizer), the Store, and the Searcher.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from engine import Encoder, Searcher
+from store import Store
+
+#: Documents encoded per slice while adding: bounds the float32 vectors held in RAM.
+ENCODE_SLICE = 256
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One ranked document: its id, MaxSim score, and what was stored with it."""
+
+    id: str
+    score: float
+    title: str = ""
+    text: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def snippet(self, words: int = 30) -> str:
+        """The first `words` words of the text, with an ellipsis when cut."""
+        parts = self.text.split()
+        return " ".join(parts[:words]) + (" ..." if len(parts) > words else "")
+
+
+class Index:
+    """A text index: `Index.create(path)`, `add(ids, texts)`, `Index.open(path)`, `search("query")`."""
+
+    def __init__(self, store: Store, encoder: Encoder, searcher_options: dict[str, Any]):
+        self.store = store
+        self.encoder = encoder
+        self._searcher_options = searcher_options
+        self._searcher: Searcher | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def create(cls, path: str | os.PathLike, encoder: Encoder | None = None, nbits: int = 2, *,
+               num_centroids: int | None = None, seed: int = 0, **searcher_options: Any) -> "Index":
+        """Create an empty index at `path` for vectors from `encoder` (default: the packaged MiniLM)."""
+        encoder = encoder or Encoder.default()
+        store = Store.create(path, dim=encoder.dim, nbits=nbits, num_centroids=num_centroids, seed=seed,
+                             encoder=encoder.identity())
+        return cls(store, encoder, searcher_options)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, encoder: Encoder | None = None, *, writable: bool = False,
+             **searcher_options: Any) -> "Index":
+        """Open an index; `encoder` must be the one it was built with (default: rebuilt from the record).
+
+        searcher_options go to the Searcher (memory_budget, nprobe, ndocs, prefetch, ...).
+        """
+        store = Store.open(path, writable=writable)
+        try:
+            recorded = store.manifest.encoder
+            if not recorded:
+                raise ValueError(f"{store.root}: this store records no encoder (its vectors were added directly); "
+                                 "search it with lodestore.Searcher and your own query vectors")
+            encoder = encoder or _encoder_from_record(recorded, store.root)
+            _check_encoder(encoder, recorded, store.root)
+        except BaseException:
+            store.close()
+            raise
+        return cls(store, encoder, searcher_options)
+
+    def close(self) -> None:
+        if self._searcher is not None:
+            self._searcher.close()
+            self._searcher = None
+        self.store.close()
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __repr__(self) -> str:
+        return f"Index({str(self.store.root)!r}, documents={len(self.store)}, generation={self.store.generation})"
+
+    # ------------------------------------------------------------------ writing
+    def add(self, ids: Sequence[str], texts: Sequence[str], metadata: Sequence[dict[str, Any]] | None = None, *,
+            titles: Sequence[str] | None = None, batch_size: int = 32, progress: bool = False) -> int:
+        """Encode and add documents in one commit; returns the new generation.
+
+        The encoder sees "title. text" when a title is given. Title, text and
+        metadata (JSON-serializable dicts) are stored and returned with hits.
+        Vectors are spilled to a float16 file under the store while encoding,
+        so memory stays bounded by one slice of documents.
+        """
+        ids, texts, titles, metadata = _check_documents(ids, texts, titles, metadata)
+        payloads = [json.dumps({"title": t, "text": x, "metadata": m}, ensure_ascii=False).encode("utf-8")
+                    for t, x, m in zip(titles, texts, metadata)]
+        known = [i for i in ids if i in self.store]
+        if known:
+            raise ValueError(f"document id {known[0]!r} is already in the index")
+        spill = self.store.root / "segments" / f".spill-{os.getpid()}-{self.store.generation + 1}"
+        try:
+            _encode_to_bundle(self.encoder, [f"{t}. {x}" if t else x for t, x in zip(titles, texts)], spill,
+                              batch_size, progress)
+            generation = self.store.add_embeddings(spill, ids=ids, payloads=payloads, progress=progress)
+        finally:
+            shutil.rmtree(spill, ignore_errors=True)
+        if self._searcher is not None:  # it answers from the generation it opened: reopen on next search
+            self._searcher.close()
+            self._searcher = None
+        return generation
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete documents in one commit (see Store.delete)."""
+        generation = self.store.delete(ids)
+        if self._searcher is not None:
+            self._searcher.close()
+            self._searcher = None
+        return generation
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def searcher(self) -> Searcher:
+        """The Searcher over the current generation (opened on first use)."""
+        if self._searcher is None:
+            self._searcher = Searcher(self.store, **self._searcher_options)
+        return self._searcher
+
+    def search(self, query: str | Sequence[str], k: int = 10, subset: Sequence[str] | None = None
+               ) -> list[Hit] | list[list[Hit]]:
+        """Top-k hits for one query string, or one list per query for a list of strings."""
+        single = isinstance(query, str)
+        queries = [query] if single else list(query)
+        if not queries:
+            raise ValueError("no queries given")
+        vectors = self.encoder.encode_queries(queries)
+        raw = self.searcher.search(list(vectors), k=k, subset=subset)
+        results = [self._hits(r) for r in raw]
+        return results[0] if single else results
+
+    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[tuple[str, float]]]:
+        """Search already-encoded queries (B, q_len, dim): the raw (id, score) lists."""
+        return self.searcher.search(list(vectors), k=k)
+
+    def documents(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Stored title, text and metadata of documents (empty fields for ones stored without)."""
+        return [_decode_payload(p) for p in self.store.payloads(list(ids))]
+
+    def _hits(self, raw: list[tuple[str, float]]) -> list[Hit]:
+        docs = self.documents([doc_id for doc_id, _ in raw])
+        return [Hit(doc_id, float(score), d["title"], d["text"], d["metadata"]) for (doc_id, score), d in zip(raw, docs)]
+
+
+def _decode_payload(data: bytes | None) -> dict[str, Any]:
+    if data is None:
+        return {"title": "", "text": "", "metadata": {}}
+    d = json.loads(data)
+    return {"title": d.get("title") or "", "text": d.get("text") or "", "metadata": d.get("metadata") or {}}
+
+
+def _check_documents(ids: Sequence[Any], texts: Sequence[Any], titles: Sequence[Any] | None,
+                     metadata: Sequence[Any] | None) -> tuple[list[str], list[str], list[str], list[dict]]:
+    """Clear ValueErrors for what Index.add cannot take; nothing is encoded before these pass."""
+    for name, value in (("ids", ids), ("texts", texts), ("titles", titles), ("metadata", metadata)):
+        if isinstance(value, (str, bytes, dict)):
+            raise ValueError(f"{name} must be a list, not one {type(value).__name__}")
+    ids, texts = list(ids), list(texts)
+    if not ids:
+        raise ValueError("nothing to add: no documents")
+    if len(ids) != len(texts):
+        raise ValueError(f"got {len(ids)} ids for {len(texts)} texts")
+    titles = [""] * len(ids) if titles is None else list(titles)
+    metadata = [{}] * len(ids) if metadata is None else list(metadata)
+    if len(titles) != len(ids) or len(metadata) != len(ids):
+        raise ValueError(f"got {len(titles)} titles and {len(metadata)} metadata entries for {len(ids)} documents")
+    seen: set[str] = set()
+    for i, (doc_id, text, title, meta) in enumerate(zip(ids, texts, titles, metadata)):
+        if not isinstance(doc_id, str) or not doc_id:
+            raise ValueError(f"document {i}: id {doc_id!r} is not a non-empty string")
+        if doc_id in seen:
+            raise ValueError(f"duplicate document id {doc_id!r}")
+        seen.add(doc_id)
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"document {doc_id!r}: text is empty or not a string ({type(text).__name__})")
+        if not isinstance(title, str):
+            raise ValueError(f"document {doc_id!r}: title is {type(title).__name__}, not str")
+        if not isinstance(meta, dict):
+            raise ValueError(f"document {doc_id!r}: metadata is {type(meta).__name__}, not a dict")
+        try:
+            json.dumps(meta)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"document {doc_id!r}: metadata is not JSON-serializable ({e})") from None
+    return ids, texts, titles, metadata
+
+
+def _encode_to_bundle(encoder: Encoder, texts: list[str], out: Path, batch_size: int,
+                      progress: bool) -> None:
+    """Encode texts slice by slice into an embedding bundle (float16 docs.npy, doclens.npy) at `out`."""
+    from tqdm.auto import tqdm
+
+    out.mkdir(parents=True)
+    lens: list[int] = []
+    truncated = 0
+    with open(out / "docs.raw", "wb") as raw, tqdm(total=len(texts), desc="encoding", unit="doc",
+                                                   disable=not progress) as bar:
+        for start in range(0, len(texts), ENCODE_SLICE):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                vectors = encoder.encode_documents(texts[start : start + ENCODE_SLICE], batch_size=batch_size)
+            truncated += sum(_truncated_count(w) for w in caught)
+            for w in caught:
+                if _truncated_count(w) == 0:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            for v in vectors:
+                raw.write(v.astype(np.float16).tobytes())
+                lens.append(len(v))
+            bar.update(len(vectors))
+    if truncated:
+        warnings.warn(f"{truncated} document(s) truncated to doc_max_length={encoder.config.doc_max_length} tokens",
+                      stacklevel=3)
+    n_tokens = sum(lens)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
+              "shape": (n_tokens, encoder.dim)}
+    with open(out / "docs.npy", "wb") as f:  # header, then the raw rows: no second copy in RAM
+        np.lib.format.write_array_header_1_0(f, header)
+        with open(out / "docs.raw", "rb") as raw:
+            shutil.copyfileobj(raw, f, 1 << 22)
+    (out / "docs.raw").unlink()
+    np.save(out / "doclens.npy", np.array(lens, dtype=np.int64))
+
+
+def _truncated_count(w: warnings.WarningMessage) -> int:
+    text = str(w.message)
+    return int(text.split()[0]) if "truncated to doc_max_length" in text else 0
+
+
+def _encoder_from_record(recorded: dict[str, Any], root: Path) -> Encoder:
+    """The packaged encoder with the recorded config, if that is what built the store."""
+    try:
+        return Encoder.default(**recorded.get("config", {}))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{root}: cannot rebuild the recorded encoder ({e}); pass encoder=Encoder.from_dir(...)") from None
+
+
+def _check_encoder(encoder: Encoder, recorded: dict[str, Any], root: Path) -> None:
+    try:
+        encoder.check_identity(recorded)
+    except ValueError as e:
+        raise ValueError(
+            f"{root}: the index was built with another encoder ({e}); searching it with these query vectors "
+            "would give meaningless scores. Open it with the encoder it was built with, e.g. "
+            "Index.open(path, encoder=Encoder.from_dir(MODEL_DIR))"
+        ) from None

@@ -1,0 +1,93 @@
+"""Per-document payloads: opaque bytes stored beside the token rows (text, title, metadata).
+
+Two optional segment arrays (FORMAT.md section 8.5):
+  payload_offsets (N+1,) int64  gzip + crc32c, decoded whole once per reader
+  payload_bytes   (P,)   uint8  gzip + crc32c in chunks of PAYLOAD_CHUNK bytes
+A lookup reads and checks only the chunks that hold the asked documents, so
+showing ten hits reads a few tens of KB, not the whole text of the segment.
+The store never interprets the bytes; the Index facade keeps UTF-8 JSON there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from ._errors import CorruptStoreError
+from ._smallarray import _decompress, chunk_payload, read_meta, read_small
+
+if TYPE_CHECKING:
+    import zarr
+
+PAYLOAD_CHUNK = 1 << 16  # bytes of payload per chunk: a hit's text costs one or two chunk reads
+PAYLOAD_ARRAYS = ("payload_offsets", "payload_bytes")
+
+
+def check_payloads(payloads: Sequence[object] | None, n_docs: int) -> list[bytes] | None:
+    """Payloads must be bytes, one per document (None: the segment has none)."""
+    if payloads is None:
+        return None
+    if isinstance(payloads, (bytes, str)):
+        raise ValueError("payloads must be a list with one bytes object per document")
+    out = list(payloads)
+    if len(out) != n_docs:
+        raise ValueError(f"got {len(out)} payloads for {n_docs} documents")
+    for i, p in enumerate(out):
+        if not isinstance(p, (bytes, bytearray, memoryview)):
+            raise ValueError(f"payload {i} is {type(p).__name__}, not bytes")
+    return [bytes(p) for p in out]
+
+
+def write_payloads(group: "zarr.Group", payloads: list[bytes]) -> None:
+    """Write the two payload arrays into a segment group being built."""
+    from zarr.codecs import BytesCodec, Crc32cCodec, GzipCodec
+
+    lens = np.fromiter((len(p) for p in payloads), dtype=np.int64, count=len(payloads))
+    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    blob = np.frombuffer(b"".join(payloads), dtype=np.uint8)
+    for name, data, chunk in (("payload_offsets", offsets, min(len(offsets), 1 << 20)),
+                              ("payload_bytes", blob, PAYLOAD_CHUNK)):
+        arr = group.create_array(
+            name, shape=data.shape, dtype=data.dtype, chunks=(max(chunk, 1),),
+            serializer=BytesCodec(endian="little"), compressors=[GzipCodec(level=5), Crc32cCodec()],
+            fill_value=0, config={"write_empty_chunks": True},
+        )
+        if len(data):
+            arr[:] = data
+
+
+class PayloadReader:
+    """Random access to the payloads of one segment; chunks are read and checked on demand."""
+
+    def __init__(self, segment_path: Path):
+        self.path = Path(segment_path) / "payload_bytes"
+        self.offsets = read_small(Path(segment_path) / "payload_offsets")
+        shape, chunks, _dtype, self._compressor = read_meta(self.path)
+        self._size, self._chunk = shape[0], chunks[0]
+        if self.offsets[-1] != self._size:
+            raise CorruptStoreError(f"{self.path}: payload_offsets end at {self.offsets[-1]}, the array has {self._size} bytes")
+
+    def get(self, docs: Sequence[int]) -> list[bytes]:
+        """Payload bytes of local documents `docs`, in that order."""
+        docs = np.asarray(docs, dtype=np.int64)
+        starts, stops = self.offsets[docs], self.offsets[docs + 1]
+        needed = sorted({c for a, b in zip(starts.tolist(), stops.tolist()) for c in range(a // self._chunk, -(-b // self._chunk))})
+        chunks = {c: self._read_chunk(c) for c in needed}
+        out = []
+        for a, b in zip(starts.tolist(), stops.tolist()):
+            parts = [chunks[c][max(a - c * self._chunk, 0): b - c * self._chunk] for c in range(a // self._chunk, -(-b // self._chunk))]
+            out.append(b"".join(parts))
+        return out
+
+    def _read_chunk(self, c: int) -> bytes:
+        data = chunk_payload(self.path, (c,))
+        if self._compressor:
+            try:
+                data = _decompress(self._compressor, data)
+            except Exception as e:  # a chunk whose CRC matches but does not decompress
+                raise CorruptStoreError(f"{self.path}/c/{c}: {self._compressor} decode failed ({e})") from None
+        if len(data) != self._chunk:
+            raise CorruptStoreError(f"{self.path}/c/{c}: chunk has {len(data)} bytes, expected {self._chunk}")
+        return data
