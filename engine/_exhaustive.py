@@ -7,7 +7,7 @@ import numpy as np
 from store import Store, as_numpy
 
 from ._maxsim import maxsim_concat, top_k
-from ._searcher import normalize_query
+from ._searcher import check_queries
 
 BLOCK_TOKENS = 1 << 17
 
@@ -23,11 +23,7 @@ def exhaustive_search(store: Store, query, k: int = 10):
         raise ValueError(f"k must be a positive integer, got {k!r}")
     single = not isinstance(query, (list, tuple)) and as_numpy(query).ndim == 2
     queries = [as_numpy(query)] if single else [as_numpy(q) for q in query]
-    qs = []
-    for i, q in enumerate(queries):
-        if q.ndim != 2 or q.shape[1] != store.dim or len(q) == 0:
-            raise ValueError(f"query {i}: must be a non-empty (q_len, {store.dim}) matrix, got shape {q.shape}")
-        qs.append(normalize_query(q, f"query {i}"))
+    qs = check_queries(store, queries)
     codec = store.codec
     scores: list[list[np.ndarray]] = [[] for _ in qs]
     ids: list[str] = []

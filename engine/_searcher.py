@@ -70,6 +70,7 @@ class Searcher:
         self.corpus = None
         try:
             self.corpus = c = Corpus(self.store)
+            self.store.projection  # load (and check) a dimension-reduction matrix now, not at the first query
             tokens = c.tokens()
             self.placement: Placement = place(
                 parse_size(memory_budget), c.index_bytes(), tokens * c.codec.code_dtype.itemsize,
@@ -164,7 +165,7 @@ class Searcher:
 
     # ------------------------------------------------------------------ pipeline
     def _prepare(self, query: Any) -> tuple[bool, list[np.ndarray]]:
-        dim = self.corpus.codec.dim
+        dim = self.store.input_dim
         if isinstance(query, (list, tuple)):
             if not query:
                 raise ValueError("empty list of queries")
@@ -180,14 +181,7 @@ class Searcher:
                 qs, single = list(a), False
             else:
                 raise ValueError(f"query must be (q_len, {dim}) or (batch, q_len, {dim}), got shape {a.shape}")
-        out = []
-        for i, q in enumerate(qs):
-            if q.ndim != 2 or q.shape[1] != dim:
-                raise ValueError(f"query {i}: expected (q_len, {dim}), got shape {q.shape}")
-            if q.shape[0] == 0:
-                raise ValueError(f"query {i}: empty query (no token vectors)")
-            out.append(normalize_query(q, f"query {i}"))
-        return single, out
+        return single, check_queries(self.store, qs)
 
     def _search_batch(self, queries: list[np.ndarray], k: int, allowed: np.ndarray | None) -> list[Hits]:
         with _blas_single_thread():
@@ -298,6 +292,19 @@ def _stack(rows: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 _CONTROLLER = None
+
+
+def check_queries(store: Store, qs: list[np.ndarray]) -> list[np.ndarray]:
+    """Queries as the store holds vectors: checked, unit rows, projected when the store reduces dims."""
+    dim = store.input_dim
+    out = []
+    for i, q in enumerate(qs):
+        if q.ndim != 2 or q.shape[1] != dim:
+            raise ValueError(f"query {i}: expected (q_len, {dim}), got shape {q.shape}")
+        if q.shape[0] == 0:
+            raise ValueError(f"query {i}: empty query (no token vectors)")
+        out.append(store.project(normalize_query(q, f"query {i}")))
+    return out
 
 
 def normalize_query(q: np.ndarray, what: str = "query") -> np.ndarray:

@@ -109,7 +109,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from .collection import Collection
-    from .index import Index
+    from .index import DEFAULT_DIM, Index
     from engine import Encoder
 
     col = Collection.load(args.collection, args.max_docs)
@@ -121,7 +121,9 @@ def cmd_index(args: argparse.Namespace) -> int:
     if path.exists() and any(path.iterdir()):
         index = Index.open(path, encoder, writable=True)
     else:
-        index = Index.create(path, encoder, nbits=args.nbits, num_centroids=args.centroids, seed=args.seed)
+        index = Index.create(path, encoder, nbits=args.nbits, reduction=args.reduction,
+                             dim=DEFAULT_DIM if args.dim is None else args.dim,
+                             num_centroids=args.centroids, seed=args.seed)
     with index:
         new = [d for d in col.docs if d["_id"] not in index.store]
         if len(new) < len(col.docs):
@@ -129,9 +131,11 @@ def cmd_index(args: argparse.Namespace) -> int:
         if not new:
             print(f"nothing to add: {index}")
             return 0
-        generation = index.add([d["_id"] for d in new], [d.get("text") or "" for d in new],
-                               titles=[d.get("title") or "" for d in new], batch_size=args.batch,
-                               progress=not args.quiet)
+        ids, texts, titles = [d["_id"] for d in new], [d.get("text") or "" for d in new], [d.get("title") or "" for d in new]
+        if args.embeddings:
+            generation = index.add_encoded(args.embeddings, ids, texts, titles=titles, progress=not args.quiet)
+        else:
+            generation = index.add(ids, texts, titles=titles, batch_size=args.batch, progress=not args.quiet)
         print(f"committed generation {generation}: {index}")
     return 0
 
@@ -222,7 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--collection", required=True, help="BEIR directory: corpus.jsonl, queries.jsonl, qrels/test.tsv")
     x.add_argument("--max-docs", type=int, default=None, help="index only the first N documents")
     x.add_argument("--encoder", default=None, help="directory with model.onnx, tokenizer.json, encoder.json (default: packaged MiniLM)")
+    x.add_argument("--embeddings", default=None,
+                   help="a bundle of these documents already encoded by the same encoder (tools/encode_collection): no re-encoding")
     x.add_argument("--nbits", type=int, default=2, choices=(1, 2, 4))
+    x.add_argument("--dim", type=int, default=None, help="store vectors reduced to this dimension by --reduction (default: lodestore.index.DEFAULT_DIM; the encoder's dim keeps them whole)")
+    x.add_argument("--reduction", default="pca", choices=("pca", "random"))
     x.add_argument("--centroids", type=int, default=None)
     x.add_argument("--seed", type=int, default=0)
     x.add_argument("--batch", type=int, default=32, help="documents per model call")

@@ -23,6 +23,8 @@ from store import Store
 
 #: Documents encoded per slice while adding: bounds the float32 vectors held in RAM.
 ENCODE_SLICE = 256
+#: Stored dimension of token vectors (None: the encoder's own). Chosen in docs/BENCHMARKS.md section 5.
+DEFAULT_DIM: int | None = None
 
 
 @dataclass(frozen=True)
@@ -53,11 +55,18 @@ class Index:
     # ------------------------------------------------------------------ lifecycle
     @classmethod
     def create(cls, path: str | os.PathLike, encoder: Encoder | None = None, nbits: int = 2, *,
-               num_centroids: int | None = None, seed: int = 0, **searcher_options: Any) -> "Index":
-        """Create an empty index at `path` for vectors from `encoder` (default: the packaged MiniLM)."""
+               dim: int | None = DEFAULT_DIM, reduction: str = "pca", num_centroids: int | None = None,
+               seed: int = 0, **searcher_options: Any) -> "Index":
+        """Create an empty index at `path` for vectors from `encoder` (default: the packaged MiniLM).
+
+        dim: store token vectors reduced to this many dimensions by `reduction`
+        ("pca" or "random", fitted at the first add; docs/BENCHMARKS.md section 5
+        measured the choice); None or the encoder's dim keeps them whole.
+        """
         encoder = encoder or Encoder.default()
-        store = Store.create(path, dim=encoder.dim, nbits=nbits, num_centroids=num_centroids, seed=seed,
-                             encoder=encoder.identity())
+        dim = encoder.dim if dim is None or dim >= encoder.dim else int(dim)
+        store = Store.create(path, dim=dim, nbits=nbits, num_centroids=num_centroids, seed=seed,
+                             encoder=encoder.identity(), input_dim=encoder.dim, reduction=reduction)
         return cls(store, encoder, searcher_options)
 
     @classmethod
@@ -109,18 +118,43 @@ class Index:
         so memory stays bounded by one slice of documents.
         """
         ids, texts, titles, metadata = _check_documents(ids, texts, titles, metadata)
-        payloads = [json.dumps({"title": t, "text": x, "metadata": m}, ensure_ascii=False).encode("utf-8")
-                    for t, x, m in zip(titles, texts, metadata)]
-        known = [i for i in ids if i in self.store]
-        if known:
-            raise ValueError(f"document id {known[0]!r} is already in the index")
+        self._check_new(ids)
         spill = self.store.root / "segments" / f".spill-{os.getpid()}-{self.store.generation + 1}"
         try:
             _encode_to_bundle(self.encoder, [f"{t}. {x}" if t else x for t, x in zip(titles, texts)], spill,
                               batch_size, progress)
-            generation = self.store.add_embeddings(spill, ids=ids, payloads=payloads, progress=progress)
+            return self._commit(spill, ids, _payloads(texts, titles, metadata), progress)
         finally:
             shutil.rmtree(spill, ignore_errors=True)
+
+    def add_encoded(self, bundle: str | os.PathLike, ids: Sequence[str], texts: Sequence[str],
+                    metadata: Sequence[dict[str, Any]] | None = None, *, titles: Sequence[str] | None = None,
+                    progress: bool = False) -> int:
+        """Add documents already encoded into an embedding bundle (tools/encode_collection) by this encoder.
+
+        The bundle's bundle.json must record this encoder's identity and its
+        documents must be `ids` in order; the stored result is the same as
+        `add` gives (which spills the same float16 vectors), without encoding twice.
+        """
+        ids, texts, titles, metadata = _check_documents(ids, texts, titles, metadata)
+        bundle = Path(bundle)
+        try:
+            info = json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{bundle}: no readable bundle.json recording the encoder ({e})") from None
+        _check_encoder(self.encoder, info.get("encoder") or {}, bundle)
+        if (bundle / "ids.txt").exists() and (bundle / "ids.txt").read_text(encoding="utf-8").splitlines() != ids:
+            raise ValueError(f"{bundle}: its documents (ids.txt) are not the given ids in the same order")
+        self._check_new(ids)
+        return self._commit(bundle, ids, _payloads(texts, titles, metadata), progress)
+
+    def _check_new(self, ids: list[str]) -> None:
+        known = [i for i in ids if i in self.store]
+        if known:
+            raise ValueError(f"document id {known[0]!r} is already in the index")
+
+    def _commit(self, bundle: Path, ids: list[str], payloads: list[bytes], progress: bool) -> int:
+        generation = self.store.add_embeddings(bundle, ids=ids, payloads=payloads, progress=progress)
         if self._searcher is not None:  # it answers from the generation it opened: reopen on next search
             self._searcher.close()
             self._searcher = None
@@ -165,6 +199,12 @@ class Index:
     def _hits(self, raw: list[tuple[str, float]]) -> list[Hit]:
         docs = self.documents([doc_id for doc_id, _ in raw])
         return [Hit(doc_id, float(score), d["title"], d["text"], d["metadata"]) for (doc_id, score), d in zip(raw, docs)]
+
+
+def _payloads(texts: list[str], titles: list[str], metadata: list[dict]) -> list[bytes]:
+    """What is stored with each document (FORMAT.md 8.5): UTF-8 JSON title, text, metadata."""
+    return [json.dumps({"title": t, "text": x, "metadata": m}, ensure_ascii=False).encode("utf-8")
+            for t, x, m in zip(titles, texts, metadata)]
 
 
 def _decode_payload(data: bytes | None) -> dict[str, Any]:
@@ -263,7 +303,7 @@ def _check_encoder(encoder: Encoder, recorded: dict[str, Any], root: Path) -> No
         encoder.check_identity(recorded)
     except ValueError as e:
         raise ValueError(
-            f"{root}: the index was built with another encoder ({e}); searching it with these query vectors "
-            "would give meaningless scores. Open it with the encoder it was built with, e.g. "
+            f"{root}: its vectors were made by a different encoder ({e}); mixing them with this encoder's "
+            "vectors would give meaningless scores. Use the encoder it was made with, e.g. "
             "Index.open(path, encoder=Encoder.from_dir(MODEL_DIR))"
         ) from None

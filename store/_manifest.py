@@ -23,7 +23,9 @@ OLDEST_READABLE_VERSION = 1
 # Feature flags (FORMAT.md section 6). A reader refuses a store naming a reader
 # feature it does not know; a writer refuses one naming an unknown writer feature.
 KNOWN_READER_FEATURES: frozenset[str] = frozenset()
-KNOWN_WRITER_FEATURES: frozenset[str] = frozenset()
+#: "projection": documents arrive with settings.input_dim values and must be projected
+#: (FORMAT.md 7.5); a writer that would store them unprojected must refuse the store.
+KNOWN_WRITER_FEATURES: frozenset[str] = frozenset({"projection"})
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ def _token_array(group: "zarr.Group", name: str, shape: tuple[int, ...], dtype: 
     )
 
 
-def _write_small(group: "zarr.Group", name: str, data: np.ndarray) -> None:
+def write_small_array(group: "zarr.Group", name: str, data: np.ndarray) -> None:
     from zarr.codecs import BytesCodec, Crc32cCodec, GzipCodec
 
     arr = group.create_array(
@@ -150,17 +150,17 @@ class SegmentWriter:
         self.codes.flush(final=True)
         self.residuals.flush(final=True)
         doclens = np.concatenate(self.doclens)
-        _write_small(self.group, "doc_offsets", np.concatenate([[0], np.cumsum(doclens)]).astype(np.int64))
+        write_small_array(self.group, "doc_offsets", np.concatenate([[0], np.cumsum(doclens)]).astype(np.int64))
         pairs = np.unique(np.concatenate(self.pairs))  # sorted by centroid, then document
         self.pairs = []
         centroid, doc = np.divmod(pairs, self.n_docs)
         counts = np.bincount(centroid, minlength=self.codec.num_centroids)
-        _write_small(self.group, "ivf_offsets", np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
-        _write_small(self.group, "ivf_docs", delta_encode_lists(doc, counts))
+        write_small_array(self.group, "ivf_offsets", np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+        write_small_array(self.group, "ivf_docs", delta_encode_lists(doc, counts))
         encoded = [s.encode("utf-8") for s in self.ids]
         lens = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
-        _write_small(self.group, "id_offsets", np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
-        _write_small(self.group, "id_bytes", np.frombuffer(b"".join(encoded), dtype=np.uint8))
+        write_small_array(self.group, "id_offsets", np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
+        write_small_array(self.group, "id_bytes", np.frombuffer(b"".join(encoded), dtype=np.uint8))
         if self.payloads is not None:
             write_payloads(self.group, self.payloads)
             self.payloads = []

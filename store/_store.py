@@ -23,11 +23,14 @@ from ._errors import StoreError, StoreLockedError
 from ._fs import failpoint, fsync_dir, fsync_tree, write_durable
 from ._ingest import DocSource, InMemorySource, open_source
 from ._payloads import check_payloads
+from ._projection import REDUCTIONS, fit_projection, project
 from ._manifest import MANIFEST_NAME, CodecEntry, Manifest, SegmentEntry, read_manifest, write_manifest
-from ._segment import SegmentReader, SegmentWriter, segment_disk_usage
+from ._segment import SegmentReader, SegmentWriter, segment_disk_usage, write_small_array
+from ._smallarray import read_small, verify_small
 
 SEGMENTS_DIR = "segments"
 CODEC_DIR = "codec"
+PROJECTION_DIR = "projection"
 LOCK_NAME = ".lock"
 
 
@@ -56,6 +59,7 @@ class Store:
         self.writable = writable
         self._lock_fd = lock_fd
         self._codec: ResidualCodec | None = None
+        self._projection: np.ndarray | None = None
         self._segments: list[SegmentReader] | None = None
         self._deleted: list[np.ndarray] = []
         self._id_map: dict[str, tuple[int, int]] | None = None
@@ -64,15 +68,26 @@ class Store:
     # ------------------------------------------------------------------ lifecycle
     @classmethod
     def create(cls, path: str | os.PathLike, dim: int = 128, nbits: int = 2, *,
-               num_centroids: int | None = None, seed: int = 0, encoder: dict[str, Any] | None = None) -> "Store":
+               num_centroids: int | None = None, seed: int = 0, encoder: dict[str, Any] | None = None,
+               input_dim: int | None = None, reduction: str = "pca") -> "Store":
         """Create an empty store at `path` (which must not exist or be an empty directory).
 
         `encoder`: the identity of the encoder whose vectors this store will hold
         (recorded in the manifest; the Index refuses text through another encoder).
+        `input_dim` > `dim`: documents and queries arrive with input_dim values and
+        are projected to dim by a `reduction` ("pca" or "random") fitted at the
+        first add and kept with the codec state (store/_projection.py).
         """
         check_params(dim, nbits)
         if num_centroids is not None and not 1 <= num_centroids <= 65536:
             raise ValueError(f"num_centroids must be in [1, 65536], got {num_centroids}")
+        settings: dict[str, Any] = {"num_centroids": num_centroids, "seed": int(seed)}
+        if input_dim is not None and input_dim != dim:
+            if not isinstance(input_dim, int) or input_dim < dim:
+                raise ValueError(f"input_dim must be an integer larger than dim={dim}, got {input_dim!r}")
+            if reduction not in REDUCTIONS:
+                raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
+            settings.update(input_dim=int(input_dim), reduction=reduction)
         root = Path(path)
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise FileExistsError(f"{root}: exists and is not an empty directory; refusing to create a store there")
@@ -80,7 +95,8 @@ class Store:
         (root / SEGMENTS_DIR).mkdir()
         lock_fd = _acquire_lock(root)
         manifest = Manifest(generation=0, dim=int(dim), nbits=int(nbits),
-                            settings={"num_centroids": num_centroids, "seed": int(seed)}, encoder=encoder)
+                            settings=settings, encoder=encoder,
+                            writer_features=("projection",) if "input_dim" in settings else ())
         write_manifest(root, manifest)
         fsync_dir(root.parent)
         return cls(root, manifest, writable=True, lock_fd=lock_fd)
@@ -133,6 +149,30 @@ class Store:
     @property
     def generation(self) -> int:
         return self.manifest.generation
+
+    @property
+    def input_dim(self) -> int:
+        """Dimension of the vectors the store is given (larger than dim when it reduces them)."""
+        return int(self.manifest.settings.get("input_dim") or self.manifest.dim)
+
+    @property
+    def projection(self) -> np.ndarray | None:
+        """The (input_dim, dim) reduction matrix, or None (StoreError if not fitted yet)."""
+        if self.input_dim == self.dim:
+            return None
+        if self._projection is None:
+            if self.manifest.codec is None:
+                raise StoreError(f"{self.root}: the reduction is fitted at the first add; nothing was added yet")
+            flat = read_small(self.root / PROJECTION_DIR / "matrix")
+            if flat.size != self.input_dim * self.dim:
+                raise StoreError(f"{self.root}/{PROJECTION_DIR}: matrix has {flat.size} values, expected {self.input_dim}x{self.dim}")
+            self._projection = flat.reshape(self.input_dim, self.dim)
+        return self._projection
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        """Vectors given to the store (input_dim) as the store holds them (dim, unit norm)."""
+        matrix = self.projection
+        return x if matrix is None else project(x, matrix)
 
     @property
     def codec(self) -> ResidualCodec:
@@ -230,7 +270,7 @@ class Store:
         ValueError names the document and nothing is written.
         """
         self._require_writable()
-        source = InMemorySource(ids, embeddings, self.dim, set(self._ids_index()), payloads)
+        source = InMemorySource(ids, embeddings, self.input_dim, set(self._ids_index()), payloads)
         return self.add_source(source, progress=progress)
 
     def add_embeddings(self, path: str | os.PathLike, *, ids: Sequence[str] | None = None,
@@ -241,24 +281,30 @@ class Store:
         document) are in the bundle's document order.
         """
         self._require_writable()
-        source = open_source(path, self.dim, set(self._ids_index()), ids)
+        source = open_source(path, self.input_dim, set(self._ids_index()), ids)
         source.payloads = check_payloads(payloads, source.n_docs)
         return self.add_source(source, progress=progress)
 
     def add_source(self, source: DocSource, *, progress: bool = False) -> int:
         """Encode a document source into one new segment and commit it (FORMAT.md section 12)."""
         self._require_writable()
-        if source.dim != self.dim:
-            raise ValueError(f"source has dim {source.dim}, the store has dim {self.dim}")
+        if source.dim != self.input_dim:
+            raise ValueError(f"source has dim {source.dim}, the store takes dim {self.input_dim}")
         m = self.manifest
         new_codec = m.codec is None
-        codec = self._train_codec(source) if new_codec else self.codec
+        if new_codec:
+            projection, codec = self._train_codec(source)
+        else:
+            projection, codec = self.projection, self.codec
         generation = m.generation + 1
         name = f"seg-{generation:06d}"
         seg_path = self.root / SEGMENTS_DIR / name
         codec_path = self.root / CODEC_DIR
+        projection_path = self.root / PROJECTION_DIR
         try:
             if new_codec:
+                if projection is not None:
+                    write_projection(projection_path, projection, self.manifest.settings["reduction"])
                 write_codec(codec_path, codec)
                 failpoint("add.codec_written")
             payloads = source.payloads
@@ -266,6 +312,8 @@ class Store:
             bar = _progress(progress, source.n_tokens, f"encoding {name}")
             done = 0
             for batch_ids, doclens, tokens in source.batches():
+                if projection is not None:
+                    tokens = project(tokens, projection)
                 codes, residuals = codec.encode(tokens)
                 part = None if payloads is None else payloads[done : done + len(batch_ids)]
                 writer.append(batch_ids, doclens, codes, residuals, part)
@@ -278,6 +326,8 @@ class Store:
             fsync_tree(seg_path)
             if new_codec:
                 fsync_tree(codec_path)
+                if projection is not None:
+                    fsync_tree(projection_path)
             fsync_dir(self.root / SEGMENTS_DIR)
             fsync_dir(self.root)
             failpoint("add.before_commit")
@@ -289,15 +339,21 @@ class Store:
                 shutil.rmtree(seg_path, ignore_errors=True)
                 if new_codec:
                     shutil.rmtree(codec_path, ignore_errors=True)
+                    shutil.rmtree(projection_path, ignore_errors=True)
             raise
-        self._codec = codec
+        self._codec, self._projection = codec, projection
         return generation
 
-    def _train_codec(self, source: DocSource) -> ResidualCodec:
+    def _train_codec(self, source: DocSource) -> tuple[np.ndarray | None, ResidualCodec]:
+        """(reduction matrix or None, codec), both fitted on one token sample of the first add."""
         settings = self.manifest.settings
         k = settings.get("num_centroids") or default_num_centroids(source.n_tokens)
         seed = int(settings.get("seed", 0))
         sample = source.sample(training_sample_size(source.n_tokens, k), seed)
+        projection = None
+        if self.input_dim != self.dim:
+            projection = fit_projection(settings["reduction"], sample, self.dim, seed)
+            sample = project(sample, projection)
         codec = ResidualCodec.train(sample, self.nbits, num_centroids=k, n_tokens=source.n_tokens, seed=seed)
         if codec.num_centroids < k:
             warnings.warn(
@@ -305,7 +361,7 @@ class Store:
                 f"instead of {k}, for the life of this store; add a representative first batch for better compression",
                 stacklevel=3,
             )
-        return codec
+        return projection, codec
 
     def delete(self, ids: Sequence[str]) -> int:
         """Mark documents deleted in one commit (new bitmap files; segments are never edited)."""
@@ -387,6 +443,8 @@ class Store:
             "tokens": tokens,
             "segments": len(m.segments),
             "dim": m.dim,
+            "input_dim": self.input_dim,
+            "reduction": m.settings.get("reduction") if self.input_dim != m.dim else None,
             "nbits": m.nbits,
             "centroids": m.codec.num_centroids if m.codec else 0,
             "bytes_on_disk": total,
@@ -408,6 +466,10 @@ class Store:
             c, f = verify_codec(self.root / self.manifest.codec.path)
             report.checked += c
             report.failures += f
+            if self.input_dim != self.dim:
+                c, f = verify_small(self.root / PROJECTION_DIR / "matrix")
+                report.checked += c
+                report.failures += f
         for i, entry in enumerate(self.manifest.segments):
             try:
                 seg = SegmentReader.open(self.root / SEGMENTS_DIR / entry.name)
@@ -449,8 +511,19 @@ def _collect_garbage(root: Path, manifest: Manifest) -> None:
     for p in seg_dir.iterdir() if seg_dir.is_dir() else []:
         if p.name not in live:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    if manifest.codec is None and (root / CODEC_DIR).exists():
-        shutil.rmtree(root / CODEC_DIR, ignore_errors=True)
+    if manifest.codec is None:
+        for name in (CODEC_DIR, PROJECTION_DIR):
+            if (root / name).exists():
+                shutil.rmtree(root / name, ignore_errors=True)
+
+
+def write_projection(path: Path, matrix: np.ndarray, kind: str) -> None:
+    """The reduction matrix as a Zarr group: attributes + one flat float32 array (FORMAT.md 7.5)."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    group.attrs.update({"kind": kind, "input_dim": int(matrix.shape[0]), "dim": int(matrix.shape[1])})
+    write_small_array(group, "matrix", np.ascontiguousarray(matrix, dtype=np.float32).ravel())
 
 
 def _du(path: Path) -> int:

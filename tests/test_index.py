@@ -73,7 +73,7 @@ def test_snippet() -> None:
 
 def test_different_encoder_refused(built: Path) -> None:
     other = Encoder.default(intra_op_num_threads=1, query_length=16)
-    with pytest.raises(ValueError, match="built with another encoder.*config"):
+    with pytest.raises(ValueError, match="made by a different encoder.*config"):
         Index.open(built, other)
 
 
@@ -173,3 +173,39 @@ def test_cli_query_on_embedding_store_is_a_clear_error(tmp_path: Path, capsys: p
             store.add(["a"], [np.ones((3, 8), np.float32)])
     assert cli.main(["query", str(tmp_path / "s"), "anything"]) == 2
     assert "records no encoder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("reduction", ["pca", "random"])
+def test_reduced_index_finds_documents_by_their_titles(tmp_path: Path, enc: Encoder, sample: Collection, reduction: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Index.create(tmp_path / "i", enc, dim=64, reduction=reduction) as index:
+            index.add([d["_id"] for d in sample.docs], [d["text"] for d in sample.docs], titles=[d["title"] for d in sample.docs])
+    with Index.open(tmp_path / "i", enc) as index:
+        stats = index.store.stats()
+        assert (stats["dim"], stats["input_dim"], stats["reduction"]) == (64, enc.dim, reduction)
+        found = sum(index.search(d["title"], k=1)[0].id == d["_id"] for d in sample.docs[:8])
+        assert found >= 7
+
+
+def test_add_encoded_bundle_stores_what_add_stores(tmp_path: Path, enc: Encoder, sample: Collection) -> None:
+    from tools import encode_collection
+
+    docs = sample.docs[:10]
+    bundle = tmp_path / "bundle"
+    assert encode_collection.main([str(SAMPLE), str(bundle), "--max-docs", "10", "--threads", "2"]) == 0
+    ids, texts, titles = [d["_id"] for d in docs], [d["text"] for d in docs], [d["title"] for d in docs]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Index.create(tmp_path / "a", enc, num_centroids=16) as a, Index.create(tmp_path / "b", enc, num_centroids=16) as b:
+            a.add(ids, texts, titles=titles)
+            b.add_encoded(bundle, ids, texts, titles=titles)
+            for doc_id in ids:
+                np.testing.assert_array_equal(a.store.get(doc_id), b.store.get(doc_id))
+            assert a.documents(ids) == b.documents(ids)
+            with pytest.raises(ValueError, match="not the given ids in the same order"):
+                b.add_encoded(bundle, ids[::-1], texts[::-1])
+    other = Encoder.default(intra_op_num_threads=1, doc_max_length=64)
+    with Index.create(tmp_path / "c", other) as c:
+        with pytest.raises(ValueError, match="made by a different encoder"):
+            c.add_encoded(bundle, ids, texts)

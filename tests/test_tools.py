@@ -68,9 +68,10 @@ def test_cli_errors_are_clear(tmp_path, capsys):
 
 
 def test_demo_runs(tmp_path, capsys):
-    assert demo.main(["--dir", str(tmp_path / "demo"), "--tokens", "5000"]) == 0
+    assert demo.main(["--dir", str(tmp_path / "demo"), "--tokens", "5000", "--text-docs", "40"]) == 0
     out = capsys.readouterr().out
     assert "recall@10 against exhaustive MaxSim" in out and "OK" in out
+    assert "lodestore query" in out and "nDCG@10" in out and "exhaustive MaxSim over the same store" in out
 
 
 def test_cli_verify_exits_1_naming_the_corrupt_chunk(built, tmp_path, capsys):
@@ -138,3 +139,23 @@ def test_sweep_search_prints_one_row_per_setting(bundle, built, capsys):
     assert sweep_search.main([str(bundle), str(built), "--grid", "2x16,4x32", "--queries", "4"]) == 0
     out = capsys.readouterr().out
     assert "| 2 | 16 | 10 |" in out and "| 4 | 32 | 10 |" in out
+
+
+def test_bench_dims_runs(tmp_path, capsys):
+    from pathlib import Path
+
+    from tools import bench_dims, encode_collection
+
+    sample = Path(__file__).parent.parent / "tools" / "data" / "scifact-sample"
+    out = tmp_path / "bundle"
+    assert encode_collection.main([str(sample), str(out), "--max-docs", "40", "--threads", "2"]) == 0
+    capsys.readouterr()
+    assert bench_dims.main([str(out), "--dims", "16", "--sample", "2000"]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    rows = table[1:]  # after the header (the |---| line does not start with "| ")
+    assert [row.split(" | ")[0] for row in rows] == ["| none", "| pca-16", "| random-16"]
+    none, pca = rows[0].split(" | "), rows[1].split(" | ")
+    assert (none[1], pca[1]) == ("384", "16")
+    assert float(pca[3]) < float(none[3]) / 4  # token bytes shrink with the dimension
+    for row in rows:
+        assert 0.0 <= float(row.split(" | ")[5]) <= 1.0  # nDCG@10 engine

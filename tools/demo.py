@@ -1,6 +1,6 @@
 """`make demo`: index 300 SciFact abstracts from text, query them, evaluate; then the embedding API.
 
-    python -m tools.demo [--dir demo-store] [--tokens 60000] [--skip-text]
+    python -m tools.demo [--dir demo-store] [--tokens 60000] [--text-docs 300] [--skip-text]
 
 Part 1 indexes the sample carried in tools/data/scifact-sample with the packaged
 encoder, runs a few of its real test claims as queries and prints the ranked
@@ -24,12 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.split("\n")[0])
     p.add_argument("--dir", type=Path, default=Path("demo-store"))
     p.add_argument("--tokens", type=int, default=60_000)
+    p.add_argument("--text-docs", type=int, default=None, help="index only the first N sample abstracts (tests)")
     p.add_argument("--skip-text", action="store_true", help="only the embedding part (no encoder)")
     args = p.parse_args(argv)
     if args.dir.exists():
         shutil.rmtree(args.dir)
     if not args.skip_text:
-        text_demo(args.dir / "scifact-index")
+        text_demo(args.dir / "scifact-index", args.text_docs)
     embedding_demo(args.dir, args.tokens)
     return 0
 
@@ -38,19 +39,20 @@ SAMPLE = Path(__file__).parent / "data" / "scifact-sample"
 DEMO_QUERIES = 3
 
 
-def text_demo(path: Path) -> None:
+def text_demo(path: Path, max_docs: int | None = None) -> None:
     """Index the bundled SciFact sample from text, show a few real queries, evaluate all judged ones."""
     import warnings
 
     from lodestore import cli
     from lodestore.collection import Collection
 
-    col = Collection.load(SAMPLE)
+    col = Collection.load(SAMPLE, max_docs)
     print(f"A. lodestore index {path} --collection {SAMPLE}   ({len(col.docs)} abstracts, packaged MiniLM encoder)")
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # long abstracts are cut to 300 tokens: expected here
-        cli.main(["index", str(path), "--collection", str(SAMPLE), "--quiet"])
+        cli.main(["index", str(path), "--collection", str(SAMPLE), "--quiet"]
+                 + (["--max-docs", str(max_docs)] if max_docs else []))
     print(f"   indexed in {time.perf_counter() - t:.1f} s")
     relevant = {}
     for q, d, s in col.qrels:

@@ -219,7 +219,7 @@ def test_corrupt_residual_chunk_in_a_small_subset(engine_store_copy, engine_corp
 def test_exhaustive_search_rejects_bad_shapes_and_k(engine_store, good):
     with pytest.raises(ValueError, match=r"\(q_len, 128\)"):
         lodestore.exhaustive_search(engine_store, good[:, :64], 5)
-    with pytest.raises(ValueError, match=r"non-empty"):
+    with pytest.raises(ValueError, match=r"empty query"):
         lodestore.exhaustive_search(engine_store, good[:0], 5)
     for k in (0, -3, 2.5):
         with pytest.raises(ValueError, match=r"k must be a positive integer"):
