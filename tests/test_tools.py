@@ -159,3 +159,12 @@ def test_bench_dims_runs(tmp_path, capsys):
     assert float(pca[3]) < float(none[3]) / 4  # token bytes shrink with the dimension
     for row in rows:
         assert 0.0 <= float(row.split(" | ")[5]) <= 1.0  # nDCG@10 engine
+
+
+def test_bench_encoder_prints_one_row_per_setting(capsys):
+    from tools import bench_encoder
+
+    assert bench_encoder.main(["--docs", "6", "--batches", "2,4", "--threads", "1", "--queries", "2"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")]
+    assert [r.split(" | ")[1] for r in rows] == ["2", "4"]
+    assert float(rows[0].split(" | ")[3]) == 1.0  # the first row is the baseline
