@@ -56,6 +56,7 @@ def _bundle_dim(path: Path) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     with Store.open(args.store) as store:
         s = store.stats()
+        encoder = store.manifest.encoder
     if args.json:
         print(json.dumps(s, indent=2))
         return 0
@@ -66,6 +67,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("bytes on disk", _human(s["bytes_on_disk"])), ("bytes / token (all files)", f"{s['bytes_per_token']:.2f}"),
         ("bytes / token (token data)", f"{s['token_bytes_per_token']:.2f}"),
     ]
+    if s["input_dim"] != s["dim"]:
+        rows.insert(8, ("reduction", f"{s['reduction']} {s['input_dim']} -> {s['dim']}"))
+    if encoder:
+        cfg = encoder.get("config", {})
+        rows.append(("encoder", f"model sha256 {str(encoder.get('model_sha256'))[:12]}..., dim {cfg.get('dim')}, "
+                                f"query length {cfg.get('query_length')}, doc max length {cfg.get('doc_max_length')}"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
