@@ -1,4 +1,4 @@
-"""The `lodestore` command line: build, add, delete, info, verify, search."""
+"""The `lodestore` command line: build, add, delete, compact, info, verify, search."""
 
 from __future__ import annotations
 
@@ -35,8 +35,19 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_add(args: argparse.Namespace) -> int:
     with Store.open(args.store, writable=True) as store:
-        generation = store.add_embeddings(args.embeddings, progress=not args.quiet)
+        generation = store.add_embeddings(args.embeddings, upsert=args.upsert, progress=not args.quiet)
         print(f"committed generation {generation}: {store}")
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    with Store.open(args.store, writable=True) as store:
+        before = store.generation
+        generation = store.compact()
+        if generation == before:
+            print(f"nothing to compact (one segment, no deletions): {store}")
+        else:
+            print(f"committed generation {generation}: {store}")
     return 0
 
 
@@ -66,6 +77,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("bytes on disk", _human(s["bytes_on_disk"])), ("bytes / token (all files)", f"{s['bytes_per_token']:.2f}"),
         ("bytes / token (token data)", f"{s['token_bytes_per_token']:.2f}"),
     ]
+    drift = s["drift"]
+    if drift["far_fraction"] is not None:  # stores written before the drift figure have none
+        rows.append(("tokens far from every centroid",
+                     f"{drift['far_fraction']:.2%} (training data: {drift['expected_fraction']:.0%}; "
+                     "many times that: rebuild to retrain)"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
@@ -120,9 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("add", help="add an embedding bundle or a directory of .npy files to an existing store (one commit)")
     a.add_argument("store")
-    a.add_argument("--embeddings", required=True)
+    a.add_argument("--embeddings", required=True, help="bundle dir (docs.npy, doclens.npy[, ids.txt]) or dir of .npy files")
+    a.add_argument("--upsert", action="store_true", help="replace documents whose ids are already in the store (same commit)")
     a.add_argument("--quiet", action="store_true")
     a.set_defaults(func=cmd_add)
+
+    c = sub.add_parser("compact", help="merge all segments into one without the deleted documents (one commit)")
+    c.add_argument("store")
+    c.set_defaults(func=cmd_compact)
 
     d = sub.add_parser("delete", help="delete documents by id (one commit)")
     d.add_argument("store")
