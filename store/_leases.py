@@ -23,7 +23,6 @@ import errno
 import fcntl
 import json
 import os
-import secrets
 import time
 from pathlib import Path
 
@@ -40,6 +39,7 @@ class Lease:
     def __init__(self, path: Path | None, fd: int | None, generation: int = UNKNOWN):
         self.path, self._fd, self.generation = path, fd, generation
         self.files: frozenset[str] | None = None
+        self._pid = os.getpid()
 
     @classmethod
     def acquire(cls, root: Path) -> "Lease":
@@ -49,7 +49,7 @@ class Lease:
         writer either, so reading without a lease is safe: returns a lease that holds nothing.
         """
         readers = Path(root) / READERS_DIR
-        name = f"{os.getpid()}-{secrets.token_hex(6)}"
+        name = f"{os.getpid()}-{os.urandom(6).hex()}"  # not `secrets`: it imports hashlib (~4 MB of RSS)
         tmp, path = readers / (name + TMP_SUFFIX), readers / (name + LEASE_SUFFIX)
         for attempt in range(10):
             try:
@@ -93,7 +93,7 @@ class Lease:
         if fd is None:
             return
         try:
-            if self.path is not None:
+            if self.path is not None and os.getpid() == self._pid:  # a forked child leaves its parent's lease alone
                 self.path.unlink(missing_ok=True)
                 try:
                     self.path.parent.rmdir()  # the last reader leaves no directory behind
