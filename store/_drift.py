@@ -1,8 +1,10 @@
 """The drift figure: how many tokens sit far from every centroid, so users know when to retrain.
 
 At the first add (when the codec is trained) the writer records a threshold: the 99th
-percentile of the residual norm ||x - C[code]|| over a sample of the training tokens
-(`residual_norm_p99` in the codec group's attributes). Every segment written later
+percentile of the residual norm ||x - C[code]|| over up to 2^14 tokens of that add that
+k-means did not train on (`residual_norm_p99` in the codec group's attributes; when the
+add is no larger than the training sample, over training tokens: k-means fits those
+more closely, so the threshold is lower and later data of the same kind reads above 1%). Every segment written later
 records how many of its tokens exceed it (`far_tokens` in the segment's attributes).
 Tokens like the training data exceed it about 1% of the time; a segment whose share
 is many times that holds documents the centroids do not describe well (new topics,

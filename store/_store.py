@@ -315,13 +315,25 @@ class Store:
         return generation
 
     def _train_codec(self, source: DocSource) -> tuple[ResidualCodec, float | None]:
-        """The codec trained on a sample of `source`, and the drift threshold from that sample (store/_drift.py)."""
+        """The codec trained on a sample of `source`, and the drift threshold (store/_drift.py).
+
+        The threshold comes from up to 2^14 tokens k-means did not see, when the source has
+        more tokens than the training sample; otherwise from the training sample itself
+        (small first adds: later segments of the same data then read above 1%).
+        """
         settings = self.manifest.settings
         k = settings.get("num_centroids") or default_num_centroids(source.n_tokens)
         seed = int(settings.get("seed", 0))
-        sample = source.sample(training_sample_size(source.n_tokens, k), seed)
+        n_train = training_sample_size(source.n_tokens, k)
+        n_probe = min(_drift.THRESHOLD_SAMPLE, source.n_tokens - n_train)
+        if n_probe > 0:
+            both = source.sample(n_train + n_probe, seed)
+            order = np.random.default_rng(seed + 1).permutation(len(both))  # bundle samples come in file order
+            sample, probe = both[order[:n_train]], both[order[n_train:]]
+        else:
+            sample = source.sample(n_train, seed)
+            probe = sample[np.random.default_rng(seed + 1).permutation(len(sample))[: _drift.THRESHOLD_SAMPLE]]
         codec = ResidualCodec.train(sample, self.nbits, num_centroids=k, n_tokens=source.n_tokens, seed=seed)
-        probe = sample[np.random.default_rng(seed + 1).permutation(len(sample))[: _drift.THRESHOLD_SAMPLE]]
         limit = _drift.threshold(codec.centroids, probe, codec.assign(probe)) if len(probe) else None
         if codec.num_centroids < k:
             warnings.warn(

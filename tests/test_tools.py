@@ -138,3 +138,13 @@ def test_sweep_search_prints_one_row_per_setting(bundle, built, capsys):
     assert sweep_search.main([str(bundle), str(built), "--grid", "2x16,4x32", "--queries", "4"]) == 0
     out = capsys.readouterr().out
     assert "| 2 | 16 | 10 |" in out and "| 4 | 32 | 10 |" in out
+
+
+def test_bench_updates_runs(bundle, tmp_path, capsys):
+    from tools import bench_updates
+
+    assert bench_updates.main([str(bundle), str(tmp_path / "w"), "--queries", "4", "--foreign-docs", "5",
+                               "--centroids", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "| foreign (random Gaussian) |" in out and "| compact |" in out
+    assert "4/4 queries with the same ids" in out  # compaction changes no answer
