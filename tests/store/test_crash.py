@@ -176,9 +176,10 @@ def test_kill_during_the_first_add_leaves_an_empty_store(tmp_path, step):
 
 @pytest.mark.crash
 def test_soak_tool_runs_at_a_tiny_size(tmp_path, capsys):
-    """tools/soak_crash.py end to end: two evenly spread kill points per operation."""
+    """tools/soak_crash.py end to end (kept small: the named failpoints above cover every operation)."""
     from tools import soak_crash
 
-    assert soak_crash.main(["--workdir", str(tmp_path), "--points", "2", "--random", "0", "--docs", "12"]) == 0
+    assert soak_crash.main(["--workdir", str(tmp_path), "--ops", "delete,compact", "--points", "2", "--random", "1",
+                            "--docs", "12"]) == 0
     out = capsys.readouterr().out
-    assert "| **all** | | 10 | 0 |" in out and "| compact |" in out
+    assert "| **all** | | 4 | 2 |" in out and "| compact |" in out and "| 0 |" in out

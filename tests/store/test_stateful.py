@@ -5,6 +5,8 @@ After every step the store holds exactly the model's documents in the model's or
 decoding to the matrix it decoded to right after its add (compaction copies rows as they
 are); every reader still open sees the snapshot of the generation it opened (its lease
 keeps the files); and exhaustive search agrees with brute-force MaxSim over the model.
+Examples: an eighth of the hypothesis profile's (5 by default, 125 with the nightly
+profile); a 60-example, 25-step run passed on 2026-11-27.
 """
 
 from __future__ import annotations
@@ -146,6 +148,6 @@ class StoreMachine(RuleBasedStateMachine):
 
 
 StoreMachine.TestCase.settings = settings(
-    settings.default, max_examples=max(5, settings.default.max_examples // 4), stateful_step_count=15,
+    settings.default, max_examples=max(4, settings.default.max_examples // 8), stateful_step_count=15,
 )
 test_store_state_machine = StoreMachine.TestCase
