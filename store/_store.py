@@ -304,12 +304,13 @@ class Store:
             entries.append(SegmentEntry(name=name, documents=source.n_docs, tokens=source.n_tokens))
             codec_entry = m.codec or CodecEntry("residual", CODEC_DIR, self.dim, self.nbits, codec.num_centroids)
             self._commit(replace(m, generation=generation, codec=codec_entry, segments=tuple(entries)))
-        except BaseException:
+        except BaseException as e:
             if not self._committed(generation):  # not committed: leave no trace
                 shutil.rmtree(seg_path, ignore_errors=True)
                 self._unlink_segment_files(written)
                 if new_codec:
                     shutil.rmtree(codec_path, ignore_errors=True)
+            self._note_failure(e, "add", generation)
             raise
         self._codec = codec
         return generation
@@ -374,9 +375,10 @@ class Store:
             fsync_dir(self.root / SEGMENTS_DIR)
             failpoint("delete.before_commit")
             self._commit(replace(m, generation=generation, segments=tuple(entries)))
-        except BaseException:
+        except BaseException as e:
             if not self._committed(generation):
                 self._unlink_segment_files(written)
+            self._note_failure(e, "delete", generation)
             raise
         return generation
 
@@ -443,11 +445,21 @@ class Store:
                 entries = (SegmentEntry(name=name, documents=n_docs, tokens=n_tokens),)
             failpoint("compact.before_commit")
             self._commit(replace(m, generation=generation, segments=entries))
-        except BaseException:
+        except BaseException as e:
             if not self._committed(generation):
                 shutil.rmtree(seg_path, ignore_errors=True)
+            self._note_failure(e, "compact", generation)
             raise
         return generation
+
+    def _note_failure(self, error: BaseException, what: str, generation: int) -> None:
+        """Say on the error (a note: its type and errno stay as they were) where the store stands."""
+        if self._committed(generation):
+            error.add_note(f"lodestore: {what} failed after its commit point: {self.root} is at generation "
+                           f"{generation}, which includes the {what}")
+        else:
+            error.add_note(f"lodestore: {what} failed; nothing was committed: {self.root} is still at "
+                           f"generation {generation - 1}")
 
     def _commit(self, manifest: Manifest) -> None:
         try:

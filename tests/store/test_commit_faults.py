@@ -231,9 +231,10 @@ def test_failure_after_the_rename_keeps_the_new_generation(make_op, new_docs, ex
     s, run = make_op(op)
     before = content(s)
     _fs.set_failpoint(failpoint, lambda: (_ for _ in ()).throw(Injected(failpoint)))
-    with pytest.raises(Injected):
+    with pytest.raises(Injected) as info:
         run()
     _fs.set_failpoint(failpoint, None)
+    assert f"is at generation {before[0] + 1}, which includes the" in info.value.__notes__[0]
     after = expected_after_success(before, op, new_docs, s.root)
     if op in (FIRST_ADD, ADD):
         assert set(new_docs.ids) <= set(after[1])
@@ -319,7 +320,9 @@ def test_enospc_in_fsync_leaves_previous_generation(make_op, fsync_counts, monke
         run()
     monkeypatch.setattr(os, "fsync", real)
     assert info.value.errno == errno.ENOSPC
-    assert "No space left" in str(info.value)  # the OS error reaches the caller as it is
+    assert "No space left" in str(info.value)  # the OS error reaches the caller as it is, with a note:
+    assert info.value.__notes__ == [f"lodestore: {op.name.split()[-1]} failed; nothing was committed: "
+                                    f"{s.root} is still at generation {before[0]}"]
     check_after_failure(s, run, before, files_before)
 
 
