@@ -104,7 +104,8 @@ class Searcher:
         Until then the Searcher answers from the generation it opened, whatever writers
         commit meanwhile (its lease keeps that generation's files on disk). Refreshing
         builds the new generation's index, then releases the old one (and its lease, so
-        a writer may collect the old files). Do not call it concurrently with search()
+        a writer may collect the old files): for that moment both indexes are in memory,
+        and the row cache starts empty. Do not call it concurrently with search()
         on the same Searcher. Raises ValueError, keeping the old generation, when the
         newest one has no documents.
         """
@@ -133,6 +134,7 @@ class Searcher:
         old_corpus.close()
         if old_store is not None:
             old_store.close()
+        _release_free_memory()
         return True
 
     def search(self, query: Any, k: int = 10, subset: Sequence[str] | None = None) -> Hits | list[Hits]:
