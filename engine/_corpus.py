@@ -18,7 +18,12 @@ class Corpus:
     def __init__(self, store: Store):
         self.store = store
         self.codec = store.codec
-        self.segments = store.open_segments()  # our own readers: a commit on `store` closes its own
+        self.lease = store.lease()  # this generation's files stay on disk until close(), whatever writers do
+        try:
+            self.segments = store.open_segments()  # our own readers: a commit on `store` closes its own
+        except BaseException:
+            self.lease.release()
+            raise
         self.centroids = self.codec.centroids  # (K, d) float32 for BLAS
         sizes = [s.n_docs for s in self.segments]
         self.seg_base = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -76,6 +81,7 @@ class Corpus:
     def close(self) -> None:
         for seg in self.segments:
             seg.close()
+        self.lease.release()
 
     # ------------------------------------------------------------------ residency
     def index_bytes(self) -> int:

@@ -67,31 +67,77 @@ class Searcher:
         self.device = device
         self.prefetch = bool(prefetch)
         self.generation = self.store.generation
-        self.corpus = None
+        self._memory_budget, self._prefetch_threads = memory_budget, prefetch_threads
         try:
-            self.corpus = c = Corpus(self.store)
-            self.store.projection  # load (and check) a dimension-reduction matrix now, not at the first query
-            tokens = c.tokens()
-            self.placement: Placement = place(
-                parse_size(memory_budget), c.index_bytes(), tokens * c.codec.code_dtype.itemsize,
-                tokens * c.codec.residual_bytes,
-            )
-            if self.placement.codes_resident:
-                c.load_codes()
-            if self.placement.residuals_resident:
-                c.load_residuals()
+            self.corpus, self.placement = self._load(self.store)
         except BaseException:  # e.g. a corrupt chunk: leave nothing open behind
-            if self.corpus is not None:
-                self.corpus.close()
             if self._own_store:
                 self.store.close()
             raise
-        self.prefetcher = Prefetcher(c.read_rows, self.placement.cache_bytes or (1 << 20), threads=prefetch_threads)
+        self.prefetcher = Prefetcher(self.corpus.read_rows, self.placement.cache_bytes or (1 << 20), threads=prefetch_threads)
         _release_free_memory()
         self.queries = 0
         self.query_time_s = 0.0
 
+    def _load(self, store: Store) -> tuple[Corpus, Placement]:
+        """The resident corpus of `store`'s generation (holding a lease on it), placed within the budget."""
+        c = Corpus(store)
+        try:
+            store.projection  # load (and check) a dimension-reduction matrix now, not at the first query
+            tokens = c.tokens()
+            placement = place(
+                parse_size(self._memory_budget), c.index_bytes(), tokens * c.codec.code_dtype.itemsize,
+                tokens * c.codec.residual_bytes,
+            )
+            if placement.codes_resident:
+                c.load_codes()
+            if placement.residuals_resident:
+                c.load_residuals()
+        except BaseException:
+            c.close()
+            raise
+        return c, placement
+
     # ------------------------------------------------------------------ public API
+    def refresh(self) -> bool:
+        """Move to the newest committed generation; True when it changed.
+
+        Until then the Searcher answers from the generation it opened, whatever writers
+        commit meanwhile (its lease keeps that generation's files on disk). Refreshing
+        builds the new generation's index, then releases the old one (and its lease, so
+        a writer may collect the old files): for that moment both indexes are in memory,
+        and the row cache starts empty. Do not call it concurrently with search()
+        on the same Searcher. Raises ValueError, keeping the old generation, when the
+        newest one has no documents.
+        """
+        if self.store.writable:  # a writer's own handle is the newest generation (one writer at a time)
+            store, own = self.store, False
+        else:
+            store, own = Store.open(self.store.root), True
+        try:
+            if store.generation == self.generation:
+                if own:
+                    store.close()
+                return False
+            if store.manifest.codec is None or not store.manifest.segments:
+                raise ValueError(f"{store.root}: generation {store.generation} has no documents; keeping "
+                                 f"generation {self.generation}")
+            corpus, placement = self._load(store)
+        except BaseException:
+            if own:
+                store.close()
+            raise
+        old_corpus, old_prefetcher, old_store = self.corpus, self.prefetcher, self.store if self._own_store else None
+        self.store, self._own_store, self.corpus, self.placement = store, own, corpus, placement
+        self.prefetcher = Prefetcher(corpus.read_rows, placement.cache_bytes or (1 << 20), threads=self._prefetch_threads)
+        self.generation = store.generation
+        old_prefetcher.close()
+        old_corpus.close()
+        if old_store is not None:
+            old_store.close()
+        _release_free_memory()
+        return True
+
     def search(self, query: Any, k: int = 10, subset: Sequence[str] | None = None) -> Hits | list[Hits]:
         """Top-k (id, score) by exact MaxSim, best first.
 

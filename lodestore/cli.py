@@ -1,4 +1,4 @@
-"""The `lodestore` command line: build, add, delete, info, verify, search; index, query, eval (text)."""
+"""The `lodestore` command line: build, add, delete, compact, info, verify, search; index, query, eval (text)."""
 
 from __future__ import annotations
 
@@ -35,8 +35,19 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_add(args: argparse.Namespace) -> int:
     with Store.open(args.store, writable=True) as store:
-        generation = store.add_embeddings(args.embeddings, progress=not args.quiet)
+        generation = store.add_embeddings(args.embeddings, upsert=args.upsert, progress=not args.quiet)
         print(f"committed generation {generation}: {store}")
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    with Store.open(args.store, writable=True) as store:
+        before = store.generation
+        generation = store.compact()
+        if generation == before:
+            print(f"nothing to compact (one segment, no deletions): {store}")
+        else:
+            print(f"committed generation {generation}: {store}")
     return 0
 
 
@@ -73,6 +84,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         cfg = encoder.get("config", {})
         rows.append(("encoder", f"model sha256 {str(encoder.get('model_sha256'))[:12]}..., dim {cfg.get('dim')}, "
                                 f"query length {cfg.get('query_length')}, doc max length {cfg.get('doc_max_length')}"))
+    drift = s["drift"]
+    if drift["far_fraction"] is not None:  # stores written before the drift figure have none
+        rows.append(("tokens far from every centroid",
+                     f"{drift['far_fraction']:.2%} (training data: {drift['expected_fraction']:.0%}; "
+                     "many times that: rebuild to retrain)"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
@@ -81,7 +97,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         if name.startswith("payload") and not size:
             continue  # a store without text
         per = size / s["tokens"] if s["tokens"] else 0
-        print(f"  {name:<12} {_human(size):>12}  {per:8.3f} B/token")
+        print(f"  {name:<15} {_human(size):>12}  {per:8.3f} B/token")
     return 0
 
 
@@ -202,9 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("add", help="add an embedding bundle or a directory of .npy files to an existing store (one commit)")
     a.add_argument("store")
-    a.add_argument("--embeddings", required=True)
+    a.add_argument("--embeddings", required=True, help="bundle dir (docs.npy, doclens.npy[, ids.txt]) or dir of .npy files")
+    a.add_argument("--upsert", action="store_true", help="replace documents whose ids are already in the store (same commit)")
     a.add_argument("--quiet", action="store_true")
     a.set_defaults(func=cmd_add)
+
+    c = sub.add_parser("compact", help="merge all segments into one without the deleted documents (one commit)")
+    c.add_argument("store")
+    c.set_defaults(func=cmd_compact)
 
     d = sub.add_parser("delete", help="delete documents by id (one commit)")
     d.add_argument("store")

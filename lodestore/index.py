@@ -109,21 +109,25 @@ class Index:
 
     # ------------------------------------------------------------------ writing
     def add(self, ids: Sequence[str], texts: Sequence[str], metadata: Sequence[dict[str, Any]] | None = None, *,
-            titles: Sequence[str] | None = None, batch_size: int = 32, progress: bool = False) -> int:
+            titles: Sequence[str] | None = None, batch_size: int = 32, upsert: bool = False,
+            progress: bool = False) -> int:
         """Encode and add documents in one commit; returns the new generation.
 
+        An id already in the index is an error unless upsert=True, which replaces
+        that document in the same commit.
         The encoder sees "title. text" when a title is given. Title, text and
         metadata (JSON-serializable dicts) are stored and returned with hits.
         Vectors are spilled to a float16 file under the store while encoding,
         so memory stays bounded by one slice of documents.
         """
         ids, texts, titles, metadata = _check_documents(ids, texts, titles, metadata)
-        self._check_new(ids)
+        if not upsert:
+            self._check_new(ids)
         spill = self.store.root / "segments" / f".spill-{os.getpid()}-{self.store.generation + 1}"
         try:
             _encode_to_bundle(self.encoder, [f"{t}. {x}" if t else x for t, x in zip(titles, texts)], spill,
                               batch_size, progress)
-            return self._commit(spill, ids, _payloads(texts, titles, metadata), progress)
+            return self._commit(spill, ids, _payloads(texts, titles, metadata), upsert, progress)
         finally:
             shutil.rmtree(spill, ignore_errors=True)
 
@@ -146,15 +150,15 @@ class Index:
         if (bundle / "ids.txt").exists() and (bundle / "ids.txt").read_text(encoding="utf-8").splitlines() != ids:
             raise ValueError(f"{bundle}: its documents (ids.txt) are not the given ids in the same order")
         self._check_new(ids)
-        return self._commit(bundle, ids, _payloads(texts, titles, metadata), progress)
+        return self._commit(bundle, ids, _payloads(texts, titles, metadata), False, progress)
 
     def _check_new(self, ids: list[str]) -> None:
         known = [i for i in ids if i in self.store]
         if known:
             raise ValueError(f"document id {known[0]!r} is already in the index")
 
-    def _commit(self, bundle: Path, ids: list[str], payloads: list[bytes], progress: bool) -> int:
-        generation = self.store.add_embeddings(bundle, ids=ids, payloads=payloads, progress=progress)
+    def _commit(self, bundle: Path, ids: list[str], payloads: list[bytes], upsert: bool, progress: bool) -> int:
+        generation = self.store.add_embeddings(bundle, ids=ids, payloads=payloads, upsert=upsert, progress=progress)
         if self._searcher is not None:  # it answers from the generation it opened: reopen on next search
             self._searcher.close()
             self._searcher = None
@@ -208,7 +212,7 @@ def _payloads(texts: list[str], titles: list[str], metadata: list[dict]) -> list
 
 
 def _decode_payload(data: bytes | None) -> dict[str, Any]:
-    if data is None:
+    if not data:  # None: added without a payload; b"": compacted together with documents that had one
         return {"title": "", "text": "", "metadata": {}}
     d = json.loads(data)
     return {"title": d.get("title") or "", "text": d.get("text") or "", "metadata": d.get("metadata") or {}}

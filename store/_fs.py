@@ -19,9 +19,28 @@ _FAILPOINTS: dict[str, Callable[[], None]] = {}
 
 def failpoint(name: str) -> None:
     """Run the action registered for `name`, if any (tests only)."""
+    if _KILL_AT_STEP:
+        step()
     action = _FAILPOINTS.get(name)
     if action is not None:
         action()
+
+
+# Crash soak (tools/soak_crash.py): with LODESTORE_KILL_AT_STEP=N the process SIGKILLs
+# itself at the N-th durability step: a failpoint, or an fsync of a file or directory.
+# `steps` counts them, so a run with a large N tells how many kill points an operation has.
+_KILL_AT_STEP = int(os.environ.get("LODESTORE_KILL_AT_STEP", "0") or 0)
+steps = 0
+
+
+def step() -> None:
+    """Count one durability step; SIGKILL this process at step LODESTORE_KILL_AT_STEP (crash soak only)."""
+    global steps
+    steps += 1
+    if steps == _KILL_AT_STEP:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def set_failpoint(name: str, action: Callable[[], None] | None) -> None:
@@ -42,6 +61,8 @@ if _env_fp:  # crash tests: SIGKILL ourselves when the named step is reached
 
 def fsync_file(path: str | os.PathLike) -> None:
     """Flush one file's data and metadata to stable storage."""
+    if _KILL_AT_STEP:
+        step()
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -51,6 +72,8 @@ def fsync_file(path: str | os.PathLike) -> None:
 
 def fsync_dir(path: str | os.PathLike) -> None:
     """Make the directory's entries (creations, renames) durable."""
+    if _KILL_AT_STEP:
+        step()
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -71,6 +94,8 @@ def write_durable(path: Path, data: bytes) -> None:
     with open(path, "xb") as f:
         f.write(data)
         f.flush()
+        if _KILL_AT_STEP:
+            step()
         os.fsync(f.fileno())
 
 

@@ -81,7 +81,7 @@ def check_ids(ids: Sequence[Any], n_docs: int, existing: set[str] | None = None)
         if i in seen:
             raise ValueError(f"duplicate document id {i!r}")
         if existing is not None and i in existing:
-            raise ValueError(f"document id {i!r} is already in the store")
+            raise ValueError(f"document id {i!r} is already in the store (pass upsert=True to replace it)")
         seen.add(i)
     return ids
 

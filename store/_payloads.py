@@ -21,7 +21,7 @@ from ._smallarray import _decompress, chunk_payload, read_meta, read_small
 if TYPE_CHECKING:
     import zarr
 
-PAYLOAD_CHUNK = 1 << 16  # bytes of payload per chunk: a hit's text costs one or two chunk reads
+PAYLOAD_CHUNK = 1 << 13  # bytes per chunk: a hit costs one or two chunk reads (8 KiB: gzip 0.43 of raw, ~0.1 ms to inflate)
 PAYLOAD_ARRAYS = ("payload_offsets", "payload_bytes")
 
 

@@ -125,6 +125,7 @@ class SegmentWriter:
         self.ids: list[str] = []
         self.pairs: list[np.ndarray] = []
         self.docs_done = 0
+        self.attrs: dict = {}  # informational group attributes added at finish (e.g. far_tokens, store/_drift.py)
 
     def append(self, ids: list[str], doclens: np.ndarray, codes: np.ndarray, residuals: np.ndarray,
                payloads: list[bytes] | None = None) -> None:
@@ -149,6 +150,8 @@ class SegmentWriter:
                              f"expected {self.n_docs} / {self.n_tokens}")
         self.codes.flush(final=True)
         self.residuals.flush(final=True)
+        if self.attrs:
+            self.group.attrs.update(self.attrs)
         doclens = np.concatenate(self.doclens)
         write_small_array(self.group, "doc_offsets", np.concatenate([[0], np.cumsum(doclens)]).astype(np.int64))
         pairs = np.unique(np.concatenate(self.pairs))  # sorted by centroid, then document

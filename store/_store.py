@@ -1,13 +1,15 @@
-"""The Store: create, open, add, delete, get, stats, verify.
+"""The Store: create, open, add, delete, compact, get, stats, verify.
 
 A store is a directory (FORMAT.md section 4). Writers hold an exclusive lock;
-readers see the generation the manifest named when they opened.
+readers see the generation the manifest named when they opened, and hold a
+lease on it (store/_leases.py) so no writer collects the files it names.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import warnings
 from dataclasses import dataclass, field, replace
@@ -18,15 +20,18 @@ import numpy as np
 
 from ._codec import ResidualCodec, check_params, ensure_trained, training_sample_size, default_num_centroids
 from ._codec_io import read_codec, verify_codec, write_codec
+from . import _drift
+from ._compact import copy_documents, far_tokens_estimate
 from ._deletes import encode_deletes, read_deletes
 from ._errors import StoreError, StoreLockedError
 from ._fs import failpoint, fsync_dir, fsync_tree, write_durable
 from ._ingest import DocSource, InMemorySource, open_source
+from ._leases import READERS_DIR, Lease, live_leases
+from ._manifest import MANIFEST_NAME, CodecEntry, Manifest, SegmentEntry, read_manifest, write_manifest
 from ._payloads import check_payloads
 from ._projection import REDUCTIONS, fit_projection, project
-from ._manifest import MANIFEST_NAME, CodecEntry, Manifest, SegmentEntry, read_manifest, write_manifest
 from ._segment import SegmentReader, SegmentWriter, segment_disk_usage, write_small_array
-from ._smallarray import read_small, verify_small
+from ._smallarray import read_attributes, read_small, verify_small
 
 SEGMENTS_DIR = "segments"
 CODEC_DIR = "codec"
@@ -53,11 +58,14 @@ class VerifyReport:
 class Store:
     """A lodestore store directory. Create with Store.create, open with Store.open."""
 
-    def __init__(self, root: Path, manifest: Manifest, *, writable: bool, lock_fd: int | None = None):
+    def __init__(self, root: Path, manifest: Manifest, *, writable: bool, lock_fd: int | None = None,
+                 lease: Lease | None = None):
         self.root = root
         self.manifest = manifest
         self.writable = writable
         self._lock_fd = lock_fd
+        self._lease = lease  # a reader's claim on its generation (a writer holds the lock instead)
+        self._closed = False
         self._codec: ResidualCodec | None = None
         self._projection: np.ndarray | None = None
         self._segments: list[SegmentReader] | None = None
@@ -108,24 +116,34 @@ class Store:
         if not root.is_dir():
             raise StoreError(f"{root}: no such store directory")
         lock_fd = _acquire_lock(root) if writable else None
+        lease = None
         try:
+            if not writable:
+                lease = Lease.acquire(root)  # visible before the manifest is read (store/_leases.py)
             manifest = read_manifest(root)
+            if lease is not None:
+                lease.stamp(manifest.generation, manifest_files(manifest))
             if writable:
                 manifest.check_writable()
                 _collect_garbage(root, manifest)
-            return cls(root, manifest, writable=writable, lock_fd=lock_fd)  # loads the deletion bitmaps
+            return cls(root, manifest, writable=writable, lock_fd=lock_fd, lease=lease)  # loads the deletion bitmaps
         except BaseException:
             if lock_fd is not None:
                 os.close(lock_fd)
+            if lease is not None:
+                lease.release()
             raise
 
     def close(self) -> None:
+        self._closed = True
         for seg in self._segments or []:
             seg.close()
         self._segments = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._lease is not None:
+            self._lease.release()
 
     def __enter__(self) -> "Store":
         return self
@@ -196,6 +214,22 @@ class Store:
         """
         return [SegmentReader.open(self.root / SEGMENTS_DIR / s.name) for s in self.manifest.segments]
 
+    def lease(self) -> Lease:
+        """A new lease on this handle's generation, for a long-lived reader of it (a Searcher's corpus).
+
+        While it is held no writer removes the files this generation names, even after
+        this handle moves on or closes; release() it when done. Safe to take at any
+        time: this handle's own lease (or its writer lock) protects the generation
+        until the new lease is visible.
+        """
+        if self._closed:
+            raise StoreError("store handle is closed: open the store again to read it")
+        if not self.writable and not self._lease.held:
+            return Lease(None, None, self.generation)  # read-only media: no writer to protect against
+        lease = Lease.acquire(self.root)
+        lease.stamp(self.generation, manifest_files(self.manifest))
+        return lease
+
     def deleted(self, i: int) -> np.ndarray:
         """Boolean deletion mask of segment i (all False when it has no deletions)."""
         return self._deleted[i]
@@ -261,66 +295,82 @@ class Store:
             raise StoreError("store opened read-only: use Store.open(path, writable=True) to change it")
 
     def add(self, ids: Sequence[str], embeddings: Sequence[Any], *, payloads: Sequence[bytes] | None = None,
-            progress: bool = False) -> int:
+            upsert: bool = False, progress: bool = False) -> int:
         """Add documents in one commit; trains the codec on the first add. Returns the new generation.
 
         Embeddings: one (n_tokens, dim) float16/32/64 numpy array or torch tensor per
         document; rows are L2-normalized on the way in. Payloads: optional bytes per
         document kept beside it (the Index keeps its text there). On bad input a
-        ValueError names the document and nothing is written.
+        ValueError names the document and nothing is written. An id that is live in
+        the store is an error unless upsert=True, which deletes the old document in
+        the same commit (a deleted id may always be added again).
         """
         self._require_writable()
-        source = InMemorySource(ids, embeddings, self.input_dim, set(self._ids_index()), payloads)
-        return self.add_source(source, progress=progress)
+        source = InMemorySource(ids, embeddings, self.input_dim, None if upsert else set(self._ids_index()), payloads)
+        return self.add_source(source, upsert=upsert, progress=progress)
 
     def add_embeddings(self, path: str | os.PathLike, *, ids: Sequence[str] | None = None,
-                       payloads: Sequence[bytes] | None = None, progress: bool = True) -> int:
+                       payloads: Sequence[bytes] | None = None, upsert: bool = False, progress: bool = True) -> int:
         """Add an embedding bundle (docs.npy + doclens.npy [+ ids.txt]) or a directory of .npy files.
 
         ids (instead of the bundle's ids.txt) and payloads (optional bytes per
         document) are in the bundle's document order.
         """
         self._require_writable()
-        source = open_source(path, self.input_dim, set(self._ids_index()), ids)
+        source = open_source(path, self.input_dim, None if upsert else set(self._ids_index()), ids)
         source.payloads = check_payloads(payloads, source.n_docs)
-        return self.add_source(source, progress=progress)
+        return self.add_source(source, upsert=upsert, progress=progress)
 
-    def add_source(self, source: DocSource, *, progress: bool = False) -> int:
-        """Encode a document source into one new segment and commit it (FORMAT.md section 12)."""
+    def add_source(self, source: DocSource, *, upsert: bool = False, progress: bool = False) -> int:
+        """Encode a document source into one new segment and commit it (FORMAT.md section 12).
+
+        With upsert=True, live documents with the source's ids are deleted by the same commit.
+        """
         self._require_writable()
         if source.dim != self.input_dim:
             raise ValueError(f"source has dim {source.dim}, the store takes dim {self.input_dim}")
+        index = self._ids_index()
+        replaced = [i for i in source.ids() if i in index]
+        if replaced and not upsert:
+            raise ValueError(f"document id {replaced[0]!r} is already in the store "
+                             f"({len(replaced)} such ids); pass upsert=True to replace them")
         m = self.manifest
         new_codec = m.codec is None
         if new_codec:
-            projection, codec = self._train_codec(source)
+            projection, codec, limit = self._train_codec(source)
         else:
-            projection, codec = self.projection, self.codec
+            projection, codec, limit = self.projection, self.codec, self._drift_threshold()
         generation = m.generation + 1
         name = f"seg-{generation:06d}"
         seg_path = self.root / SEGMENTS_DIR / name
         codec_path = self.root / CODEC_DIR
         projection_path = self.root / PROJECTION_DIR
+        written: list[str] = []
         try:
             if new_codec:
                 if projection is not None:
                     write_projection(projection_path, projection, self.manifest.settings["reduction"])
                 write_codec(codec_path, codec)
+                if limit is not None:
+                    _set_attributes(codec_path, {_drift.THRESHOLD_ATTR: limit})
                 failpoint("add.codec_written")
             payloads = source.payloads
             writer = SegmentWriter(seg_path, codec, source.n_docs, source.n_tokens, payloads=payloads is not None)
             bar = _progress(progress, source.n_tokens, f"encoding {name}")
-            done = 0
+            done = far = 0
             for batch_ids, doclens, tokens in source.batches():
                 if projection is not None:
                     tokens = project(tokens, projection)
                 codes, residuals = codec.encode(tokens)
+                far += _drift.count_far(codec.centroids, tokens, codes, limit)
                 part = None if payloads is None else payloads[done : done + len(batch_ids)]
                 writer.append(batch_ids, doclens, codes, residuals, part)
                 done += len(batch_ids)
                 bar.update(len(tokens))
                 failpoint("add.batch_written")
             bar.close()
+            if limit is not None:
+                writer.attrs[_drift.FAR_ATTR] = far
             writer.finish()
             failpoint("add.segment_written")
             fsync_tree(seg_path)
@@ -328,74 +378,176 @@ class Store:
                 fsync_tree(codec_path)
                 if projection is not None:
                     fsync_tree(projection_path)
+            entries = self._write_deletes(generation, replaced, written) if replaced else list(m.segments)
             fsync_dir(self.root / SEGMENTS_DIR)
             fsync_dir(self.root)
             failpoint("add.before_commit")
-            entry = SegmentEntry(name=name, documents=source.n_docs, tokens=source.n_tokens)
+            entries.append(SegmentEntry(name=name, documents=source.n_docs, tokens=source.n_tokens))
             codec_entry = m.codec or CodecEntry("residual", CODEC_DIR, self.dim, self.nbits, codec.num_centroids)
-            self._commit(replace(m, generation=generation, codec=codec_entry, segments=m.segments + (entry,)))
-        except BaseException:
+            self._commit(replace(m, generation=generation, codec=codec_entry, segments=tuple(entries)))
+        except BaseException as e:
             if not self._committed(generation):  # not committed: leave no trace
                 shutil.rmtree(seg_path, ignore_errors=True)
+                self._unlink_segment_files(written)
                 if new_codec:
                     shutil.rmtree(codec_path, ignore_errors=True)
                     shutil.rmtree(projection_path, ignore_errors=True)
+            self._note_failure(e, "add", generation)
             raise
         self._codec, self._projection = codec, projection
         return generation
 
-    def _train_codec(self, source: DocSource) -> tuple[np.ndarray | None, ResidualCodec]:
-        """(reduction matrix or None, codec), both fitted on one token sample of the first add."""
+    def _train_codec(self, source: DocSource) -> tuple[np.ndarray | None, ResidualCodec, float | None]:
+        """(reduction matrix or None, codec, drift threshold), all fitted on token samples of the first add.
+
+        The drift threshold (store/_drift.py) comes from up to 2^14 tokens k-means did not
+        see, when the source has more tokens than the training sample; otherwise from the
+        training sample itself (small first adds: later segments of the same data then
+        read above 1%).
+        """
         settings = self.manifest.settings
         k = settings.get("num_centroids") or default_num_centroids(source.n_tokens)
         seed = int(settings.get("seed", 0))
-        sample = source.sample(training_sample_size(source.n_tokens, k), seed)
+        n_train = training_sample_size(source.n_tokens, k)
+        n_probe = min(_drift.THRESHOLD_SAMPLE, source.n_tokens - n_train)
+        if n_probe > 0:
+            both = source.sample(n_train + n_probe, seed)
+            order = np.random.default_rng(seed + 1).permutation(len(both))  # bundle samples come in file order
+            sample, probe = both[order[:n_train]], both[order[n_train:]]
+        else:
+            sample = source.sample(n_train, seed)
+            probe = sample[np.random.default_rng(seed + 1).permutation(len(sample))[: _drift.THRESHOLD_SAMPLE]]
         projection = None
         if self.input_dim != self.dim:
             projection = fit_projection(settings["reduction"], sample, self.dim, seed)
-            sample = project(sample, projection)
+            sample, probe = project(sample, projection), project(probe, projection)
         codec = ResidualCodec.train(sample, self.nbits, num_centroids=k, n_tokens=source.n_tokens, seed=seed)
+        limit = _drift.threshold(codec.centroids, probe, codec.assign(probe)) if len(probe) else None
         if codec.num_centroids < k:
             warnings.warn(
                 f"the first add has only {source.n_tokens} tokens: the codec gets {codec.num_centroids} centroids "
                 f"instead of {k}, for the life of this store; add a representative first batch for better compression",
                 stacklevel=3,
             )
-        return projection, codec
+        return projection, codec, limit
+
+    def _drift_threshold(self) -> float | None:
+        """The residual-norm threshold recorded at the first add; None for stores written before it was."""
+        if self.manifest.codec is None:
+            return None
+        value = read_attributes(self.root / self.manifest.codec.path).get(_drift.THRESHOLD_ATTR)
+        return float(value) if isinstance(value, (int, float)) else None
 
     def delete(self, ids: Sequence[str]) -> int:
-        """Mark documents deleted in one commit (new bitmap files; segments are never edited)."""
+        """Mark documents deleted in one commit (new bitmap files; segments are never edited).
+
+        Every id must be live: an unknown (or already deleted) id raises KeyError and nothing changes.
+        """
         self._require_writable()
+        if isinstance(ids, str):
+            raise ValueError("ids must be a list of strings, not one string")
         index = self._ids_index()
-        ids = list(ids)
+        ids = list(dict.fromkeys(ids))
         if not ids:
             return self.manifest.generation  # nothing to delete: no new generation
         missing = [i for i in ids if i not in index]
         if missing:
-            raise KeyError(f"cannot delete unknown document ids: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+            raise KeyError(f"cannot delete unknown document ids: {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+                           " (nothing was deleted)")
         m = self.manifest
         generation = m.generation + 1
+        written: list[str] = []
+        try:
+            entries = self._write_deletes(generation, ids, written)
+            fsync_dir(self.root / SEGMENTS_DIR)
+            failpoint("delete.before_commit")
+            self._commit(replace(m, generation=generation, segments=tuple(entries)))
+        except BaseException as e:
+            if not self._committed(generation):
+                self._unlink_segment_files(written)
+            self._note_failure(e, "delete", generation)
+            raise
+        return generation
+
+    def _write_deletes(self, generation: int, ids: list[str], written: list[str]) -> list[SegmentEntry]:
+        """Write (and fsync) the bitmaps of commit `generation` deleting live `ids`; the new segment entries.
+
+        Each file name is appended to `written` before its write, so a failed commit can remove it.
+        """
+        index = self._ids_index()
         masks = {si: self.deleted(si).copy() for si in {index[i][0] for i in ids}}
         for i in ids:
             si, local = index[i]
             masks[si][local] = True
-        entries = list(m.segments)
-        written = []
+        entries = list(self.manifest.segments)
+        for si, mask in masks.items():
+            fname = f"{entries[si].name}.{generation:06d}.del"
+            written.append(fname)  # before the write: a failed fsync leaves the file behind
+            write_durable(self.root / SEGMENTS_DIR / fname, encode_deletes(mask))
+            entries[si] = replace(entries[si], deletes=fname, deleted=int(mask.sum()))
+        return entries
+
+    def _unlink_segment_files(self, names: list[str]) -> None:
+        for fname in names:
+            (self.root / SEGMENTS_DIR / fname).unlink(missing_ok=True)
+
+    def compact(self) -> int:
+        """Merge every segment into one without the deleted documents, in one commit. Returns the generation.
+
+        Rows are copied as stored (no decode/re-encode: lossless, codec-agnostic);
+        document order and content are unchanged. Nothing to do (at most one segment and
+        no deletions) commits nothing and returns the current generation. The old files
+        are removed once the new manifest is durable and no reader holds a lease on an
+        older generation (otherwise by a later commit or writable open).
+        """
+        self._require_writable()
+        m = self.manifest
+        if len(m.segments) <= 1 and not any(e.deleted for e in m.segments):
+            return m.generation
+        generation = m.generation + 1
+        name = f"seg-{generation:06d}"
+        seg_path = self.root / SEGMENTS_DIR / name
+        keep = [np.flatnonzero(~self.deleted(si)) for si in range(len(m.segments))]
+        n_docs = sum(len(k) for k in keep)
+        n_tokens = sum(int(np.diff(seg.doc_offsets)[k].sum()) for seg, k in zip(self.segments, keep))
         try:
-            for si, mask in masks.items():
-                fname = f"{entries[si].name}.{generation:06d}.del"
-                written.append(fname)  # before the write: a failed fsync leaves the file behind
-                write_durable(self.root / SEGMENTS_DIR / fname, encode_deletes(mask))
-                entries[si] = replace(entries[si], deletes=fname, deleted=int(mask.sum()))
-            fsync_dir(self.root / SEGMENTS_DIR)
-            failpoint("delete.before_commit")
-            self._commit(replace(m, generation=generation, segments=tuple(entries)))
-        except BaseException:
+            entries: tuple[SegmentEntry, ...] = ()
+            if n_docs:  # all deleted: the store keeps its codec and has no segment
+                with_payloads = any(seg.has_payloads for seg, k in zip(self.segments, keep) if len(k))
+                writer = SegmentWriter(seg_path, self.codec, n_docs, n_tokens, payloads=with_payloads)
+                drift_parts = []
+                for e, seg, k in zip(m.segments, self.segments, keep):
+                    if len(k):
+                        copy_documents(seg, k, seg.ids(), writer)
+                        live_tokens = int(np.diff(seg.doc_offsets)[k].sum())
+                        drift_parts.append((_segment_far_tokens(seg.path), e.tokens, live_tokens))
+                        failpoint("compact.batch_written")
+                far = far_tokens_estimate(drift_parts)
+                if far is not None:
+                    writer.attrs[_drift.FAR_ATTR] = far
+                writer.finish()
+                failpoint("compact.segment_written")
+                fsync_tree(seg_path)
+                fsync_dir(self.root / SEGMENTS_DIR)
+                fsync_dir(self.root)
+                entries = (SegmentEntry(name=name, documents=n_docs, tokens=n_tokens),)
+            failpoint("compact.before_commit")
+            self._commit(replace(m, generation=generation, segments=entries))
+        except BaseException as e:
             if not self._committed(generation):
-                for fname in written:
-                    (self.root / SEGMENTS_DIR / fname).unlink(missing_ok=True)
+                shutil.rmtree(seg_path, ignore_errors=True)
+            self._note_failure(e, "compact", generation)
             raise
         return generation
+
+    def _note_failure(self, error: BaseException, what: str, generation: int) -> None:
+        """Say on the error (a note: its type and errno stay as they were) where the store stands."""
+        if self._committed(generation):
+            error.add_note(f"lodestore: {what} failed after its commit point: {self.root} is at generation "
+                           f"{generation}, which includes the {what}")
+        else:
+            error.add_note(f"lodestore: {what} failed; nothing was committed: {self.root} is still at "
+                           f"generation {generation - 1}")
 
     def _commit(self, manifest: Manifest) -> None:
         try:
@@ -406,6 +558,13 @@ class Store:
                 # the new generation is the store's state from now on
                 self.manifest = manifest
                 self._segments_reset()
+        # durable (step 7 done): what the previous generation named and this one does not is garbage now
+        failpoint("commit.before_gc")
+        try:
+            _collect_garbage(self.root, manifest)
+        except OSError as e:  # the commit stands; the next writable open collects what is left
+            warnings.warn(f"{self.root}: committed generation {manifest.generation}, but removing old files failed: {e}",
+                          stacklevel=3)
 
     def _committed(self, generation: int) -> bool:
         """Whether the manifest on disk names `generation` (i.e. the rename of step 6 happened)."""
@@ -431,9 +590,13 @@ class Store:
             for name, size in segment_disk_usage(self.root / SEGMENTS_DIR / s.name).items():
                 arrays[name] = arrays.get(name, 0) + size
         arrays["codec"] = _du(self.root / CODEC_DIR)
-        total = _du(self.root)
+        total = _du(self.root) - _du(self.root / READERS_DIR)  # not the readers' own lease files
         tokens = m.tokens
         token_data = sum(arrays.get(k, 0) for k in ("codes", "residuals", "doc_offsets", "id_offsets", "id_bytes"))
+        drift = _drift.summarize(
+            [(s.name, s.tokens, _segment_far_tokens(self.root / SEGMENTS_DIR / s.name)) for s in m.segments],
+            self._drift_threshold(),
+        )
         return {
             "path": str(self.root),
             "format_version": m.format_version,
@@ -451,6 +614,7 @@ class Store:
             "bytes_per_token": total / tokens if tokens else 0.0,
             "token_bytes_per_token": token_data / tokens if tokens else 0.0,
             "array_bytes": arrays,
+            "drift": drift,
         }
 
     def verify(self) -> VerifyReport:
@@ -503,14 +667,30 @@ def _acquire_lock(root: Path) -> int:
     return fd
 
 
+_GENERATION_IN_NAME = re.compile(r"^seg-(\d+)(?:\.(\d+)\.del)?$")
+
+
 def _collect_garbage(root: Path, manifest: Manifest) -> None:
-    """Remove what no committed manifest names: crash leftovers (FORMAT.md section 13). Writer lock held."""
+    """Remove what the current manifest does not name and no reader can need (FORMAT.md section 13).
+
+    Writer lock held, after `manifest` is durable. Files an older generation named
+    (superseded bitmaps, compacted segments) stay while a live reader lease names them;
+    a later commit or writable open removes them. While a lease is unreadable (being
+    stamped) only crash leftovers of commits that never happened (a generation above the
+    current one in the name) go.
+    """
     (root / (MANIFEST_NAME + ".tmp")).unlink(missing_ok=True)
-    live = {s.name for s in manifest.segments} | {s.deletes for s in manifest.segments if s.deletes}
+    named = manifest_files(manifest)
     seg_dir = root / SEGMENTS_DIR
-    for p in seg_dir.iterdir() if seg_dir.is_dir() else []:
-        if p.name not in live:
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    garbage = [p for p in (seg_dir.iterdir() if seg_dir.is_dir() else []) if p.name not in named]
+    if garbage:
+        leases = live_leases(root)
+        if any(files is None for _, files in leases):
+            garbage = [p for p in garbage if (_name_generation(p.name) or 0) > manifest.generation]
+        pinned = set().union(*[files for _, files in leases if files is not None])
+        garbage = [p for p in garbage if p.name not in pinned]
+    for p in garbage:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     if manifest.codec is None:
         for name in (CODEC_DIR, PROJECTION_DIR):
             if (root / name).exists():
@@ -524,6 +704,32 @@ def write_projection(path: Path, matrix: np.ndarray, kind: str) -> None:
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     group.attrs.update({"kind": kind, "input_dim": int(matrix.shape[0]), "dim": int(matrix.shape[1])})
     write_small_array(group, "matrix", np.ascontiguousarray(matrix, dtype=np.float32).ravel())
+
+
+def manifest_files(manifest: Manifest) -> set[str]:
+    """The names under segments/ that a manifest names: its segments and their current bitmaps."""
+    return {s.name for s in manifest.segments} | {s.deletes for s in manifest.segments if s.deletes}
+
+
+def _name_generation(name: str) -> int | None:
+    """The generation that created `seg-{G}` or `{segment}.{G}.del` (None for any other name)."""
+    m = _GENERATION_IN_NAME.match(name)
+    if m is None:
+        return None
+    return int(m.group(2) or m.group(1))
+
+
+def _segment_far_tokens(path: Path) -> int | None:
+    """The far-token count a segment recorded at write time (None when it has none)."""
+    value = read_attributes(path).get(_drift.FAR_ATTR)
+    return int(value) if isinstance(value, int) else None
+
+
+def _set_attributes(group_path: Path, attrs: dict[str, Any]) -> None:
+    """Add attributes to a Zarr group being written (before its tree is fsynced)."""
+    import zarr
+
+    zarr.open_group(str(group_path), mode="r+").attrs.update(attrs)
 
 
 def _du(path: Path) -> int:

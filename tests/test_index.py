@@ -133,8 +133,14 @@ def test_add_after_open_is_searchable(tmp_path: Path, enc: Encoder) -> None:
             assert index.search("cat on a mat", k=1)[0].id == "a"
             index.add(["c"], ["quantum chromodynamics of gluons"])  # the next search sees generation 2
             assert index.search("gluons and quantum chromodynamics", k=1)[0].id == "c"
+            index.add(["a"], ["gluons in quantum chromodynamics, again"], upsert=True)
+            hit = index.search("gluons and quantum chromodynamics", k=1)[0]
+            assert hit.id in ("a", "c")
+            assert index.documents(["a"])[0]["text"] == "gluons in quantum chromodynamics, again"
             index.delete(["c"])
             assert "c" not in {h.id for h in index.search("gluons and quantum chromodynamics", k=3)}
+            index.store.compact()
+            assert index.documents(["a", "b"])[1]["text"] == "stock markets fell sharply today"
 
 
 def test_cli_index_query_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

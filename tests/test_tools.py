@@ -168,3 +168,28 @@ def test_bench_encoder_prints_one_row_per_setting(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")]
     assert [r.split(" | ")[1] for r in rows] == ["2", "4"]
     assert float(rows[0].split(" | ")[3]) == 1.0  # the first row is the baseline
+def test_bench_updates_runs(bundle, tmp_path, capsys):
+    from tools import bench_updates
+
+    assert bench_updates.main([str(bundle), str(tmp_path / "w"), "--queries", "4", "--foreign-docs", "5",
+                               "--centroids", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "| foreign (random Gaussian) |" in out and "| compact |" in out
+    assert "4/4 queries with the same ids" in out  # compaction changes no answer
+
+
+def test_bench_payloads_compares_store_and_sqlite(tmp_path, capsys):
+    import warnings
+
+    from tools import bench_payloads
+
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with lodestore.Store.create(tmp_path / "s", dim=8, num_centroids=4) as s:
+            s.add([f"d{i}" for i in range(30)], [rng.normal(size=(3, 8)) for _ in range(30)],
+                  payloads=[(f"document {i} " * 50).encode() for i in range(30)])
+    assert bench_payloads.main([str(tmp_path / "s"), "--lookups", "5", "--k", "3"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "MB" in line]
+    assert [r.split(" | ")[0] for r in rows] == ["| store payload arrays (gzip, CRC32C)", "| SQLite table (no checksums)"]
+    assert float(rows[0].split(" | ")[2]) < 1.0  # repetitive text compresses

@@ -7,9 +7,11 @@ previous documents bit for bit, verify() passes, nothing the failed commit wrote
 is left behind, retrying the same commit on the failed handle succeeds, and a
 reopened writer sees the retried commit.
 
-The one exception is a failure after the manifest's rename (the directory fsync):
-the new generation is then already visible, so the store must be at the new
-generation, complete, not at a half-removed one.
+The one exception is a failure after the manifest's rename (the directory fsync, or
+the removal of files the new generation no longer names): the new generation is then
+already visible, so the store must be at the new generation, complete, not at a
+half-removed one. Operations: first add, add, add of a bundle, delete, compact, and
+add with upsert (a new segment and new bitmaps in one commit).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import pytest
 
 import store
+from store import _compact as compact_mod
 from store import _fs
 from store._manifest import MANIFEST_NAME
 
@@ -68,6 +71,7 @@ class Op:
 
 
 FIRST_ADD, ADD, ADD_BUNDLE, DELETE = Op("first add", fresh=True), Op("add", fresh=False), Op("add bundle", fresh=False), Op("delete", fresh=False)
+COMPACT, UPSERT = Op("compact", fresh=False), Op("upsert", fresh=False)
 ADDS = (FIRST_ADD, ADD, ADD_BUNDLE)
 
 
@@ -101,6 +105,13 @@ def make_op(tmp_path, template_store, new_docs, monkeypatch):
         if op is DELETE:
             victims = [s.ids()[0], s.ids()[5], s.ids()[-1]]  # both segments
             return s, lambda: s.delete(victims)
+        if op is COMPACT:
+            monkeypatch.setattr(compact_mod, "COPY_TOKENS", 64)  # several copy steps per segment
+            s.delete([s.ids()[0], s.ids()[5], s.ids()[-1]])  # both segments lose a document
+            return s, lambda: s.compact()
+        if op is UPSERT:
+            replaced = [s.ids()[1], s.ids()[-2]]  # a new segment and two bitmaps in one commit
+            return s, lambda: s.add(replaced + new_docs.ids[2:], new_docs.docs, upsert=True)
         return s, lambda: s.add(new_docs.ids, new_docs.docs)
 
     return make
@@ -137,6 +148,9 @@ PRE_RENAME_FAILPOINTS = [
     (ADD_BUNDLE, "add.batch_written"),  # between two batches of a streamed bundle
     *[(op, fp) for op in (FIRST_ADD, ADD, DELETE) for fp in ("manifest.before_write", "manifest.before_fsync", "manifest.before_rename")],
     (DELETE, "delete.before_commit"),
+    *[(COMPACT, fp) for fp in ("compact.batch_written", "compact.segment_written", "compact.before_commit",
+                               "manifest.before_write", "manifest.before_fsync", "manifest.before_rename")],
+    *[(UPSERT, fp) for fp in ("add.segment_written", "add.before_commit", "manifest.before_rename")],
 ]
 
 
@@ -146,11 +160,11 @@ def test_every_failpoint_is_covered():
 
     root = Path(store.__file__).parent
     named = set()
-    for src in ("_store.py", "_fs.py"):
-        text = (root / src).read_text()
+    for src in root.glob("*.py"):
+        text = src.read_text()
         named |= set(re.findall(r'failpoint\("([a-z_.]+)"\)', text))
         named |= {f"manifest.{step}" for step in re.findall(r'failpoint\(f"\{step\}\.([a-z_]+)"\)', text)}
-    covered = {fp for _, fp in PRE_RENAME_FAILPOINTS} | {"manifest.before_dir_fsync"}
+    covered = {fp for _, fp in PRE_RENAME_FAILPOINTS} | set(POST_RENAME_FAILPOINTS)
     assert named and named <= covered, f"failpoints without a test: {sorted(named - covered)}"
 
 
@@ -195,24 +209,34 @@ def expected_after_success(before: tuple, op: Op, new_docs, s_root: Path) -> tup
     with store.Store.open(s_root) as r:
         got = content(r)
     generation, docs = before
+    if op is COMPACT:
+        return generation + 1, docs
+    if op is UPSERT:  # two documents replaced, six new ones
+        assert set(docs) < set(got[1]) and len(got[1]) == len(docs) + 6
+        return generation + 1, got[1]
     if op is DELETE:
         assert set(got[1]) < set(docs)
         return generation + 1, {i: t for i, t in docs.items() if i in got[1]}
     return generation + 1, {**docs, **{i: got[1][i] for i in new_docs.ids}}
 
 
-@pytest.mark.parametrize("op", [FIRST_ADD, ADD, DELETE], ids=repr)
-def test_failure_after_the_rename_keeps_the_new_generation(make_op, new_docs, extra, op):
-    """The manifest was renamed, then the directory fsync failed: the commit is visible,
-    so its files must stay and every handle must agree it happened."""
+POST_RENAME_FAILPOINTS = ["manifest.before_dir_fsync", "commit.before_gc"]
+
+
+@pytest.mark.parametrize("failpoint", POST_RENAME_FAILPOINTS)
+@pytest.mark.parametrize("op", [FIRST_ADD, ADD, DELETE, COMPACT, UPSERT], ids=repr)
+def test_failure_after_the_rename_keeps_the_new_generation(make_op, new_docs, extra, op, failpoint):
+    """The manifest was renamed, then the directory fsync (or the removal of old files)
+    failed: the commit is visible, so its files must stay and every handle must agree it happened."""
     s, run = make_op(op)
     before = content(s)
-    _fs.set_failpoint("manifest.before_dir_fsync", lambda: (_ for _ in ()).throw(Injected("dir fsync")))
-    with pytest.raises(Injected):
+    _fs.set_failpoint(failpoint, lambda: (_ for _ in ()).throw(Injected(failpoint)))
+    with pytest.raises(Injected) as info:
         run()
-    _fs.set_failpoint("manifest.before_dir_fsync", None)
+    _fs.set_failpoint(failpoint, None)
+    assert f"is at generation {before[0] + 1}, which includes the" in info.value.__notes__[0]
     after = expected_after_success(before, op, new_docs, s.root)
-    if op is not DELETE:
+    if op in (FIRST_ADD, ADD):
         assert set(new_docs.ids) <= set(after[1])
     assert_content(s, after)
     with store.Store.open(s.root) as reader:
@@ -249,7 +273,7 @@ def fsync_counts(tmp_path_factory, template_store, clustered_corpus):
     counts = {}
     mp = pytest.MonkeyPatch()
     try:
-        for op in (FIRST_ADD, ADD, DELETE):
+        for op in (FIRST_ADD, ADD, DELETE, COMPACT):
             root = tmp_path_factory.mktemp("count") / "store"
             new = clustered_corpus(8, 32, seed=55, n_clusters=6, mean_len=30, prefix="new")
             if op.fresh:
@@ -260,6 +284,9 @@ def fsync_counts(tmp_path_factory, template_store, clustered_corpus):
                 shutil.copytree(template_store, root)
                 s = store.Store.open(root, writable=True)
             run = (lambda s=s: s.delete([s.ids()[0], s.ids()[5], s.ids()[-1]])) if op is DELETE else (lambda s=s: s.add(new.ids, new.docs))
+            if op is COMPACT:
+                s.delete([s.ids()[0], s.ids()[5], s.ids()[-1]])
+                run = s.compact
             counts[op.name] = count_fsyncs((s, run), mp)
     finally:
         mp.undo()
@@ -271,7 +298,7 @@ def fsync_counts(tmp_path_factory, template_store, clustered_corpus):
 FSYNC_POINTS = [0, "middle", -2]
 
 
-@pytest.mark.parametrize("op", [FIRST_ADD, ADD, DELETE], ids=repr)
+@pytest.mark.parametrize("op", [FIRST_ADD, ADD, DELETE, COMPACT], ids=repr)
 @pytest.mark.parametrize("which", FSYNC_POINTS, ids=str)
 def test_enospc_in_fsync_leaves_previous_generation(make_op, fsync_counts, monkeypatch, op, which):
     n = fsync_counts[op.name]
@@ -293,10 +320,13 @@ def test_enospc_in_fsync_leaves_previous_generation(make_op, fsync_counts, monke
         run()
     monkeypatch.setattr(os, "fsync", real)
     assert info.value.errno == errno.ENOSPC
+    assert "No space left" in str(info.value)  # the OS error reaches the caller as it is, with a note:
+    assert info.value.__notes__ == [f"lodestore: {op.name.split()[-1]} failed; nothing was committed: "
+                                    f"{s.root} is still at generation {before[0]}"]
     check_after_failure(s, run, before, files_before)
 
 
-@pytest.mark.parametrize("op", [FIRST_ADD, ADD, DELETE], ids=repr)
+@pytest.mark.parametrize("op", [FIRST_ADD, ADD, DELETE, COMPACT], ids=repr)
 def test_enospc_in_the_last_fsync_keeps_the_new_generation(make_op, fsync_counts, new_docs, monkeypatch, op):
     n = fsync_counts[op.name]
     s, run = make_op(op)
@@ -315,8 +345,9 @@ def test_enospc_in_the_last_fsync_keeps_the_new_generation(make_op, fsync_counts
 
 
 @pytest.mark.parametrize(
-    "op, only_manifest", [(ADD, True), (DELETE, True), (FIRST_ADD, False)],
-    ids=["add-manifest rename", "delete-manifest rename", "first add-any rename"],
+    "op, only_manifest", [(ADD, True), (DELETE, True), (FIRST_ADD, False), (COMPACT, True), (COMPACT, False)],
+    ids=["add-manifest rename", "delete-manifest rename", "first add-any rename", "compact-manifest rename",
+         "compact-any rename"],
 )
 def test_enospc_in_replace_leaves_previous_generation(make_op, monkeypatch, op, only_manifest):
     """os.replace fails: for the manifest's rename, or for any (zarr also writes every
@@ -340,7 +371,7 @@ def test_enospc_in_replace_leaves_previous_generation(make_op, monkeypatch, op, 
     check_after_failure(s, run, before, files_before)
 
 
-@pytest.mark.parametrize("op", [ADD_BUNDLE], ids=repr)
+@pytest.mark.parametrize("op", [ADD_BUNDLE, COMPACT], ids=repr)
 def test_enospc_while_writing_chunks(make_op, monkeypatch, op):
     """The disk fills while zarr writes the segment's residual chunks."""
     import zarr.storage._local as local

@@ -1,10 +1,14 @@
-"""A writer SIGKILLed at every step of add and delete: the store opens, verifies, and holds
-exactly the state before or after the interrupted commit (FORMAT.md section 12)."""
+"""A writer SIGKILLed at every step of add, delete, compact and upsert: the store opens, verifies,
+and holds exactly the state before or after the interrupted commit (FORMAT.md section 12),
+compared document by document (ids in store order, decoded token matrices) and by generation.
+
+tools/soak_crash.py is the long version: it kills at every fsync as well (>= 200 points).
+"""
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,9 +22,11 @@ import store
 DIM = 16
 
 WRITER = textwrap.dedent("""
-    import json, sys
+    import sys
     import numpy as np
     import store
+    from store import _compact
+    _compact.COPY_TOKENS = 16  # several copy steps
     path, op, prefix = sys.argv[1], sys.argv[2], sys.argv[3]
     with store.Store.open(path, writable=True) as s:
         if op == "add":
@@ -30,27 +36,36 @@ WRITER = textwrap.dedent("""
         elif op == "first-add":
             rng = np.random.default_rng(8)
             s.add([f"d{i}" for i in range(6)], [rng.standard_normal((6, %d)) for _ in range(6)])
+        elif op == "compact":
+            s.compact()
+        elif op == "upsert":
+            rng = np.random.default_rng(9)
+            s.add(["d2", "e1", f"{prefix}0"], [rng.standard_normal((4, %d)) for _ in range(3)], upsert=True)
         else:
             s.delete(["d1", "d4"])
     print("finished")
-""" % (DIM, DIM))
+""" % (DIM, DIM, DIM))
 
-ADD_STEPS = ["add.batch_written", "add.segment_written", "add.before_commit", "manifest.before_write",
-             "manifest.before_fsync", "manifest.before_rename", "manifest.before_dir_fsync"]
+COMMIT_STEPS = ["manifest.before_write", "manifest.before_fsync", "manifest.before_rename",
+                "manifest.before_dir_fsync", "commit.before_gc"]
+AFTER_THE_RENAME = {"manifest.before_dir_fsync", "commit.before_gc"}  # the commit is visible
+ADD_STEPS = ["add.batch_written", "add.segment_written", "add.before_commit"] + COMMIT_STEPS
 FIRST_ADD_STEPS = ["add.codec_written"] + ADD_STEPS
-DELETE_STEPS = ["delete.before_commit", "manifest.before_write", "manifest.before_fsync",
-                "manifest.before_rename", "manifest.before_dir_fsync"]
+DELETE_STEPS = ["delete.before_commit"] + COMMIT_STEPS
+COMPACT_STEPS = ["compact.batch_written", "compact.segment_written", "compact.before_commit"] + COMMIT_STEPS
+UPSERT_STEPS = ["add.segment_written", "add.before_commit", "manifest.before_rename", "commit.before_gc"]
 
 
-def snapshot(path) -> dict[str, np.ndarray]:
+def snapshot(path) -> tuple[int, dict[str, np.ndarray]]:
     with store.Store.open(path) as s:
         report = s.verify()
         assert report.ok, str(report)
-        return {i: s.get(i) for i in s.ids()}
+        return s.generation, {i: s.get(i) for i in s.ids()}
 
 
-def same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+def same(a: tuple, b: tuple) -> bool:
+    return (a[0] == b[0] and list(a[1]) == list(b[1])
+            and all(np.array_equal(a[1][k], b[1][k]) for k in a[1]))
 
 
 def run_writer(path, op: str, kill_at: str | None, prefix: str = "new") -> subprocess.CompletedProcess:
@@ -61,44 +76,88 @@ def run_writer(path, op: str, kill_at: str | None, prefix: str = "new") -> subpr
                           capture_output=True, text=True, timeout=120)
 
 
-@pytest.fixture
-def populated(tmp_path):
-    path = tmp_path / "s"
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """Two segments and a deletion: add, delete, compact and upsert all have work to do."""
+    path = tmp_path_factory.mktemp("crash") / "base"
     rng = np.random.default_rng(1)
     with store.Store.create(path, dim=DIM, nbits=2, num_centroids=16) as s:
         s.add([f"d{i}" for i in range(8)], [rng.standard_normal((int(n), DIM)) for n in rng.integers(3, 15, 8)])
+        s.add([f"e{i}" for i in range(4)], [rng.standard_normal((int(n), DIM)) for n in rng.integers(3, 15, 4)])
+        s.delete(["d6"])
     return path
 
 
-def check_kill(path, op: str, step: str) -> None:
+@pytest.fixture(scope="module")
+def after_states(base, tmp_path_factory):
+    """op -> the state a writer that is not killed leaves (computed once per op)."""
+    cache = {}
+
+    def get(op: str):
+        if op not in cache:
+            path = tmp_path_factory.mktemp("after") / "s"
+            shutil.copytree(base, path)
+            proc = run_writer(path, op, None)
+            assert proc.returncode == 0, proc.stderr
+            cache[op] = snapshot(path)
+        return cache[op]
+
+    return get
+
+
+@pytest.fixture
+def populated(base, tmp_path):
+    path = tmp_path / "s"
+    shutil.copytree(base, path)
+    return path
+
+
+def check_kill(path, op: str, step: str, after: tuple) -> None:
     before = snapshot(path)
     proc = run_writer(path, op, step)
     assert proc.returncode == -signal.SIGKILL, (step, proc.returncode, proc.stderr)
     assert "finished" not in proc.stdout
     after_kill = snapshot(path)  # opens read-only, verify() passes
     # recovery: a writable open collects the leftovers; the result must not change
-    with store.Store.open(path, writable=True):
-        pass
+    with store.Store.open(path, writable=True) as w:
+        named = {e.name for e in w.manifest.segments} | {e.deletes for e in w.manifest.segments if e.deletes}
     assert same(snapshot(path), after_kill)
-    if step == "manifest.before_dir_fsync":  # the rename happened: the commit is visible
-        assert not same(after_kill, before)
-    else:
-        assert same(after_kill, before), f"killed at {step}: state changed"
-    # the store still takes writes, and a full run lands
-    proc = run_writer(path, "add", None, prefix="later")
-    assert proc.returncode == 0, proc.stderr
+    assert {p.name for p in (path / "segments").iterdir()} == named, "leftovers survived recovery"
+    expected = after if step in AFTER_THE_RENAME else before
+    assert same(after_kill, expected), f"killed at {step}: neither the expected state nor generation"
+    # the store still takes writes
+    rng = np.random.default_rng(3)
+    with store.Store.open(path, writable=True) as w:
+        w.add(["later0", "later1"], [rng.standard_normal((4, DIM)) for _ in range(2)])
+        assert w.verify().ok
 
 
 @pytest.mark.crash
 @pytest.mark.parametrize("step", ADD_STEPS)
-def test_kill_during_add(populated, step):
-    check_kill(populated, "add", step)
+def test_kill_during_add(populated, after_states, step):
+    check_kill(populated, "add", step, after_states("add"))
 
 
 @pytest.mark.crash
 @pytest.mark.parametrize("step", DELETE_STEPS)
-def test_kill_during_delete(populated, step):
-    check_kill(populated, "delete", step)
+def test_kill_during_delete(populated, after_states, step):
+    check_kill(populated, "delete", step, after_states("delete"))
+
+
+@pytest.mark.crash
+@pytest.mark.parametrize("step", COMPACT_STEPS)
+def test_kill_during_compact(populated, after_states, step):
+    after = after_states("compact")
+    assert len(after[1]) == 11  # d6 is gone from the compacted store; content otherwise unchanged
+    check_kill(populated, "compact", step, after)
+    with store.Store.open(populated) as s:
+        assert len(s.manifest.segments) == (2 if step in AFTER_THE_RENAME else 3)  # + the later add
+
+
+@pytest.mark.crash
+@pytest.mark.parametrize("step", UPSERT_STEPS)
+def test_kill_during_upsert(populated, after_states, step):
+    check_kill(populated, "upsert", step, after_states("upsert"))
 
 
 @pytest.mark.crash
@@ -109,7 +168,18 @@ def test_kill_during_the_first_add_leaves_an_empty_store(tmp_path, step):
     proc = run_writer(path, "first-add", step)
     assert proc.returncode == -signal.SIGKILL, (step, proc.stderr)
     with store.Store.open(path, writable=True) as s:  # collects a half-written codec/segment
-        want = 6 if step == "manifest.before_dir_fsync" else 0
+        want = 6 if step in AFTER_THE_RENAME else 0
         assert len(s) == want and s.verify().ok
         if want == 0:
             assert not (path / "codec").exists() and not any((path / "segments").iterdir())
+
+
+@pytest.mark.crash
+def test_soak_tool_runs_at_a_tiny_size(tmp_path, capsys):
+    """tools/soak_crash.py end to end (kept small: the named failpoints above cover every operation)."""
+    from tools import soak_crash
+
+    assert soak_crash.main(["--workdir", str(tmp_path), "--ops", "delete,compact", "--points", "2", "--random", "1",
+                            "--docs", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "| **all** | | 4 | 2 |" in out and "| compact |" in out and "| 0 |" in out

@@ -378,16 +378,20 @@ def test_reader_keeps_its_generation_while_a_writer_commits(store_copy, template
 
 
 def test_old_reader_survives_delete_and_writer_reopen(store_copy, template_corpus):
-    """A writable open collects deletion bitmaps the current manifest no longer names;
-    a reader opened at an older generation has its bitmaps loaded already."""
+    """Writers collect deletion bitmaps the current manifest no longer names, but not one
+    that a reader opened at an older generation holds a lease on (FORMAT.md section 13)."""
     ids = template_corpus.ids
     with store.Store.open(store_copy, writable=True) as w:
         w.delete([ids[0]])
     reader = store.Store.open(store_copy)  # generation 3 names seg-000001.000003.del
     with store.Store.open(store_copy, writable=True) as w:
         w.delete([ids[1]])  # generation 4 names seg-000001.000004.del
-    store.Store.open(store_copy, writable=True).close()  # collects seg-000001.000003.del
+    store.Store.open(store_copy, writable=True).close()
+    bitmap = store_copy / "segments" / "seg-000001.000003.del"
     try:
+        assert bitmap.exists()  # the reader's lease names it
         assert reader.ids() == ids[1:]
     finally:
         reader.close()
+    store.Store.open(store_copy, writable=True).close()
+    assert not bitmap.exists()  # collected once the reader let go
