@@ -61,18 +61,19 @@ def test_bad_payloads_rejected(tmp_path: Path, payloads, message: str) -> None:
 
 
 def test_corrupt_payload_chunk_is_reported(tmp_path: Path) -> None:
-    payloads = [bytes([i % 251]) * 50_000 for i in range(4)]  # 200 KB: four chunks
+    payloads = [bytes([i % 251]) * 50_000 for i in range(4)]  # 200 KB: many chunks
     _store(tmp_path / "s", payloads).close()
-    chunk = tmp_path / "s" / "segments" / "seg-000001" / "payload_bytes" / "c" / "2"
+    first_of_d2 = 100_000 // PAYLOAD_CHUNK
+    chunk = tmp_path / "s" / "segments" / "seg-000001" / "payload_bytes" / "c" / str(first_of_d2)
     raw = bytearray(chunk.read_bytes())
     raw[5] ^= 0xFF
     chunk.write_bytes(bytes(raw))
     with Store.open(tmp_path / "s") as store:
         assert store.payloads(["d0"]) == [payloads[0]]  # chunk 0 only: the damage is not met
-        with pytest.raises(CorruptStoreError, match="payload_bytes/c/2: checksum mismatch"):
+        with pytest.raises(CorruptStoreError, match=f"payload_bytes/c/{first_of_d2}: checksum mismatch"):
             store.payloads(["d2"])
         report = store.verify()
-        assert not report.ok and any("payload_bytes/c/2" in f for f in report.failures)
+        assert not report.ok and any(f"payload_bytes/c/{first_of_d2}" in f for f in report.failures)
 
 
 def test_payloads_survive_other_commits(tmp_path: Path) -> None:
