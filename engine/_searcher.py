@@ -29,7 +29,7 @@ from ._corpus import Corpus, _ramp
 from ._maxsim import centroid_scores_concat, maxsim_concat, maxsim_torch, top_k
 from ._prefetch import Prefetcher
 
-DEFAULT_BUDGET = "auto"  # index + codes + 4 MB cache (docs/BENCHMARKS.md 2.0)
+DEFAULT_BUDGET = "auto"  # index + 4 MB cache (docs/BENCHMARKS.md 2.0)
 DEFAULT_NPROBE = 8
 DEFAULT_NDOCS = 384  # 96 survivors; measured recall@10 vs exhaustive: 0.993 (1e6), 0.969 (5e6), 0.984 (cranfield)
 STREAM_CHUNK = 16  # survivors scored per exact-MaxSim step (reads of the next steps overlap it)

@@ -9,13 +9,14 @@ from engine._budget import AUTO_CACHE, MIN_CACHE, parse_size, place
 MB = 1 << 20
 
 
-def test_auto_keeps_index_and_codes_and_a_small_cache():
+def test_auto_keeps_the_index_and_a_small_cache():
     p = place(parse_size("auto"), index_bytes=20 * MB, codes_bytes=10 * MB, residual_bytes=160 * MB)
-    assert (p.name, p.codes_resident, p.residuals_resident, p.cache_bytes) == ("codes-in-RAM", True, False, AUTO_CACHE)
+    assert (p.name, p.codes_resident, p.residuals_resident, p.cache_bytes) == ("disk", False, False, AUTO_CACHE)
+    assert p.budget == 20 * MB + AUTO_CACHE
 
 
 def test_auto_keeps_a_store_that_fits_in_that_all_in_ram():
-    p = place("auto", index_bytes=1 * MB, codes_bytes=1 * MB, residual_bytes=4 * MB)
+    p = place("auto", index_bytes=1 * MB, codes_bytes=1 * MB, residual_bytes=2 * MB)
     assert p.name == "all-in-RAM"
 
 
