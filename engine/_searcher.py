@@ -41,8 +41,9 @@ class Searcher:
     """Answers MaxSim queries over a store within a memory budget.
 
     memory_budget: bytes, a size string ("64MB"), "auto" (the default: what
-    candidate generation needs, i.e. the index and the per-token centroid ids,
-    plus a 4 MB cache), or "all" to keep everything in RAM.
+    candidate generation needs, i.e. the centroids, inverted lists and each
+    document's distinct centroid ids, plus a 4 MB cache; token rows and their
+    per-token ids are read for the survivors), or "all" to keep everything in RAM.
     nprobe: centroids probed per query token. ndocs: a quarter of it (at least k)
     is how many candidates reach exact re-ranking.
     device: "cpu" (numpy, no torch import) or a torch device such as "cuda" for
