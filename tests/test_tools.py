@@ -193,3 +193,16 @@ def test_bench_payloads_compares_store_and_sqlite(tmp_path, capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "MB" in line]
     assert [r.split(" | ")[0] for r in rows] == ["| store payload arrays (gzip, CRC32C)", "| SQLite table (no checksums)"]
     assert float(rows[0].split(" | ")[2]) < 1.0  # repetitive text compresses
+
+
+def test_bench_payloads_builds_from_a_collection(capsys):
+    from pathlib import Path
+
+    from tools import bench_payloads
+
+    sample = Path(__file__).parent.parent / "tools" / "data" / "scifact-sample"
+    assert bench_payloads.main(["--collection", str(sample), "--lookups", "3", "--k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "300 documents" in out and "| store payload arrays" in out
+    with pytest.raises(SystemExit):
+        bench_payloads.main([])  # neither a store nor a collection

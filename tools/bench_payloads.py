@@ -1,8 +1,12 @@
 """Where should document text live? The store's payload arrays vs an embedded SQLite file.
 
     python -m tools.bench_payloads STORE [--lookups 200] [--k 10]
+    python -m tools.bench_payloads --collection DIR [--lookups 200] [--k 10]
 
-STORE is a text index (lodestore index). Copies every payload into a SQLite
+STORE is a text index (lodestore index); with --collection the tool builds, in a
+temp dir, a store holding that BEIR corpus's payloads exactly as the Index
+writes them, with 8-d placeholder vectors (payload arrays do not depend on the
+vectors), so no encoding is needed. Copies every payload into a SQLite
 table (id TEXT PRIMARY KEY, payload BLOB) beside it in a temp dir, then times
 fetching the payloads of k random documents, `--lookups` times, both ways
 (page cache warm), and prints bytes on disk and ms per k-document fetch.
@@ -21,16 +25,41 @@ from pathlib import Path
 import numpy as np
 
 
+def _open(args: argparse.Namespace, tmp: Path):
+    """The store to measure: the one given, or one built from --collection's payloads."""
+    from store import Store
+
+    if args.store is not None:
+        return Store.open(args.store)
+    import warnings
+
+    from lodestore.collection import Collection
+    from lodestore.index import _payloads
+
+    docs = Collection.load(args.collection).docs
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # few tokens: small codec
+        with Store.create(tmp / "store", dim=8, num_centroids=16) as store:
+            store.add([d["_id"] for d in docs], [rng.normal(size=(2, 8)) for _ in docs],
+                      payloads=_payloads([d.get("text") or "" for d in docs], [d.get("title") or "" for d in docs],
+                                         [{} for _ in docs]))
+    return Store.open(tmp / "store")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.bench_payloads", description=__doc__.split("\n")[0])
-    p.add_argument("store", type=Path)
+    p.add_argument("store", type=Path, nargs="?")
+    p.add_argument("--collection", type=Path, default=None)
     p.add_argument("--lookups", type=int, default=200)
     p.add_argument("--k", type=int, default=10)
     args = p.parse_args(argv)
 
     from store import Store
 
-    with Store.open(args.store) as store, tempfile.TemporaryDirectory() as tmp:
+    if (args.store is None) == (args.collection is None):
+        p.error("give a STORE or --collection DIR")
+    with tempfile.TemporaryDirectory() as tmp, _open(args, Path(tmp)) as store:
         ids = store.ids()
         payloads = store.payloads(ids)
         if all(x is None for x in payloads):
