@@ -16,8 +16,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._codec import ResidualCodec, check_params, ensure_trained, training_sample_size, default_num_centroids
-from ._codec_io import read_codec, verify_codec, write_codec
+from ._codec import ensure_trained, training_sample_size, default_num_centroids
+from ._codec_io import read_store_codec, verify_codec, write_codec
+from ._codecs import (MANIFEST_KIND, Codec, creation_settings, reader_features, resolve_codec, settings_codec,
+                      train_codec)
+from ._pq import PQ_TRAINING_SAMPLE
 from ._deletes import encode_deletes, read_deletes
 from ._errors import StoreError, StoreLockedError
 from ._fs import failpoint, fsync_dir, fsync_tree, write_durable
@@ -54,7 +57,7 @@ class Store:
         self.manifest = manifest
         self.writable = writable
         self._lock_fd = lock_fd
-        self._codec: ResidualCodec | None = None
+        self._codec: Codec | None = None
         self._segments: list[SegmentReader] | None = None
         self._deleted: list[np.ndarray] = []
         self._id_map: dict[str, tuple[int, int]] | None = None
@@ -62,10 +65,17 @@ class Store:
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
-    def create(cls, path: str | os.PathLike, dim: int = 128, nbits: int = 2, *,
+    def create(cls, path: str | os.PathLike, dim: int = 128, nbits: int | None = None, *,
+               codec: str | None = None, pq_subspaces: int | None = None,
                num_centroids: int | None = None, seed: int = 0) -> "Store":
-        """Create an empty store at `path` (which must not exist or be an empty directory)."""
-        check_params(dim, nbits)
+        """Create an empty store at `path` (which must not exist or be an empty directory).
+
+        codec: "scalar" (centroid + `nbits` 1/2/4 bits per dimension, default 2) or
+        "pq" (centroid + `pq_subspaces` 16/32/64 bytes, one per residual subspace;
+        default: the most that fit in dim/4 bytes). None: "scalar" when nbits is
+        given, "pq" when pq_subspaces is, else the default codec.
+        """
+        codec, nbits, pq_subspaces = resolve_codec(dim, nbits, codec, pq_subspaces)
         if num_centroids is not None and not 1 <= num_centroids <= 65536:
             raise ValueError(f"num_centroids must be in [1, 65536], got {num_centroids}")
         root = Path(path)
@@ -75,7 +85,9 @@ class Store:
         (root / SEGMENTS_DIR).mkdir()
         lock_fd = _acquire_lock(root)
         manifest = Manifest(generation=0, dim=int(dim), nbits=int(nbits),
-                            settings={"num_centroids": num_centroids, "seed": int(seed)})
+                            settings={"num_centroids": num_centroids, "seed": int(seed),
+                                      **creation_settings(codec, pq_subspaces)},
+                            reader_features=reader_features(codec))
         write_manifest(root, manifest)
         fsync_dir(root.parent)
         return cls(root, manifest, writable=True, lock_fd=lock_fd)
@@ -130,10 +142,12 @@ class Store:
         return self.manifest.generation
 
     @property
-    def codec(self) -> ResidualCodec:
-        """The trained codec (StoreError if nothing was added yet)."""
-        if self._codec is None and self.manifest.codec is not None:
-            self._codec = read_codec(self.root / self.manifest.codec.path, self.nbits)
+    def codec(self) -> Codec:
+        """The trained codec, ResidualCodec or PQCodec (StoreError if nothing was added yet)."""
+        entry = self.manifest.codec
+        if self._codec is None and entry is not None:
+            self._codec = read_store_codec(self.root / entry.path, entry.kind, nbits=self.nbits, dim=self.dim,
+                                           pq_subspaces=entry.pq_subspaces)
         return ensure_trained(self._codec)
 
     @property
@@ -248,7 +262,9 @@ class Store:
             fsync_dir(self.root)
             failpoint("add.before_commit")
             entry = SegmentEntry(name=name, documents=source.n_docs, tokens=source.n_tokens)
-            codec_entry = m.codec or CodecEntry("residual", CODEC_DIR, self.dim, self.nbits, codec.num_centroids)
+            codec_entry = m.codec or CodecEntry(
+                MANIFEST_KIND[settings_codec(m.settings)[0]], CODEC_DIR, self.dim, self.nbits, codec.num_centroids,
+                pq_subspaces=settings_codec(m.settings)[1])
             self._commit(replace(m, generation=generation, codec=codec_entry, segments=m.segments + (entry,)))
         except BaseException:
             if not self._committed(generation):  # not committed: leave no trace
@@ -259,12 +275,16 @@ class Store:
         self._codec = codec
         return generation
 
-    def _train_codec(self, source: DocSource) -> ResidualCodec:
+    def _train_codec(self, source: DocSource) -> Codec:
         settings = self.manifest.settings
+        kind, pq_subspaces = settings_codec(settings)
         k = settings.get("num_centroids") or default_num_centroids(source.n_tokens)
         seed = int(settings.get("seed", 0))
         sample = source.sample(training_sample_size(source.n_tokens, k), seed)
-        codec = ResidualCodec.train(sample, self.nbits, num_centroids=k, n_tokens=source.n_tokens, seed=seed)
+        # pq: its codebooks learn from a second draw (residuals of tokens k-means did not fit)
+        residual_sample = source.sample(PQ_TRAINING_SAMPLE, seed + 1) if kind == "pq" else None
+        codec = train_codec(sample, kind, nbits=self.nbits, pq_subspaces=pq_subspaces, num_centroids=k,
+                            n_tokens=source.n_tokens, seed=seed, residual_sample=residual_sample)
         if codec.num_centroids < k:
             warnings.warn(
                 f"the first add has only {source.n_tokens} tokens: the codec gets {codec.num_centroids} centroids "
@@ -354,6 +374,9 @@ class Store:
             "segments": len(m.segments),
             "dim": m.dim,
             "nbits": m.nbits,
+            "codec": settings_codec(m.settings)[0],
+            "pq_subspaces": settings_codec(m.settings)[1],
+            "residual_bytes_per_token": self.codec.residual_bytes if m.codec else None,
             "centroids": m.codec.num_centroids if m.codec else 0,
             "bytes_on_disk": total,
             "bytes_per_token": total / tokens if tokens else 0.0,
