@@ -26,7 +26,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         store = Store.open(path, writable=True)
     else:
         dim = _bundle_dim(Path(args.embeddings))
-        store = Store.create(path, dim=dim, nbits=args.nbits, num_centroids=args.centroids, seed=args.seed)
+        store = Store.create(path, dim=dim, nbits=args.nbits, codec=args.codec, pq_subspaces=args.pq_subspaces,
+                             num_centroids=args.centroids, seed=args.seed)
     with store:
         generation = store.add_embeddings(args.embeddings, progress=not args.quiet)
         print(f"committed generation {generation}: {store}")
@@ -112,7 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build (or extend) a store from an embedding bundle or a directory of .npy files")
     b.add_argument("store")
     b.add_argument("--embeddings", required=True, help="bundle dir (docs.npy, doclens.npy[, ids.txt]) or dir of .npy files")
-    b.add_argument("--nbits", type=int, default=2, choices=(1, 2, 4))
+    b.add_argument("--codec", choices=("scalar", "pq"), default=None,
+                   help="residual codec (default: scalar if --nbits is given, pq if --pq-subspaces is, else the library default)")
+    b.add_argument("--nbits", type=int, default=None, choices=(1, 2, 4), help="scalar codec: bits per dimension (default 2)")
+    b.add_argument("--pq-subspaces", type=int, default=None, choices=(16, 32, 64),
+                   help="pq codec: bytes per token residual (default: the most that fit in dim/4 bytes)")
     b.add_argument("--centroids", type=int, default=None, help="number of k-means centroids (default: from corpus size)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--quiet", action="store_true")

@@ -138,3 +138,20 @@ def test_sweep_search_prints_one_row_per_setting(bundle, built, capsys):
     assert sweep_search.main([str(bundle), str(built), "--grid", "2x16,4x32", "--queries", "4"]) == 0
     out = capsys.readouterr().out
     assert "| 2 | 16 | 10 |" in out and "| 4 | 32 | 10 |" in out
+
+
+def test_bench_codec_runs(bundle, tmp_path, capsys):
+    from tools import bench_codec
+
+    assert bench_codec.main([str(bundle), "--queries", "4", "--codecs", "s2,pq16", "--num-centroids", "32",
+                             "--work", str(tmp_path), "--e2e"]) == 0
+    out = capsys.readouterr().out
+    assert "| 2-bit scalar | 8 |" in out and "| PQ 16 x 256 | 16 |" in out and "pq default" in out
+
+
+def test_cli_builds_a_pq_store(bundle, tmp_path):
+    path = tmp_path / "pq"
+    assert cli.main(["build", str(path), "--embeddings", str(bundle), "--centroids", "32", "--codec", "pq",
+                     "--pq-subspaces", "16", "--quiet"]) == 0
+    with lodestore.Store.open(path) as store:
+        assert store.manifest.codec.kind == "pq" and store.codec.residual_bytes == 16

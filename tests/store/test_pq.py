@@ -270,3 +270,17 @@ def test_verify_checks_the_codebooks(pq_store):
     with store.Store.open(pq_store) as s:
         report = s.verify()
     assert not report.ok and "pq_codebooks" in str(report)
+
+
+def test_format_worked_example(monkeypatch):
+    """FORMAT.md 7.5's worked example (dim 4, m 2: m outside {16, 32, 64} only for its size)."""
+    import store._pq as pq
+
+    monkeypatch.setattr(pq, "PQ_SUBSPACES_ALLOWED", (2,))
+    codebooks = np.full((2, 256, 2), 10.0, dtype=np.float32)  # the codewords the example leaves out: far away
+    codebooks[0, 0], codebooks[0, 1] = [0, 0], [-0.02, 0.2]
+    codebooks[1, 0], codebooks[1, 1] = [0, 0], [-0.06, 0]
+    codec = pq.PQCodec(np.array([[1, 0, 0, 0], [0, 1, 0, 0]], dtype=np.float16), codebooks)
+    codes, rows = codec.encode(np.array([[0.96, 0.2, -0.06, 0]], dtype=np.float32) / np.float32(np.linalg.norm([0.96, 0.2, -0.06, 0])))
+    assert codes.tolist() == [0] and rows.tolist() == [[1, 1]]
+    np.testing.assert_allclose(codec.decode(codes, rows)[0], [0.978045, 0.199601, -0.059880, 0], atol=1e-6)
