@@ -14,7 +14,8 @@ gets the same centroids (one k-means, as Store trains it) and is judged on:
   decode    ms to decode 1e5 tokens; +MaxSim: decode and score them against one query (BLAS)
   LUT       pq only: ms to score the same 1e5 tokens without decoding, by per-query tables
             T[s, code] = <q_s, codebook_s[code]> (the alternative FORMAT.md's issue asked to measure)
-All timings on one BLAS thread (as the Searcher runs a query), median of 5.
+All timings on one BLAS thread (as the Searcher runs a query), median of 9 rounds that
+time every codec once each (round-robin, so load swings on a shared machine hit all alike).
 
 --e2e also builds two lodestore stores under --work (scalar 2-bit and pq with the default
 subspaces, dim/4 bytes or fewer) and runs the Searcher on both, query by query in
@@ -37,6 +38,7 @@ import numpy as np
 
 BLOCK = 1 << 16  # tokens per decode/score block
 COST_TOKENS = 100_000
+COST_ROUNDS = 9
 
 
 def load_unit(bundle: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -130,12 +132,12 @@ def lut_scores(codec, q: np.ndarray, codes: np.ndarray, rows: np.ndarray) -> np.
     return out
 
 
-def costs(codec, codes, rows, q: np.ndarray) -> dict:
-    c, r = codes[:COST_TOKENS], rows[:COST_TOKENS]
-    out = {"decode_ms": median_ms(lambda: codec.decode(c, r)),
-           "score_ms": median_ms(lambda: q @ codec.decode(c, r).T)}
+def costs(codec, c, r, q: np.ndarray) -> dict:
+    """One timing of each operation on these 1e5 tokens (ms)."""
+    out = {"decode_ms": median_ms(lambda: codec.decode(c, r), 1),
+           "score_ms": median_ms(lambda: q @ codec.decode(c, r).T, 1)}
     if hasattr(codec, "codebooks"):
-        out["lut_ms"] = median_ms(lambda: lut_scores(codec, q, c, r))
+        out["lut_ms"] = median_ms(lambda: lut_scores(codec, q, c, r), 1)
     return out
 
 
@@ -164,7 +166,7 @@ def codec_table(args, x, doclens, queries, truth) -> list[dict]:
     kmeans_s = time.perf_counter() - t
     coarse._index()
     print(f"k-means: K={coarse.num_centroids} on {len(sample):,} tokens in {kmeans_s:.1f} s", file=sys.stderr)
-    rows_out = []
+    rows_out, timed = [], []
     for kind, p in parse_codecs(args.codecs):
         t = time.perf_counter()
         if kind == "pq":
@@ -185,13 +187,23 @@ def codec_table(args, x, doclens, queries, truth) -> list[dict]:
             return y
 
         top = maxsim_topk(blocks, doclens, queries)
-        with threadpool_limits(1, "blas"):
-            cost = costs(codec, codes, rows, queries[0])
         name = f"PQ {p} x 256" if kind == "pq" else f"{p}-bit scalar"
         row = {"codec": name, "bytes": codec.residual_bytes, "cosine": cos_sum / n, "recall": recall(top, truth),
-               "train_s": train_s, "encode_s": encode_s, **cost}
+               "train_s": train_s, "encode_s": encode_s}
         print(json.dumps(row), file=sys.stderr)
         rows_out.append(row)
+        timed.append((row, codec, codes[:COST_TOKENS].copy(), rows[:COST_TOKENS].copy()))
+        del codes, rows
+    # costs last, round-robin over the codecs (one repetition of each per round), so that
+    # the shared machine's load swings hit every codec alike
+    samples: dict[int, dict[str, list[float]]] = {i: {} for i in range(len(timed))}
+    with threadpool_limits(1, "blas"):
+        for _ in range(COST_ROUNDS):
+            for i, (_row, codec, c, r) in enumerate(timed):
+                for key, ms in costs(codec, c, r, queries[0]).items():
+                    samples[i].setdefault(key, []).append(ms)
+    for i, (row, *_rest) in enumerate(timed):
+        row.update({key: float(np.median(v)) for key, v in samples[i].items()})
     rows_out.sort(key=lambda r: (r["bytes"], r["codec"]))
     return rows_out, kmeans_s, coarse.num_centroids
 

@@ -112,7 +112,9 @@ def test_row_layout_byte_s_is_the_code_of_subspace_s(trained):
 )
 def test_pq_store_round_trips_every_document(tmp_path_factory, clustered_corpus, row_cosines, seed, n_docs, splits, dim_m):
     """Any corpus, in any number of commits: ids, order, the codec's exact output, and every document
-    within the stated cosine bound."""
+    of the first add (the codec's training data) within the stated cosine bound. Later adds are held
+    to the bound only when the first was representative (the next test): a codec trained on one
+    document cannot reconstruct a second from another cluster, whatever its kind."""
     dim, m = dim_m
     corpus = clustered_corpus(n_docs, dim, seed=seed, n_clusters=4, mean_len=8, min_len=1, max_len=20)
     cuts = sorted({c for c in splits if c < n_docs})
@@ -124,11 +126,13 @@ def test_pq_store_round_trips_every_document(tmp_path_factory, clustered_corpus,
     with store.Store.open(path) as s:
         assert isinstance(s.codec, PQCodec) and s.codec.subspaces == m
         assert s.ids() == corpus.ids
-        for i, doc in zip(corpus.ids, corpus.docs):
+        for n, (i, doc) in enumerate(zip(corpus.ids, corpus.docs)):
             got = s.get(i)
             assert got.dtype == np.float32 and got.shape == doc.shape
             np.testing.assert_allclose(got, s.codec.decode(*s.codec.encode(doc)), rtol=0, atol=2e-5)
-            assert row_cosines(got, doc).mean() >= PQ_DOC_MEAN_COS, i
+            if n < bounds[0][1]:
+                cos = row_cosines(got, doc)
+                assert cos.mean() >= PQ_DOC_MEAN_COS and cos.min() >= PQ_TOKEN_COS, i
         assert s.verify().ok
 
 
