@@ -63,7 +63,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     rows = [
         ("path", s["path"]), ("format version", s["format_version"]), ("generation", s["generation"]),
         ("documents", f"{s['documents']:,}"), ("deleted", f"{s['deleted']:,}"), ("tokens", f"{s['tokens']:,}"),
-        ("segments", s["segments"]), ("dim", s["dim"]), ("nbits", s["nbits"]), ("centroids", f"{s['centroids']:,}"),
+        ("segments", s["segments"]), ("dim", s["dim"]),
+        ("codec", f"pq, {s['pq_subspaces']} subspaces" if s["codec"] == "pq" else f"scalar, {s['nbits']} bits"),
+        ("centroids", f"{s['centroids']:,}"),
         ("bytes on disk", _human(s["bytes_on_disk"])), ("bytes / token (all files)", f"{s['bytes_per_token']:.2f}"),
         ("bytes / token (token data)", f"{s['token_bytes_per_token']:.2f}"),
     ]

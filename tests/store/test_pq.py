@@ -217,6 +217,13 @@ def test_default_pq_subspaces_fit_the_2bit_budget(tmp_path, dim, m):
         assert s.manifest.settings["pq_subspaces"] == m
 
 
+def test_the_default_codec_is_pq_at_the_2bit_budget(tmp_path):
+    """Store.create without codec arguments: pq, with dim/4 residual bytes where allowed (128 -> 32)."""
+    with store.Store.create(tmp_path / "s", dim=128) as s:
+        assert s.manifest.settings["codec"] == "pq" and s.manifest.settings["pq_subspaces"] == 32
+        assert s.manifest.reader_features == ("codec-pq",)
+
+
 def test_codec_is_chosen_from_the_arguments(tmp_path):
     with store.Store.create(tmp_path / "a", dim=64, pq_subspaces=16) as s:
         assert s.manifest.settings["codec"] == "pq"
