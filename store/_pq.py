@@ -73,8 +73,6 @@ class PQCodec:
         object.__setattr__(self, "_flat", cb.reshape(-1, cb.shape[2]))
         object.__setattr__(self, "_base", (np.arange(cb.shape[0]) * PQ_CODES).astype(np.uint16))  # m*256 <= 16384
 
-    kind = "pq"
-
     @property
     def dim(self) -> int:
         return int(self.centroids.shape[1])
