@@ -19,7 +19,7 @@ from ._pq import PQ_SUBSPACES_ALLOWED, PQCodec, check_pq_params
 Codec = Union[ResidualCodec, PQCodec]
 
 CODECS = ("scalar", "pq")
-# pq: measured (docs/BENCHMARKS.md section 5) higher end-to-end recall@10 than scalar 2-bit at equal
+# pq: measured (docs/BENCHMARKS.md section 7) higher end-to-end recall@10 than scalar 2-bit at equal
 # (d=128) or fewer (cranfield, d=384: 64 vs 96) residual bytes, p50 within 10%; builds are slower.
 DEFAULT_CODEC = "pq"
 DEFAULT_NBITS = 2

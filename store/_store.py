@@ -262,9 +262,9 @@ class Store:
             fsync_dir(self.root)
             failpoint("add.before_commit")
             entry = SegmentEntry(name=name, documents=source.n_docs, tokens=source.n_tokens)
-            codec_entry = m.codec or CodecEntry(
-                MANIFEST_KIND[settings_codec(m.settings)[0]], CODEC_DIR, self.dim, self.nbits, codec.num_centroids,
-                pq_subspaces=settings_codec(m.settings)[1])
+            kind, pq_subspaces = settings_codec(m.settings)
+            codec_entry = m.codec or CodecEntry(MANIFEST_KIND[kind], CODEC_DIR, self.dim, self.nbits,
+                                                codec.num_centroids, pq_subspaces=pq_subspaces)
             self._commit(replace(m, generation=generation, codec=codec_entry, segments=m.segments + (entry,)))
         except BaseException:
             if not self._committed(generation):  # not committed: leave no trace
@@ -363,6 +363,7 @@ class Store:
         arrays["codec"] = _du(self.root / CODEC_DIR)
         total = _du(self.root)
         tokens = m.tokens
+        kind, pq_subspaces = settings_codec(m.settings)
         token_data = sum(arrays.get(k, 0) for k in ("codes", "residuals", "doc_offsets", "id_offsets", "id_bytes"))
         return {
             "path": str(self.root),
@@ -374,8 +375,8 @@ class Store:
             "segments": len(m.segments),
             "dim": m.dim,
             "nbits": m.nbits,
-            "codec": settings_codec(m.settings)[0],
-            "pq_subspaces": settings_codec(m.settings)[1],
+            "codec": kind,
+            "pq_subspaces": pq_subspaces,
             "residual_bytes_per_token": self.codec.residual_bytes if m.codec else None,
             "centroids": m.codec.num_centroids if m.codec else 0,
             "bytes_on_disk": total,
