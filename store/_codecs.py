@@ -20,7 +20,8 @@ Codec = Union[ResidualCodec, PQCodec]
 
 CODECS = ("scalar", "pq")
 # pq: measured (docs/BENCHMARKS.md section 7) higher end-to-end recall@10 than scalar 2-bit at equal
-# (d=128) or fewer (cranfield, d=384: 64 vs 96) residual bytes, p50 within 10%; builds are slower.
+# (d=128: +0.016, +0.010) or fewer (cranfield, d=384: 64 vs 96 B, +0.011) residual bytes, p50 within
+# 10%; builds are slower.
 DEFAULT_CODEC = "pq"
 DEFAULT_NBITS = 2
 # manifest codec.kind of each codec ("residual" is format v1's name for the scalar codec)
