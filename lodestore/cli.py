@@ -26,7 +26,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         store = Store.open(path, writable=True)
     else:
         dim = _bundle_dim(Path(args.embeddings))
-        store = Store.create(path, dim=dim, nbits=args.nbits, num_centroids=args.centroids, seed=args.seed)
+        store = Store.create(path, dim=dim, nbits=args.nbits, codec=args.codec, pq_subspaces=args.pq_subspaces,
+                             num_centroids=args.centroids, seed=args.seed)
     with store:
         generation = store.add_embeddings(args.embeddings, progress=not args.quiet)
         print(f"committed generation {generation}: {store}")
@@ -74,7 +75,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     rows = [
         ("path", s["path"]), ("format version", s["format_version"]), ("generation", s["generation"]),
         ("documents", f"{s['documents']:,}"), ("deleted", f"{s['deleted']:,}"), ("tokens", f"{s['tokens']:,}"),
-        ("segments", s["segments"]), ("dim", s["dim"]), ("nbits", s["nbits"]), ("centroids", f"{s['centroids']:,}"),
+        ("segments", s["segments"]), ("dim", s["dim"]),
+        ("codec", f"pq, {s['pq_subspaces']} subspaces" if s["codec"] == "pq" else f"scalar, {s['nbits']} bits"),
+        ("centroids", f"{s['centroids']:,}"),
         ("bytes on disk", _human(s["bytes_on_disk"])), ("bytes / token (all files)", f"{s['bytes_per_token']:.2f}"),
         ("bytes / token (token data)", f"{s['token_bytes_per_token']:.2f}"),
     ]
@@ -144,7 +147,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     if path.exists() and any(path.iterdir()):
         index = Index.open(path, encoder, writable=True)
     else:
-        index = Index.create(path, encoder, nbits=args.nbits, reduction=args.reduction,
+        index = Index.create(path, encoder, nbits=args.nbits, codec=args.codec, pq_subspaces=args.pq_subspaces,
+                             reduction=args.reduction,
                              dim=DEFAULT_DIM if args.dim is None else args.dim,
                              num_centroids=args.centroids, seed=args.seed)
     with index:
@@ -210,7 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build (or extend) a store from an embedding bundle or a directory of .npy files")
     b.add_argument("store")
     b.add_argument("--embeddings", required=True, help="bundle dir (docs.npy, doclens.npy[, ids.txt]) or dir of .npy files")
-    b.add_argument("--nbits", type=int, default=2, choices=(1, 2, 4))
+    b.add_argument("--codec", choices=("scalar", "pq"), default=None,
+                   help="residual codec (default: scalar if --nbits is given, pq if --pq-subspaces is, else the library default)")
+    b.add_argument("--nbits", type=int, default=None, choices=(1, 2, 4), help="scalar codec: bits per dimension (default 2)")
+    b.add_argument("--pq-subspaces", type=int, default=None, choices=(16, 32, 64),
+                   help="pq codec: bytes per token residual (default: the most that fit in dim/4 bytes)")
     b.add_argument("--centroids", type=int, default=None, help="number of k-means centroids (default: from corpus size)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--quiet", action="store_true")
@@ -256,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--encoder", default=None, help="directory with model.onnx, tokenizer.json, encoder.json (default: packaged MiniLM)")
     x.add_argument("--embeddings", default=None,
                    help="a bundle of these documents already encoded by the same encoder (tools/encode_collection): no re-encoding")
-    x.add_argument("--nbits", type=int, default=2, choices=(1, 2, 4))
+    x.add_argument("--codec", choices=("scalar", "pq"), default=None, help="residual codec (default: as lodestore build)")
+    x.add_argument("--nbits", type=int, default=None, choices=(1, 2, 4), help="scalar codec: bits per dimension")
+    x.add_argument("--pq-subspaces", type=int, default=None, choices=(16, 32, 64), help="pq codec: bytes per token residual")
     x.add_argument("--dim", type=int, default=None, help="store vectors reduced to this dimension by --reduction (default: lodestore.index.DEFAULT_DIM; the encoder's dim keeps them whole)")
     x.add_argument("--reduction", default="pca", choices=("pca", "random"))
     x.add_argument("--centroids", type=int, default=None)

@@ -23,7 +23,7 @@ from store import Store
 
 #: Documents encoded per slice while adding: bounds the float32 vectors held in RAM.
 ENCODE_SLICE = 256
-#: Stored dimension of token vectors (None: the encoder's own). Chosen in docs/BENCHMARKS.md section 5.
+#: Stored dimension of token vectors (None: the encoder's own). Chosen in docs/BENCHMARKS.md section 7.3.
 DEFAULT_DIM: int | None = None
 
 
@@ -54,18 +54,22 @@ class Index:
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
-    def create(cls, path: str | os.PathLike, encoder: Encoder | None = None, nbits: int = 2, *,
+    def create(cls, path: str | os.PathLike, encoder: Encoder | None = None, nbits: int | None = None, *,
+               codec: str | None = None, pq_subspaces: int | None = None,
                dim: int | None = DEFAULT_DIM, reduction: str = "pca", num_centroids: int | None = None,
                seed: int = 0, **searcher_options: Any) -> "Index":
         """Create an empty index at `path` for vectors from `encoder` (default: the packaged MiniLM).
 
+        nbits / codec / pq_subspaces choose the residual codec as in Store.create
+        (default: the store's default codec).
         dim: store token vectors reduced to this many dimensions by `reduction`
-        ("pca" or "random", fitted at the first add; docs/BENCHMARKS.md section 5
+        ("pca" or "random", fitted at the first add; docs/BENCHMARKS.md section 7.3
         measured the choice); None or the encoder's dim keeps them whole.
         """
         encoder = encoder or Encoder.default()
         dim = encoder.dim if dim is None or dim >= encoder.dim else int(dim)
-        store = Store.create(path, dim=dim, nbits=nbits, num_centroids=num_centroids, seed=seed,
+        store = Store.create(path, dim=dim, nbits=nbits, codec=codec, pq_subspaces=pq_subspaces,
+                             num_centroids=num_centroids, seed=seed,
                              encoder=encoder.identity(), input_dim=encoder.dim, reduction=reduction)
         return cls(store, encoder, searcher_options)
 

@@ -22,10 +22,14 @@ FORMAT_VERSION = 1
 OLDEST_READABLE_VERSION = 1
 # Feature flags (FORMAT.md section 6). A reader refuses a store naming a reader
 # feature it does not know; a writer refuses one naming an unknown writer feature.
-KNOWN_READER_FEATURES: frozenset[str] = frozenset()
+# "codec-pq": the store's codec is the residual product quantizer (FORMAT.md section 7.5).
+PQ_READER_FEATURE = "codec-pq"
+KNOWN_READER_FEATURES: frozenset[str] = frozenset({PQ_READER_FEATURE})
 #: "projection": documents arrive with settings.input_dim values and must be projected
-#: (FORMAT.md 7.5); a writer that would store them unprojected must refuse the store.
+#: (FORMAT.md 7.6); a writer that would store them unprojected must refuse the store.
 KNOWN_WRITER_FEATURES: frozenset[str] = frozenset({"projection"})
+# codec.kind values this version reads: "residual" (the scalar codec) and "pq"
+KNOWN_CODEC_KINDS: frozenset[str] = frozenset({"residual", "pq"})
 
 
 @dataclass(frozen=True)
@@ -58,14 +62,19 @@ class CodecEntry:
     dim: int
     nbits: int
     num_centroids: int
+    pq_subspaces: int | None = None  # kind "pq" only: bytes per residual row
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.pq_subspaces is None:  # scalar entries stay exactly as format v1 wrote them
+            del d["pq_subspaces"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CodecEntry":
+        m = d.get("pq_subspaces")
         return cls(kind=str(d["kind"]), path=str(d["path"]), dim=int(d["dim"]), nbits=int(d["nbits"]),
-                   num_centroids=int(d["num_centroids"]))
+                   num_centroids=int(d["num_centroids"]), pq_subspaces=None if m is None else int(m))
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,12 @@ class Manifest:
         if unknown:
             raise UnsupportedFormatError(
                 f"{source}: store needs reader features {sorted(unknown)} unknown to this lodestore; upgrade it"
+            )
+        codec = doc.get("codec")
+        if isinstance(codec, dict) and codec.get("kind") not in KNOWN_CODEC_KINDS:
+            raise UnsupportedFormatError(
+                f"{source}: store uses codec {codec.get('kind')!r}, unknown to this lodestore "
+                f"(it reads {sorted(KNOWN_CODEC_KINDS)}); upgrade lodestore to open this store"
             )
         try:
             return cls(

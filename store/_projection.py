@@ -5,7 +5,7 @@ add (on the same token sample k-means trains on), keeps it with the codec state,
 and applies it to every document it is given and, in the engine, to every query;
 vectors are L2-normalized again after projecting. Why: the packaged encoder
 gives 384-d vectors (96 bytes per token at 2 bits); projected to 128-d they cost
-a third. docs/BENCHMARKS.md section 5 measures what that does to nDCG@10.
+a third. docs/BENCHMARKS.md section 7.3 measures what that does to nDCG@10.
 """
 
 from __future__ import annotations

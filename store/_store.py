@@ -18,10 +18,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._codec import ResidualCodec, check_params, ensure_trained, training_sample_size, default_num_centroids
-from ._codec_io import read_codec, verify_codec, write_codec
 from . import _drift
+from ._codec import ensure_trained, training_sample_size, default_num_centroids
+from ._codec_io import read_store_codec, verify_codec, write_codec
+from ._codecs import (MANIFEST_KIND, Codec, creation_settings, reader_features, resolve_codec, settings_codec,
+                      train_codec)
 from ._compact import copy_documents, far_tokens_estimate
+from ._pq import PQ_TRAINING_SAMPLE
 from ._deletes import encode_deletes, read_deletes
 from ._errors import StoreError, StoreLockedError
 from ._fs import failpoint, fsync_dir, fsync_tree, write_durable
@@ -66,7 +69,7 @@ class Store:
         self._lock_fd = lock_fd
         self._lease = lease  # a reader's claim on its generation (a writer holds the lock instead)
         self._closed = False
-        self._codec: ResidualCodec | None = None
+        self._codec: Codec | None = None
         self._projection: np.ndarray | None = None
         self._segments: list[SegmentReader] | None = None
         self._deleted: list[np.ndarray] = []
@@ -75,18 +78,23 @@ class Store:
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
-    def create(cls, path: str | os.PathLike, dim: int = 128, nbits: int = 2, *,
+    def create(cls, path: str | os.PathLike, dim: int = 128, nbits: int | None = None, *,
+               codec: str | None = None, pq_subspaces: int | None = None,
                num_centroids: int | None = None, seed: int = 0, encoder: dict[str, Any] | None = None,
                input_dim: int | None = None, reduction: str = "pca") -> "Store":
         """Create an empty store at `path` (which must not exist or be an empty directory).
 
+        codec: "scalar" (centroid + `nbits` 1/2/4 bits per dimension, default 2) or
+        "pq" (centroid + `pq_subspaces` 16/32/64 bytes, one per residual subspace;
+        default: the most that fit in dim/4 bytes). None: "scalar" when nbits is
+        given, "pq" when pq_subspaces is, else the default codec ("pq", store/_codecs.py says why).
         `encoder`: the identity of the encoder whose vectors this store will hold
         (recorded in the manifest; the Index refuses text through another encoder).
         `input_dim` > `dim`: documents and queries arrive with input_dim values and
         are projected to dim by a `reduction` ("pca" or "random") fitted at the
         first add and kept with the codec state (store/_projection.py).
         """
-        check_params(dim, nbits)
+        codec, nbits, pq_subspaces = resolve_codec(dim, nbits, codec, pq_subspaces)
         if num_centroids is not None and not 1 <= num_centroids <= 65536:
             raise ValueError(f"num_centroids must be in [1, 65536], got {num_centroids}")
         settings: dict[str, Any] = {"num_centroids": num_centroids, "seed": int(seed)}
@@ -103,7 +111,8 @@ class Store:
         (root / SEGMENTS_DIR).mkdir()
         lock_fd = _acquire_lock(root)
         manifest = Manifest(generation=0, dim=int(dim), nbits=int(nbits),
-                            settings=settings, encoder=encoder,
+                            settings={**settings, **creation_settings(codec, pq_subspaces)}, encoder=encoder,
+                            reader_features=reader_features(codec),
                             writer_features=("projection",) if "input_dim" in settings else ())
         write_manifest(root, manifest)
         fsync_dir(root.parent)
@@ -193,10 +202,12 @@ class Store:
         return x if matrix is None else project(x, matrix)
 
     @property
-    def codec(self) -> ResidualCodec:
-        """The trained codec (StoreError if nothing was added yet)."""
-        if self._codec is None and self.manifest.codec is not None:
-            self._codec = read_codec(self.root / self.manifest.codec.path, self.nbits)
+    def codec(self) -> Codec:
+        """The trained codec, ResidualCodec or PQCodec (StoreError if nothing was added yet)."""
+        entry = self.manifest.codec
+        if self._codec is None and entry is not None:
+            self._codec = read_store_codec(self.root / entry.path, entry.kind, nbits=self.nbits, dim=self.dim,
+                                           pq_subspaces=entry.pq_subspaces)
         return ensure_trained(self._codec)
 
     @property
@@ -383,7 +394,9 @@ class Store:
             fsync_dir(self.root)
             failpoint("add.before_commit")
             entries.append(SegmentEntry(name=name, documents=source.n_docs, tokens=source.n_tokens))
-            codec_entry = m.codec or CodecEntry("residual", CODEC_DIR, self.dim, self.nbits, codec.num_centroids)
+            kind, pq_subspaces = settings_codec(m.settings)
+            codec_entry = m.codec or CodecEntry(MANIFEST_KIND[kind], CODEC_DIR, self.dim, self.nbits,
+                                                codec.num_centroids, pq_subspaces=pq_subspaces)
             self._commit(replace(m, generation=generation, codec=codec_entry, segments=tuple(entries)))
         except BaseException as e:
             if not self._committed(generation):  # not committed: leave no trace
@@ -397,7 +410,7 @@ class Store:
         self._codec, self._projection = codec, projection
         return generation
 
-    def _train_codec(self, source: DocSource) -> tuple[np.ndarray | None, ResidualCodec, float | None]:
+    def _train_codec(self, source: DocSource) -> tuple[np.ndarray | None, Codec, float | None]:
         """(reduction matrix or None, codec, drift threshold), all fitted on token samples of the first add.
 
         The drift threshold (store/_drift.py) comes from up to 2^14 tokens k-means did not
@@ -406,6 +419,7 @@ class Store:
         read above 1%).
         """
         settings = self.manifest.settings
+        kind, pq_subspaces = settings_codec(settings)
         k = settings.get("num_centroids") or default_num_centroids(source.n_tokens)
         seed = int(settings.get("seed", 0))
         n_train = training_sample_size(source.n_tokens, k)
@@ -417,11 +431,16 @@ class Store:
         else:
             sample = source.sample(n_train, seed)
             probe = sample[np.random.default_rng(seed + 1).permutation(len(sample))[: _drift.THRESHOLD_SAMPLE]]
+        # pq: its codebooks learn from a second draw (residuals of tokens k-means did not fit)
+        residual_sample = source.sample(PQ_TRAINING_SAMPLE, seed + 1) if kind == "pq" else None
         projection = None
         if self.input_dim != self.dim:
             projection = fit_projection(settings["reduction"], sample, self.dim, seed)
             sample, probe = project(sample, projection), project(probe, projection)
-        codec = ResidualCodec.train(sample, self.nbits, num_centroids=k, n_tokens=source.n_tokens, seed=seed)
+            if residual_sample is not None:
+                residual_sample = project(residual_sample, projection)
+        codec = train_codec(sample, kind, nbits=self.nbits, pq_subspaces=pq_subspaces, num_centroids=k,
+                            n_tokens=source.n_tokens, seed=seed, residual_sample=residual_sample)
         limit = _drift.threshold(codec.centroids, probe, codec.assign(probe)) if len(probe) else None
         if codec.num_centroids < k:
             warnings.warn(
@@ -592,6 +611,7 @@ class Store:
         arrays["codec"] = _du(self.root / CODEC_DIR)
         total = _du(self.root) - _du(self.root / READERS_DIR)  # not the readers' own lease files
         tokens = m.tokens
+        kind, pq_subspaces = settings_codec(m.settings)
         token_data = sum(arrays.get(k, 0) for k in ("codes", "residuals", "doc_offsets", "id_offsets", "id_bytes"))
         drift = _drift.summarize(
             [(s.name, s.tokens, _segment_far_tokens(self.root / SEGMENTS_DIR / s.name)) for s in m.segments],
@@ -609,6 +629,9 @@ class Store:
             "input_dim": self.input_dim,
             "reduction": m.settings.get("reduction") if self.input_dim != m.dim else None,
             "nbits": m.nbits,
+            "codec": kind,
+            "pq_subspaces": pq_subspaces,
+            "residual_bytes_per_token": self.codec.residual_bytes if m.codec else None,
             "centroids": m.codec.num_centroids if m.codec else 0,
             "bytes_on_disk": total,
             "bytes_per_token": total / tokens if tokens else 0.0,
@@ -698,7 +721,7 @@ def _collect_garbage(root: Path, manifest: Manifest) -> None:
 
 
 def write_projection(path: Path, matrix: np.ndarray, kind: str) -> None:
-    """The reduction matrix as a Zarr group: attributes + one flat float32 array (FORMAT.md 7.5)."""
+    """The reduction matrix as a Zarr group: attributes + one flat float32 array (FORMAT.md 7.6)."""
     import zarr
 
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)

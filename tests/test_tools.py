@@ -206,3 +206,18 @@ def test_bench_payloads_builds_from_a_collection(capsys):
     assert "300 documents" in out and "| store payload arrays" in out
     with pytest.raises(SystemExit):
         bench_payloads.main([])  # neither a store nor a collection
+def test_bench_codec_runs(bundle, tmp_path, capsys):
+    from tools import bench_codec
+
+    assert bench_codec.main([str(bundle), "--queries", "4", "--codecs", "s2,pq16", "--num-centroids", "32",
+                             "--work", str(tmp_path), "--e2e"]) == 0
+    out = capsys.readouterr().out
+    assert "| 2-bit scalar | 8 |" in out and "| PQ 16 x 256 | 16 |" in out and "pq default" in out
+
+
+def test_cli_builds_a_pq_store(bundle, tmp_path):
+    path = tmp_path / "pq"
+    assert cli.main(["build", str(path), "--embeddings", str(bundle), "--centroids", "32", "--codec", "pq",
+                     "--pq-subspaces", "16", "--quiet"]) == 0
+    with lodestore.Store.open(path) as store:
+        assert store.manifest.codec.kind == "pq" and store.codec.residual_bytes == 16

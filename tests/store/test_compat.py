@@ -17,6 +17,7 @@ import store
 
 FIXTURES = Path(__file__).resolve().parent.parent / "data"
 V1 = FIXTURES / "format_v1"
+V1_PQ = FIXTURES / "format_v1_pq"  # format v1 + reader feature codec-pq (FORMAT.md 7.5)
 
 
 def write_v1_fixture(path: Path) -> None:
@@ -26,6 +27,34 @@ def write_v1_fixture(path: Path) -> None:
         s.add(["alpha", "beta", "gamma"], docs)
         s.delete(["beta"])
         np.savez(path / "expected.npz", alpha=s.get("alpha"), gamma=s.get("gamma"))
+
+
+def write_v1_pq_fixture(path: Path) -> None:
+    """The same documents in a pq store (16 subspaces of 1 dimension, K=8)."""
+    rng = np.random.default_rng(2026)
+    docs = [rng.standard_normal((n, 16)).astype(np.float32) for n in (5, 3, 4)]
+    with store.Store.create(path / "store", dim=16, codec="pq", pq_subspaces=16, num_centroids=8) as s:
+        s.add(["alpha", "beta", "gamma"], docs)
+        s.delete(["beta"])
+        np.savez(path / "expected.npz", alpha=s.get("alpha"), gamma=s.get("gamma"))
+
+
+@pytest.fixture(scope="module")
+def v1_pq() -> Path:
+    if not (V1_PQ / "store" / "manifest.json").exists():
+        write_v1_pq_fixture(V1_PQ)
+    return V1_PQ
+
+
+def test_v1_pq_store_opens_verifies_and_decodes_the_same(v1_pq):
+    expected = np.load(v1_pq / "expected.npz")
+    with store.Store.open(v1_pq / "store") as s:
+        assert s.manifest.format_version == 1 and s.manifest.reader_features == ("codec-pq",)
+        assert s.manifest.codec.kind == "pq" and s.codec.residual_bytes == 16
+        assert s.verify().ok
+        assert s.ids() == ["alpha", "gamma"]
+        for doc_id in ("alpha", "gamma"):
+            np.testing.assert_allclose(s.get(doc_id), expected[doc_id], rtol=0, atol=2e-5)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,217 @@
+"""The residual product-quantization codec ("pq"): centroid id + one byte per residual subspace.
+
+A token vector x (unit norm, `dim` floats) is stored as
+  * `code`: its nearest centroid, exactly as the scalar codec (store/_codec.py)
+    finds it (same float16 centroids, same training), and
+  * `residual`: r = x - centroid split into m equal subspaces of dim/m
+    dimensions; byte s of the row is the nearest of 256 codewords of subspace s
+    (FORMAT.md section 7.5).
+Decoding is centroid + concat_s(codebooks[s, byte_s]), re-normalized.
+
+Why: at the same bytes per token, product quantization reconstructs residuals
+better than per-dimension scalar buckets (docs/BENCHMARKS.md, codec section).
+The row stays a fixed m bytes per token, so segments copy rows without
+knowing the codec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._codec import ENCODE_BATCH, ResidualCodec
+
+PQ_SUBSPACES_ALLOWED = (16, 32, 64)
+PQ_BITS = 8  # 256 codewords per subspace: one byte per subspace
+PQ_CODES = 1 << PQ_BITS
+# Residual vectors the codebooks are trained on: faiss's k-means uses at most 256
+# points per codeword (max_points_per_centroid), i.e. 2^16 for 256 codewords.
+PQ_TRAINING_SAMPLE = 1 << 16
+PQ_ITERATIONS = 20  # measured on b1m residuals (m=32): 10 -> 0.9666 token cosine, 25 -> 0.9670
+
+
+def check_pq_params(dim: int, subspaces: int) -> None:
+    """Raise a clear ValueError for a dim / subspace count the pq codec cannot store."""
+    if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim <= 0:
+        raise ValueError(f"dim must be a positive integer, got {dim!r}")
+    if subspaces not in PQ_SUBSPACES_ALLOWED:
+        raise ValueError(f"pq_subspaces must be one of {PQ_SUBSPACES_ALLOWED}, got {subspaces!r}")
+    if dim % subspaces:
+        raise ValueError(f"dim must be divisible by pq_subspaces, got dim {dim} and pq_subspaces {subspaces}")
+
+
+@dataclass(frozen=True, eq=False)
+class PQCodec:
+    """Trained pq codec state: what FORMAT.md section 7.5 stores under `codec/`.
+
+    centroids: (K, dim), unit norm, float16 values held as float32 (as ResidualCodec).
+    codebooks: (m, 256, dim/m) float32: codeword c of subspace s is codebooks[s, c],
+    covering residual dimensions [s*dim/m, (s+1)*dim/m).
+    avg_residual: mean |residual| per dimension over the codebook training sample.
+    """
+
+    centroids: np.ndarray
+    codebooks: np.ndarray
+    avg_residual: float = 0.0
+    _flat: np.ndarray = field(init=False, repr=False)  # (m*256, dsub): row s*256 + c = codebooks[s, c]
+    _base: np.ndarray = field(init=False, repr=False)  # (m,) uint16: s*256, added to a row's bytes to index _flat
+
+    # the nearest-centroid search is the scalar codec's (same centroids, same IVF above 4096)
+    assign = ResidualCodec.assign
+    _index = ResidualCodec._index
+
+    def __post_init__(self) -> None:
+        cb = np.ascontiguousarray(np.asarray(self.codebooks, dtype=np.float32))
+        if cb.ndim != 3 or cb.shape[1] != PQ_CODES:
+            raise ValueError(f"codebooks must be (subspaces, {PQ_CODES}, dim/subspaces), got shape {cb.shape}")
+        object.__setattr__(self, "centroids", np.ascontiguousarray(np.asarray(self.centroids).astype(np.float16).astype(np.float32)))
+        check_pq_params(self.dim, cb.shape[0])
+        if cb.shape[0] * cb.shape[2] != self.dim:
+            raise ValueError(f"codebooks of shape {cb.shape} do not cover dim {self.dim}")
+        object.__setattr__(self, "codebooks", cb)
+        object.__setattr__(self, "_flat", cb.reshape(-1, cb.shape[2]))
+        object.__setattr__(self, "_base", (np.arange(cb.shape[0]) * PQ_CODES).astype(np.uint16))  # m*256 <= 16384
+
+    @property
+    def dim(self) -> int:
+        return int(self.centroids.shape[1])
+
+    @property
+    def subspaces(self) -> int:
+        return int(self.codebooks.shape[0])
+
+    @property
+    def num_centroids(self) -> int:
+        return int(self.centroids.shape[0])
+
+    @property
+    def code_dtype(self) -> np.dtype:
+        return np.dtype(np.uint16)
+
+    @property
+    def residual_bytes(self) -> int:
+        """m: one byte per subspace, a fixed row size whatever the data."""
+        return self.subspaces
+
+    @property
+    def centroids_f16(self) -> np.ndarray:
+        return self.centroids.astype(np.float16)
+
+    # ------------------------------------------------------------------ training
+    @classmethod
+    def train(
+        cls,
+        sample: np.ndarray,
+        subspaces: int,
+        *,
+        num_centroids: int | None = None,
+        n_tokens: int | None = None,
+        seed: int = 0,
+        residual_sample: np.ndarray | None = None,
+    ) -> "PQCodec":
+        """Train centroids (exactly as the scalar codec does, on `sample`) and the m codebooks.
+
+        The codebooks are trained on the residuals of `residual_sample` (default:
+        `sample`), at most PQ_TRAINING_SAMPLE of them: a draw separate from the
+        k-means sample keeps the residuals representative (k-means' own
+        training points sit closer to their centroids than new tokens do).
+        All m subspaces are trained by one faiss ProductQuantizer call.
+        """
+        sample = np.ascontiguousarray(sample, dtype=np.float32)
+        check_pq_params(sample.shape[1], subspaces)
+        coarse = ResidualCodec.train(sample, 2, num_centroids=num_centroids, n_tokens=n_tokens, seed=seed)
+        return cls.train_codebooks(coarse.centroids_f16, sample if residual_sample is None else residual_sample,
+                                   subspaces, seed=seed)
+
+    @classmethod
+    def train_codebooks(cls, centroids: np.ndarray, residual_sample: np.ndarray, subspaces: int, *,
+                        seed: int = 0) -> "PQCodec":
+        """The codec for given (K, dim) centroids: codebooks trained on the residuals of `residual_sample`."""
+        import faiss  # local import: only a build needs it
+
+        centroids = np.asarray(centroids).astype(np.float16)
+        dim = centroids.shape[1]
+        check_pq_params(dim, subspaces)
+        rs = np.ascontiguousarray(residual_sample, dtype=np.float32)
+        if len(rs) > PQ_TRAINING_SAMPLE:
+            rs = rs[np.sort(np.random.default_rng(seed).choice(len(rs), PQ_TRAINING_SAMPLE, replace=False))]
+        proto = cls(centroids, np.zeros((subspaces, PQ_CODES, dim // subspaces), np.float32))
+        residuals = np.ascontiguousarray(rs - proto.centroids[proto.assign(rs)])
+        pq = faiss.ProductQuantizer(dim, subspaces, PQ_BITS)
+        pq.cp.seed = seed
+        pq.cp.niter = PQ_ITERATIONS
+        pq.cp.min_points_per_centroid = 1  # tiny corpora: fewer points than codewords is expected, not an error
+        pq.verbose = False
+        train = residuals
+        if len(train) < PQ_CODES:  # k-means needs at least as many points as codewords: repeat them
+            train = np.ascontiguousarray(np.resize(train, (PQ_CODES, dim)))
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)  # measured on the shared 2-core box: 3.1 s on one thread, 18.4 s on two
+        try:
+            pq.train(train)
+        finally:
+            faiss.omp_set_num_threads(threads)
+        codebooks = faiss.vector_to_array(pq.centroids).reshape(subspaces, PQ_CODES, dim // subspaces)
+        codec = cls(centroids, codebooks, float(np.abs(residuals).mean()))
+        object.__setattr__(codec, "_faiss_index", proto._index())  # same centroids: reuse the nearest-centroid index
+        return codec
+
+    # ------------------------------------------------------------------ encode / decode
+    def _quantizer(self):
+        """faiss ProductQuantizer holding our codebooks (exact nearest codeword per subspace)."""
+        pq = getattr(self, "_faiss_pq", None)
+        if pq is None:
+            import faiss
+
+            pq = faiss.ProductQuantizer(self.dim, self.subspaces, PQ_BITS)
+            faiss.copy_array_to_vector(self.codebooks.ravel(), pq.centroids)
+            object.__setattr__(self, "_faiss_pq", pq)
+        return pq
+
+    def encode_residuals(self, residuals: np.ndarray) -> np.ndarray:
+        """(n, dim) float32 residuals -> (n, m) uint8: byte s = nearest codeword (L2) of subspace s."""
+        pq = self._quantizer()
+        out = np.empty((len(residuals), self.subspaces), dtype=np.uint8)
+        for s in range(0, len(residuals), ENCODE_BATCH):
+            out[s : s + ENCODE_BATCH] = pq.compute_codes(np.ascontiguousarray(residuals[s : s + ENCODE_BATCH], dtype=np.float32))
+        return out
+
+    def decode_residuals(self, rows: np.ndarray) -> np.ndarray:
+        """(n, m) uint8 -> (n, dim) float32: one gather from the codebooks for all subspaces.
+
+        uint16 indices (uint8 row + uint16 base) rather than intp: measured ~1.2x faster, 4x less memory.
+        """
+        idx = rows + self._base
+        return np.take(self._flat, idx, axis=0).reshape(len(rows), self.dim)
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Encode (n, dim) unit vectors -> (codes (n,) uint16, residual rows (n, m) uint8).
+
+        In batches of ENCODE_BATCH tokens, so the float32 residuals never exceed one batch.
+        """
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"expected (n, {self.dim}) vectors, got shape {x.shape}")
+        codes = self.assign(x)
+        rows = np.empty((len(x), self.subspaces), dtype=np.uint8)
+        for s in range(0, len(x), ENCODE_BATCH):
+            part = x[s : s + ENCODE_BATCH] - self.centroids[codes[s : s + ENCODE_BATCH]]
+            rows[s : s + ENCODE_BATCH] = self.encode_residuals(part)
+        return codes, rows
+
+    def decode(self, codes: np.ndarray, rows: np.ndarray, *, normalize: bool = True) -> np.ndarray:
+        """Decode codes + residual rows -> (n, dim) float32 (unit norm unless normalize=False)."""
+        out = np.take(self.centroids, codes, axis=0)
+        out += self.decode_residuals(rows)
+        if normalize:
+            norms = np.sqrt(np.einsum("ij,ij->i", out, out))
+            out /= np.maximum(norms, 1e-12)[:, None]
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PQCodec):
+            return NotImplemented
+        return np.array_equal(self.centroids, other.centroids) and np.array_equal(self.codebooks, other.codebooks)
+
+    __hash__ = None  # type: ignore[assignment]
