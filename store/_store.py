@@ -73,7 +73,8 @@ class Store:
         codec: "scalar" (centroid + `nbits` 1/2/4 bits per dimension, default 2) or
         "pq" (centroid + `pq_subspaces` 16/32/64 bytes, one per residual subspace;
         default: the most that fit in dim/4 bytes). None: "scalar" when nbits is
-        given, "pq" when pq_subspaces is, else the default codec ("pq", store/_codecs.py says why).
+        given, "pq" when pq_subspaces is, else the default: "pq" where it fits in dim/4 bytes
+        (dim >= 64), "scalar" below (store/_codecs.py says why).
         """
         codec, nbits, pq_subspaces = resolve_codec(dim, nbits, codec, pq_subspaces)
         if num_centroids is not None and not 1 <= num_centroids <= 65536:
