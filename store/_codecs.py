@@ -39,15 +39,26 @@ def default_pq_subspaces(dim: int) -> int:
     return min(divides)
 
 
+def default_codec(dim: int) -> str:
+    """DEFAULT_CODEC, unless it is pq and pq cannot fit the 2-bit scalar budget (dim/4 bytes) at this dim.
+
+    pq needs 16 bytes a token at least: for dim < 64 (or a dim no allowed m divides) the
+    scalar codec stays smaller, so it is the default there.
+    """
+    if DEFAULT_CODEC == "pq" and not any(dim % m == 0 and m <= dim // 4 for m in PQ_SUBSPACES_ALLOWED):
+        return "scalar"
+    return DEFAULT_CODEC
+
+
 def resolve_codec(dim: int, nbits: int | None, codec: str | None, pq_subspaces: int | None) -> tuple[str, int, int | None]:
     """Check Store.create's codec arguments -> (codec name, manifest nbits, pq subspaces or None).
 
     codec=None picks from the other arguments: nbits given -> "scalar",
-    pq_subspaces given -> "pq", neither -> DEFAULT_CODEC. A pq store's manifest
+    pq_subspaces given -> "pq", neither -> default_codec(dim). A pq store's manifest
     nbits is 0 (it has no per-dimension bits).
     """
     if codec is None:
-        codec = "scalar" if nbits is not None else "pq" if pq_subspaces is not None else DEFAULT_CODEC
+        codec = "scalar" if nbits is not None else "pq" if pq_subspaces is not None else default_codec(dim)
     if codec not in CODECS:
         raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
     if codec == "scalar":

@@ -87,7 +87,8 @@ class Store:
         codec: "scalar" (centroid + `nbits` 1/2/4 bits per dimension, default 2) or
         "pq" (centroid + `pq_subspaces` 16/32/64 bytes, one per residual subspace;
         default: the most that fit in dim/4 bytes). None: "scalar" when nbits is
-        given, "pq" when pq_subspaces is, else the default codec ("pq", store/_codecs.py says why).
+        given, "pq" when pq_subspaces is, else the default: "pq" where it fits in dim/4 bytes
+        (dim >= 64), "scalar" below (store/_codecs.py says why).
         `encoder`: the identity of the encoder whose vectors this store will hold
         (recorded in the manifest; the Index refuses text through another encoder).
         `input_dim` > `dim`: documents and queries arrive with input_dim values and

@@ -224,6 +224,14 @@ def test_the_default_codec_is_pq_at_the_2bit_budget(tmp_path):
         assert s.manifest.reader_features == ("codec-pq",)
 
 
+@pytest.mark.parametrize("dim, codec", [(8, "scalar"), (16, "scalar"), (32, "scalar"), (40, "scalar"), (64, "pq"),
+                                        (96, "pq"), (384, "pq")])
+def test_small_dims_default_to_scalar(tmp_path, dim, codec):
+    """Where pq cannot fit the 2-bit scalar budget (dim/4 bytes, at least 16) the default stays scalar."""
+    with store.Store.create(tmp_path / "s", dim=dim) as s:
+        assert s.manifest.settings.get("codec", "scalar") == codec
+
+
 def test_codec_is_chosen_from_the_arguments(tmp_path):
     with store.Store.create(tmp_path / "a", dim=64, pq_subspaces=16) as s:
         assert s.manifest.settings["codec"] == "pq"
