@@ -40,6 +40,7 @@ import numpy as np
 ROWS: dict[str, tuple[str, dict]] = {
     "lodestore": ("lodestore", {"budget": "auto"}),
     "lodestore_ram": ("lodestore", {"budget": "all"}),
+    "lodestore_prefetch": ("lodestore", {"budget": "auto", "prefetch": True}),
     "plaid_k10": ("plaid", {"ncells": 1, "centroid_score_threshold": 0.5, "ndocs": 256}),
     "plaid_default": ("plaid", {}),
     "voyager": ("voyager", {}),
@@ -50,13 +51,14 @@ ROWS: dict[str, tuple[str, dict]] = {
 }
 LABELS = {
     "lodestore": "lodestore (budget auto)", "lodestore_ram": "lodestore (all-in-RAM)",
+    "lodestore_prefetch": "lodestore (budget auto, prefetch on)",
     "plaid_k10": "Stanford PLAID k10 (ncells 1, thr 0.5, ndocs 256)",
     "plaid_default": "Stanford PLAID pylate defaults (ncells 8, thr 0.35, ndocs 8192)",
     "voyager": "pylate Voyager HNSW (M 64, ef 200, k_token 100)", "lance_flat": "LanceDB multivector flat",
     "lance_ivfpq": "LanceDB multivector IVF_PQ", "brute": "brute-force MaxSim (float32 in RAM)",
     "fast_plaid": "fast-plaid",
 }
-DEFAULT_ROWS = ",".join(ROWS)
+DEFAULT_ROWS = ",".join(r for r in ROWS if r != "lodestore_prefetch")
 WARMUP = 5
 
 
@@ -83,6 +85,7 @@ def child_search(cfg: dict) -> dict:
     load_s = time.perf_counter() - t
     for q in queries[:WARMUP]:
         engine.search(q, 10)
+    engine.reset_stats()
     evict = [engine.data_path(index)]
     times, results = [], []
     io0, cpu0 = memstat.io_read_bytes(), time.process_time()
@@ -95,6 +98,7 @@ def child_search(cfg: dict) -> dict:
     cpu = time.process_time() - cpu0
     disk = memstat.io_read_bytes() - io0
     after = memstat.status_mb()
+    stats = engine.stats()
     batch_times, b = [], cfg["batch"]
     if b > 1:
         for s in range(0, len(queries), b):
@@ -111,7 +115,7 @@ def child_search(cfg: dict) -> dict:
         "qps": n / sum(times), "cpu_ms": cpu / n * 1e3,
         "batch_ms": float(np.mean(batch_times) * 1e3) if batch_times else None,
         "rss_mb": after["VmRSS"], "hwm_mb": after["VmHWM"], "disk_kb_per_q": disk / n / 1e3,
-        "results": results, "loadavg": os.getloadavg()[0],
+        "results": results, "loadavg": os.getloadavg()[0], **stats,
     }
 
 
@@ -236,7 +240,7 @@ def _f(v, fmt: str) -> str:
 
 def table(rows: list[dict]) -> str:
     head = ("engine", "cache", "build s", "build peak MB", "disk MB", "B/token", "load s", "p50 ms", "p95 ms", "QPS",
-            "CPU ms/q", "batch ms/q", "RSS MB", "HWM MB", "disk KB/q", "R@10 raw", "R@10 store", "load")
+            "CPU ms/q", "batch ms/q", "RSS MB", "HWM MB", "disk KB/q", "hit rate", "R@10 raw", "R@10 store", "load")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         b = r["build"]
@@ -252,7 +256,7 @@ def table(rows: list[dict]) -> str:
                      _f(b["peak_rss_mb"], ".0f"), _f(b["disk_bytes"] / 1e6, ".1f"), _f(b["disk_bytes"] / r["tokens"], ".1f"),
                      _f(r["load_s"], ".2f"), _f(r["p50_ms"], ".1f"), _f(r["p95_ms"], ".1f"), _f(r["qps"], ".0f"),
                      _f(r["cpu_ms"], ".1f"), _f(r["batch_ms"], ".1f"), _f(r["rss_mb"], ".0f"), _f(r["hwm_mb"], ".0f"),
-                     _f(r["disk_kb_per_q"], ".0f"), _f(r["recall_raw"], ".3f"), _f(r["recall_store"], ".3f"),
+                     _f(r["disk_kb_per_q"], ".0f"), _f(r.get("hit_rate"), ".2f"), _f(r["recall_raw"], ".3f"), _f(r["recall_store"], ".3f"),
                      _f(r["loadavg"], ".1f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -62,6 +62,13 @@ class Engine:
     def search_batch(self, queries: np.ndarray, k: int) -> list[list[int]] | None:
         return None  # no batch mode
 
+    def stats(self) -> dict:
+        """Engine counters to add to the row (lodestore: prefetch hit rate, bytes read)."""
+        return {}
+
+    def reset_stats(self) -> None:
+        pass
+
     def store_path(self, index: Path) -> Path | None:
         """A lodestore store to compute search-only recall against (lodestore only)."""
         return None
@@ -87,7 +94,8 @@ class Lodestore(Engine):
     def open(self, index: Path, options: dict) -> None:
         import lodestore
 
-        self.searcher = lodestore.Searcher(index / "store", memory_budget=options.get("budget", "auto"))
+        self.searcher = lodestore.Searcher(index / "store", memory_budget=options.get("budget", "auto"),
+                                           prefetch=options.get("prefetch", False))
         ids = (index / "ids.txt").read_text().splitlines() if (index / "ids.txt").exists() else None
         self._pos = {s: i for i, s in enumerate(ids)} if ids else None
 
@@ -99,6 +107,15 @@ class Lodestore(Engine):
 
     def search_batch(self, queries: np.ndarray, k: int) -> list[list[int]]:
         return [[self._index(h[0]) for h in hits] for hits in self.searcher.search(queries, k=k)]
+
+    def stats(self) -> dict:
+        st = self.searcher.stats()
+        n = max(st["queries"], 1)
+        return {"hit_rate": st["hit_rate"], "kb_read_per_q": st["bytes_read"] / n / 1e3,
+                "placement": st["placement"]["name"]}
+
+    def reset_stats(self) -> None:
+        self.searcher.reset_stats()
 
     def store_path(self, index: Path) -> Path:
         return index / "store"
