@@ -139,6 +139,8 @@ def _run_child(kind: str, cfg: dict, timeout: float | None, log: Path) -> dict:
             time.sleep(0.2)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t
+    if proc.returncode < 0:
+        return {"error": f"killed by signal {-proc.returncode} after {wall:.0f} s (log: {log})"}
     if proc.returncode != 0 or not result.exists():
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         return {"error": f"exit {proc.returncode}: {' / '.join(tail)[-300:]} (log: {log})"}
@@ -231,6 +233,8 @@ def run(args) -> list[dict]:
             store = peer_engines.make(engine_key).store_path(args.work / engine_key)
             row["recall_store"] = recall(results, store_truth(store, args.bundle, queries)) if store else None
             print(f"  {name}: p50 {row['p50_ms']:.1f} ms, R@10 raw {row['recall_raw']}", file=sys.stderr, flush=True)
+        if getattr(args, "out", None):  # rows so far, so a long run that is stopped keeps what it measured
+            args.out.write_text(json.dumps(rows, indent=2))
     return rows
 
 
