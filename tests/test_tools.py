@@ -182,3 +182,13 @@ def test_bench_scale_reuses_a_store_and_tabulates(bundle, built, tmp_path, capsy
     assert row["build"]["reused"] and row["p50_ms"] > 0 and row["recall_store"] is not None
     assert "| 6,0" in capsys.readouterr().out  # the token count of the point
     assert built.is_dir() and not (built / "store.truth.json").exists()  # the reused store is untouched
+
+
+def test_profile_stages_accounts_for_the_query_time(bundle, built, capsys):
+    import subprocess
+    import sys
+
+    # a child process: the tool wraps engine functions in place, which must not leak into other tests
+    out = subprocess.run([sys.executable, "-m", "tools.profile_stages", str(built), str(bundle), "--queries", "4"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "| 4 exact re-ranking of the survivors |" in out and "ms/q mean" in out
