@@ -142,11 +142,11 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
         ys = [p["recall_raw"] if p.get("recall_raw") is not None else p["recall_store"] for p in pts]
         ax.scatter(xs, ys, label=label)
         for p, x, y in zip(pts, xs, ys):
-            ax.annotate(f"{p['tokens']:.0e}" + ("" if p.get("recall_raw") is not None else " (vs store)"), (x, y),
+            ax.annotate(f"{p['tokens']:.2g}" + ("" if p.get("recall_raw") is not None else " (vs store)"), (x, y),
                         fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("p50 latency (ms, warm)")
-    ax.set_ylabel("recall@10 vs exact MaxSim (uncompressed)")
+    ax.set_ylabel("recall@10 vs exact MaxSim (uncompressed;\n\"vs store\": vs exhaustive over the store)")
     ax.set_title("Recall vs latency operating points")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
