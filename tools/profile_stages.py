@@ -1,0 +1,95 @@
+"""Where a lodestore query's time goes: wall time per pipeline stage, by wrapping the stages.
+
+    python -m tools.profile_stages STORE BUNDLE [--queries 100] [--budget auto]
+
+Wraps the Searcher's stage methods (and the codec's decode, the corpus's row
+reads) with perf_counter timers, runs 5 untimed warm-ups, then every query
+once, and prints ms/query and share of the total per stage. Nested stages are
+indented under their parent; "rest" is the total minus stages 2-3 and 4 (the
+query-centroid matmul, probing's sort and the hit list). Wrapping adds a few
+microseconds per call: fine for where-does-it-go, not for p50 claims
+(tools/bench_search.py and tools/bench_peers.py make those).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import time
+
+import numpy as np
+
+STAGES = (  # (module or class path, attribute, label)
+    ("engine._searcher:Searcher", "_candidates", "2-3 probe + centroid interaction"),
+    ("engine._searcher", "_top_columns", "  2a top-nprobe centroids per query token"),
+    ("engine._corpus:Corpus", "distinct_codes", "  3a candidates' distinct centroid ids"),
+    ("engine._searcher", "centroid_scores_concat", "  3b centroid interaction scores"),
+    ("engine._searcher:Searcher", "_rerank", "4 exact re-ranking of the survivors"),
+    ("engine._corpus:Corpus", "read_rows", "  4a read residual rows (disk placements)"),
+    ("store._codec:ResidualCodec", "decode", "  4b decode (centroid + residual, normalize)"),
+    ("engine._searcher", "maxsim_concat", "  4c MaxSim (matmul + segmented max)"),
+)
+
+
+def _wrap(acc: dict, target: str, attr: str, label: str) -> None:
+    import importlib
+
+    mod, _, cls = target.partition(":")
+    owner = getattr(importlib.import_module(mod), cls) if cls else importlib.import_module(mod)
+    inner = getattr(owner, attr)
+
+    def timed(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return inner(*a, **kw)
+        finally:
+            acc[label] += time.perf_counter() - t
+
+    setattr(owner, attr, timed)
+
+
+def profile(store: str, bundle: str, n: int, budget: str) -> tuple[float, float, dict[str, float]]:
+    """(mean ms/q, p50 ms, {stage label: ms/q})."""
+    import lodestore
+
+    acc: dict[str, float] = collections.defaultdict(float)
+    for target, attr, label in STAGES:
+        _wrap(acc, target, attr, label)
+    queries = np.load(f"{bundle}/queries.npy")[:n]
+    with lodestore.Searcher(store, memory_budget=budget) as s:
+        for q in queries[:5]:
+            s.search(q, k=10)
+        acc.clear()
+        lat = []
+        t0 = time.perf_counter()
+        for q in queries:
+            t = time.perf_counter()
+            s.search(q, k=10)
+            lat.append(time.perf_counter() - t)
+        total = time.perf_counter() - t0
+    stages = {label: acc[label] / len(queries) * 1e3 for _t, _a, label in STAGES}
+    stages["rest (Q C^T matmul, probing sort, hits)"] = (
+        total - acc[STAGES[0][2]] - acc[STAGES[4][2]]) / len(queries) * 1e3
+    return total / len(queries) * 1e3, float(np.median(lat) * 1e3), stages
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.profile_stages", description=__doc__.split("\n")[0])
+    p.add_argument("store")
+    p.add_argument("bundle")
+    p.add_argument("--queries", type=int, default=100)
+    p.add_argument("--budget", default="auto")
+    args = p.parse_args(argv)
+    mean, p50, stages = profile(args.store, args.bundle, args.queries, args.budget)
+    import os
+
+    print(f"{args.store} budget={args.budget}: {mean:.2f} ms/q mean, p50 {p50:.2f} ms, load {os.getloadavg()[0]:.1f}")
+    print("| stage | ms/q | share |\n|---|---|---|")
+    for label, ms in stages.items():
+        print(f"| {label} | {ms:.2f} | {ms / mean * 100:.0f}% |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
