@@ -27,7 +27,7 @@ def evaluate(index: Index, collection: Collection, *, exhaustive: bool = True, m
     qids = list(collection.queries)[:max_queries]
     if not qids:
         raise ValueError(f"{collection.path}: no judged test query has a relevant document in the index")
-    vectors = index.encoder.encode_queries([collection.queries[q] for q in qids])
+    vectors = index.query_vectors([collection.queries[q] for q in qids])
     qrels = [ir_measures.Qrel(q, d, s) for q, d, s in collection.qrels if q in set(qids)]
     measures = [ir_measures.parse_measure(m) for m in MEASURES]
     runs: dict[str, Any] = {"engine": lambda: index.search_vectors(vectors, k=RUN_DEPTH)}

@@ -150,7 +150,7 @@ class Index:
             info = json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise ValueError(f"{bundle}: no readable bundle.json recording the encoder ({e})") from None
-        _check_encoder(self.encoder, info.get("encoder") or {}, bundle)
+        _check_encoder(self.encoder, info.get("encoder") or {}, bundle, documents_only=True)
         if (bundle / "ids.txt").exists() and (bundle / "ids.txt").read_text(encoding="utf-8").splitlines() != ids:
             raise ValueError(f"{bundle}: its documents (ids.txt) are not the given ids in the same order")
         self._check_new(ids)
@@ -191,13 +191,17 @@ class Index:
         queries = [query] if single else list(query)
         if not queries:
             raise ValueError("no queries given")
-        vectors = self.encoder.encode_queries(queries)
-        raw = self.searcher.search(list(vectors), k=k, subset=subset)
+        raw = self.searcher.search(self.query_vectors(queries), k=k, subset=subset)
         results = [self._hits(r) for r in raw]
         return results[0] if single else results
 
-    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[tuple[str, float]]]:
-        """Search already-encoded queries (B, q_len, dim): the raw (id, score) lists."""
+    def query_vectors(self, queries: list[str]) -> list[np.ndarray]:
+        """Encoded queries without their [PAD] rows (zero vectors: they add 0 to every MaxSim
+        score, but would probe arbitrary centroids), one (q_len_i, dim) matrix each."""
+        return [v[np.any(v != 0, axis=1)] for v in self.encoder.encode_queries(queries)]
+
+    def search_vectors(self, vectors: Sequence[np.ndarray], k: int = 10) -> list[list[tuple[str, float]]]:
+        """Search already-encoded queries (a list of (q_len_i, dim) or a (B, q_len, dim) array): raw (id, score) lists."""
         return self.searcher.search(list(vectors), k=k)
 
     def documents(self, ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -306,9 +310,9 @@ def _encoder_from_record(recorded: dict[str, Any], root: Path) -> Encoder:
         raise ValueError(f"{root}: cannot rebuild the recorded encoder ({e}); pass encoder=Encoder.from_dir(...)") from None
 
 
-def _check_encoder(encoder: Encoder, recorded: dict[str, Any], root: Path) -> None:
+def _check_encoder(encoder: Encoder, recorded: dict[str, Any], root: Path, *, documents_only: bool = False) -> None:
     try:
-        encoder.check_identity(recorded)
+        encoder.check_identity(recorded, documents_only=documents_only)
     except ValueError as e:
         raise ValueError(
             f"{root}: its vectors were made by a different encoder ({e}); mixing them with this encoder's "

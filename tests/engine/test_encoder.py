@@ -59,7 +59,8 @@ def test_import_does_not_load_heavy_modules() -> None:
 # -- tokenization conventions ----------------------------------------------------------
 
 
-def test_query_has_markers_and_attended_mask_padding(enc: Encoder) -> None:
+def test_query_has_markers_and_attended_mask_padding() -> None:
+    enc = Encoder.default(mask_query_padding=True, intra_op_num_threads=2)
     ids, mask = enc.tokenize_queries(["hello, world"])
     assert ids.shape == mask.shape == (1, 32)
     row = ids[0].tolist()
@@ -115,7 +116,12 @@ def test_punctuation_dropped_from_documents_only(enc: Encoder) -> None:
 def test_shapes_dtypes_and_unit_norms(enc: Encoder) -> None:
     queries = enc.encode_queries(["what is insulin", "where is paris"])
     assert queries.shape == (2, 32, 384) and queries.dtype == np.float32
-    assert np.allclose(np.linalg.norm(queries, axis=-1), 1.0, atol=1e-5)
+    norms = np.linalg.norm(queries, axis=-1)
+    _, mask = enc.tokenize_queries(["what is insulin", "where is paris"])
+    assert np.allclose(norms[mask == 1], 1.0, atol=1e-5)  # real tokens: unit vectors
+    assert np.all(norms[mask == 0] == 0)  # [PAD] positions (the default): zero rows
+    masked = Encoder.default(mask_query_padding=True, intra_op_num_threads=1).encode_queries(["what is insulin"])
+    assert np.allclose(np.linalg.norm(masked, axis=-1), 1.0, atol=1e-5)  # [MASK] positions are unit vectors too
     docs = enc.encode_documents(["one short text", "a somewhat longer text with more words in it"])
     assert [d.shape for d in docs] == [(6, 384), (12, 384)]
     for d in docs:
@@ -257,3 +263,14 @@ def test_bound_output_matches_plain_run(enc: Encoder) -> None:
     finally:
         model._bind_output = True
     assert np.array_equal(bound, plain)
+
+
+def test_identity_documents_only_ignores_query_settings(enc: Encoder) -> None:
+    other_queries = Encoder.default(intra_op_num_threads=1, query_length=16, mask_query_padding=True)
+    recorded = other_queries.identity()
+    with pytest.raises(ValueError, match=r"config \(mask_query_padding, query_length\)"):
+        enc.check_identity(recorded)
+    enc.check_identity(recorded, documents_only=True)  # same document vectors: accepted
+    other_docs = Encoder.default(intra_op_num_threads=1, doc_max_length=64).identity()
+    with pytest.raises(ValueError, match=r"config \(doc_max_length\)"):
+        enc.check_identity(other_docs, documents_only=True)
