@@ -202,8 +202,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"{name:<11}" + "".join(f"{r[m]:9.4f}" for m in MEASURES) + f"{r['queries']:9d}{r['ms_per_query']:9.1f}")
     if "exhaustive" in results:
         gap = results["exhaustive"]["nDCG@10"] - results["engine"]["nDCG@10"]
-        print(f"engine nDCG@10 is {gap:+.4f} below exhaustive MaxSim over the same store" if gap >= 0
-              else f"engine nDCG@10 is {-gap:.4f} above exhaustive MaxSim over the same store")
+        if abs(gap) < 5e-5:
+            print("engine nDCG@10 equals that of exhaustive MaxSim over the same store")
+        else:
+            print(f"engine nDCG@10 is {abs(gap):.4f} {'below' if gap > 0 else 'above'} exhaustive MaxSim over the same store")
     return 0
 
 
