@@ -140,8 +140,9 @@ class Index:
                     progress: bool = False) -> int:
         """Add documents already encoded into an embedding bundle (tools/encode_collection) by this encoder.
 
-        The bundle's bundle.json must record this encoder's identity and its
-        documents must be `ids` in order; the stored result is the same as
+        The bundle's bundle.json must record this encoder's identity (settings
+        that only shape queries may differ) and its documents must be `ids` in
+        order; the stored result is the same as
         `add` gives (which spills the same float16 vectors), without encoding twice.
         """
         ids, texts, titles, metadata = _check_documents(ids, texts, titles, metadata)
