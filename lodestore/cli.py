@@ -209,6 +209,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_codec_arguments(p: argparse.ArgumentParser) -> None:
+    """--codec / --nbits / --pq-subspaces, as Store.create takes them (store/_codecs.py resolves them)."""
+    p.add_argument("--codec", choices=("scalar", "pq"), default=None,
+                   help="residual codec (default: scalar if --nbits is given, pq if --pq-subspaces is, else the library default)")
+    p.add_argument("--nbits", type=int, default=None, choices=(1, 2, 4), help="scalar codec: bits per dimension (default 2)")
+    p.add_argument("--pq-subspaces", type=int, default=None, choices=(16, 32, 64),
+                   help="pq codec: bytes per token residual (default: the most that fit in dim/4 bytes)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lodestore", description="Disk-offloaded late-interaction retrieval store.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -216,11 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build (or extend) a store from an embedding bundle or a directory of .npy files")
     b.add_argument("store")
     b.add_argument("--embeddings", required=True, help="bundle dir (docs.npy, doclens.npy[, ids.txt]) or dir of .npy files")
-    b.add_argument("--codec", choices=("scalar", "pq"), default=None,
-                   help="residual codec (default: scalar if --nbits is given, pq if --pq-subspaces is, else the library default)")
-    b.add_argument("--nbits", type=int, default=None, choices=(1, 2, 4), help="scalar codec: bits per dimension (default 2)")
-    b.add_argument("--pq-subspaces", type=int, default=None, choices=(16, 32, 64),
-                   help="pq codec: bytes per token residual (default: the most that fit in dim/4 bytes)")
+    _add_codec_arguments(b)
     b.add_argument("--centroids", type=int, default=None, help="number of k-means centroids (default: from corpus size)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--quiet", action="store_true")
@@ -266,9 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--encoder", default=None, help="directory with model.onnx, tokenizer.json, encoder.json (default: packaged MiniLM)")
     x.add_argument("--embeddings", default=None,
                    help="a bundle of these documents already encoded by the same encoder (tools/encode_collection): no re-encoding")
-    x.add_argument("--codec", choices=("scalar", "pq"), default=None, help="residual codec (default: as lodestore build)")
-    x.add_argument("--nbits", type=int, default=None, choices=(1, 2, 4), help="scalar codec: bits per dimension")
-    x.add_argument("--pq-subspaces", type=int, default=None, choices=(16, 32, 64), help="pq codec: bytes per token residual")
+    _add_codec_arguments(x)
     x.add_argument("--dim", type=int, default=None, help="store vectors reduced to this dimension by --reduction (default: lodestore.index.DEFAULT_DIM; the encoder's dim keeps them whole)")
     x.add_argument("--reduction", default="pca", choices=("pca", "random"))
     x.add_argument("--centroids", type=int, default=None)

@@ -20,16 +20,12 @@ RUN_DEPTH = 100
 def evaluate(index: Index, collection: Collection, *, exhaustive: bool = True, max_queries: int | None = None
              ) -> dict[str, dict[str, Any]]:
     """{"engine": {...}, "exhaustive": {...}}: each the MEASURES, queries, ms/query."""
-    import ir_measures
-
     from engine import exhaustive_search
 
     qids = list(collection.queries)[:max_queries]
     if not qids:
         raise ValueError(f"{collection.path}: no judged test query has a relevant document in the index")
     vectors = index.query_vectors([collection.queries[q] for q in qids])
-    qrels = [ir_measures.Qrel(q, d, s) for q, d, s in collection.qrels if q in set(qids)]
-    measures = [ir_measures.parse_measure(m) for m in MEASURES]
     runs: dict[str, Any] = {"engine": lambda: index.search_vectors(vectors, k=RUN_DEPTH)}
     if exhaustive:
         runs["exhaustive"] = lambda: exhaustive_search(index.store, list(vectors), k=RUN_DEPTH)
@@ -38,8 +34,19 @@ def evaluate(index: Index, collection: Collection, *, exhaustive: bool = True, m
         t0 = time.perf_counter()
         results = run()
         seconds = time.perf_counter() - t0
-        scored = [ir_measures.ScoredDoc(q, d, s) for q, hits in zip(qids, results) for d, s in hits]
-        agg = ir_measures.calc_aggregate(measures, qrels, scored)
-        out[name] = {str(m): float(agg[m]) for m in measures}
+        out[name] = measure(qids, results, collection.qrels)
         out[name].update(queries=len(qids), ms_per_query=1000 * seconds / len(qids))
     return out
+
+
+def measure(qids: list[str], results: list[list[tuple[str, float]]], qrels: list[tuple[str, str, int]],
+            measures: tuple[str, ...] = MEASURES) -> dict[str, float]:
+    """{measure: mean over qids} of ranked (doc id, score) lists against (query, doc, relevance) judgements."""
+    import ir_measures
+
+    wanted = set(qids)
+    judged = [ir_measures.Qrel(q, d, s) for q, d, s in qrels if q in wanted]
+    parsed = [ir_measures.parse_measure(m) for m in measures]
+    scored = [ir_measures.ScoredDoc(q, d, s) for q, hits in zip(qids, results) for d, s in hits]
+    agg = ir_measures.calc_aggregate(parsed, judged, scored)
+    return {str(m): float(agg[m]) for m in parsed}

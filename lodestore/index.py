@@ -131,7 +131,7 @@ class Index:
         try:
             _encode_to_bundle(self.encoder, [f"{t}. {x}" if t else x for t, x in zip(titles, texts)], spill,
                               batch_size, progress)
-            return self._commit(spill, ids, _payloads(texts, titles, metadata), upsert, progress)
+            return self._commit(spill, ids, document_payloads(texts, titles, metadata), upsert, progress)
         finally:
             shutil.rmtree(spill, ignore_errors=True)
 
@@ -155,7 +155,7 @@ class Index:
         if (bundle / "ids.txt").exists() and (bundle / "ids.txt").read_text(encoding="utf-8").splitlines() != ids:
             raise ValueError(f"{bundle}: its documents (ids.txt) are not the given ids in the same order")
         self._check_new(ids)
-        return self._commit(bundle, ids, _payloads(texts, titles, metadata), False, progress)
+        return self._commit(bundle, ids, document_payloads(texts, titles, metadata), False, progress)
 
     def _check_new(self, ids: list[str]) -> None:
         known = [i for i in ids if i in self.store]
@@ -214,7 +214,7 @@ class Index:
         return [Hit(doc_id, float(score), d["title"], d["text"], d["metadata"]) for (doc_id, score), d in zip(raw, docs)]
 
 
-def _payloads(texts: list[str], titles: list[str], metadata: list[dict]) -> list[bytes]:
+def document_payloads(texts: list[str], titles: list[str], metadata: list[dict]) -> list[bytes]:
     """What is stored with each document (FORMAT.md 8.5): UTF-8 JSON title, text, metadata."""
     return [json.dumps({"title": t, "text": x, "metadata": m}, ensure_ascii=False).encode("utf-8")
             for t, x, m in zip(titles, texts, metadata)]

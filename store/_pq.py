@@ -57,9 +57,14 @@ class PQCodec:
     _flat: np.ndarray = field(init=False, repr=False)  # (m*256, dsub): row s*256 + c = codebooks[s, c]
     _base: np.ndarray = field(init=False, repr=False)  # (m,) uint16: s*256, added to a row's bytes to index _flat
 
-    # the nearest-centroid search is the scalar codec's (same centroids, same IVF above 4096)
+    # the nearest-centroid search and the centroid accessors are the scalar codec's
+    # (same centroids, same IVF above 4096)
     assign = ResidualCodec.assign
     _index = ResidualCodec._index
+    dim = ResidualCodec.dim
+    num_centroids = ResidualCodec.num_centroids
+    code_dtype = ResidualCodec.code_dtype
+    centroids_f16 = ResidualCodec.centroids_f16
 
     def __post_init__(self) -> None:
         cb = np.ascontiguousarray(np.asarray(self.codebooks, dtype=np.float32))
@@ -74,29 +79,13 @@ class PQCodec:
         object.__setattr__(self, "_base", (np.arange(cb.shape[0]) * PQ_CODES).astype(np.uint16))  # m*256 <= 16384
 
     @property
-    def dim(self) -> int:
-        return int(self.centroids.shape[1])
-
-    @property
     def subspaces(self) -> int:
         return int(self.codebooks.shape[0])
-
-    @property
-    def num_centroids(self) -> int:
-        return int(self.centroids.shape[0])
-
-    @property
-    def code_dtype(self) -> np.dtype:
-        return np.dtype(np.uint16)
 
     @property
     def residual_bytes(self) -> int:
         """m: one byte per subspace, a fixed row size whatever the data."""
         return self.subspaces
-
-    @property
-    def centroids_f16(self) -> np.ndarray:
-        return self.centroids.astype(np.float16)
 
     # ------------------------------------------------------------------ training
     @classmethod

@@ -273,3 +273,18 @@ def test_profile_stages_accounts_for_the_query_time(bundle, built, capsys):
     out = subprocess.run([sys.executable, "-m", "tools.profile_stages", str(built), str(bundle), "--queries", "4"],
                          capture_output=True, text=True, check=True).stdout
     assert "| 4 exact re-ranking of the survivors |" in out and "ms/q mean" in out
+
+
+def test_probe_misses_accounts_for_every_reference_document(bundle, built, capsys):
+    import re
+
+    from tools import probe_misses
+
+    assert probe_misses.main([str(bundle), str(built), "--queries", "6", "--deltas", "0.1"]) == 0
+    out = capsys.readouterr().out
+    found, unprobed, cut = map(int, re.search(r"found (\d+), missed (\d+) never probed and (\d+) probed", out).groups())
+    assert found + unprobed + cut == 60
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| fixed") or line.startswith("| within")]
+    assert len(rows) == 4
+    coverage = [float(r[1]) for r in rows[:3]]
+    assert coverage == sorted(coverage)  # probing more lists never covers less

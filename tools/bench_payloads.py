@@ -34,7 +34,7 @@ def _open(args: argparse.Namespace, tmp: Path):
     import warnings
 
     from lodestore.collection import Collection
-    from lodestore.index import _payloads
+    from lodestore.index import document_payloads
 
     docs = Collection.load(args.collection).docs
     rng = np.random.default_rng(0)
@@ -42,7 +42,7 @@ def _open(args: argparse.Namespace, tmp: Path):
         warnings.simplefilter("ignore")  # few tokens: small codec
         with Store.create(tmp / "store", dim=8, num_centroids=16) as store:
             store.add([d["_id"] for d in docs], [rng.normal(size=(2, 8)) for _ in docs],
-                      payloads=_payloads([d.get("text") or "" for d in docs], [d.get("title") or "" for d in docs],
+                      payloads=document_payloads([d.get("text") or "" for d in docs], [d.get("title") or "" for d in docs],
                                          [{} for _ in docs]))
     return Store.open(tmp / "store")
 
