@@ -9,7 +9,10 @@ _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1024, "m": 1e6, "mb": 1e6, 
           "g": 1e9, "gb": 1e9, "gib": 1 << 30}
 MIN_CACHE = 1 << 20
 AUTO = "auto"
-AUTO_CACHE = 4 << 20  # the cache "auto" adds to the index (measured: 11% hits at 8 MB, 5e6 tokens)
+AUTO_CACHE = 4 << 20  # the cache "auto" adds with prefetch on: room for ~2 x the survivors' rows read ahead
+SMALL_STORE = 4 << 20  # "auto" keeps a store whose token rows fit in this all in RAM
+AUTO_CACHE_NO_PREFETCH = MIN_CACHE  # without prefetch the cache only keeps rows from earlier queries:
+                                     # 6-11% hits at 4-8 MB on the benchmarks (docs/BENCHMARKS.md 2.0a)
 
 
 def parse_size(value: int | float | str | None) -> int | str | None:
@@ -54,22 +57,23 @@ class Placement:
 
 
 def place(budget: int | str | None, index_bytes: int, codes_bytes: int, residual_bytes: int,
-          max_cache: int = 16 << 20) -> Placement:
+          max_cache: int = 16 << 20, auto_cache: int = AUTO_CACHE) -> Placement:
     """Fit the budget: the index always; everything if it fits; then codes; the rest becomes cache.
 
     "auto" is what candidate generation needs (the index: centroids, inverted
-    lists and each document's distinct centroid ids) plus a 4 MB cache; token
+    lists and each document's distinct centroid ids) plus `auto_cache` (the
+    Searcher passes 4 MB with prefetch on, 1 MB without); token
     rows, per-token codes included, are read for the survivors only, unless
-    the whole store fits in that. Measured at 1e7 tokens (docs/BENCHMARKS.md
+    they fit in 4 MB (then everything is resident). Measured at 1e7 tokens (docs/BENCHMARKS.md
     2.0): index memory x0.166 of all-in-RAM instead of x0.222 with the codes
     resident, p50 x1.03 instead of x0.87 on a loaded machine.
     The cache is capped at `max_cache`: past a few hundred candidate documents
     per query a bigger cache buys nothing on a warm page cache.
     """
     if budget == AUTO:
-        if index_bytes + codes_bytes + residual_bytes <= index_bytes + AUTO_CACHE:
+        if codes_bytes + residual_bytes <= SMALL_STORE:  # its rows cost no more than a cache: keep them
             return Placement(index_bytes + AUTO_CACHE, index_bytes, True, True, 0)
-        return Placement(index_bytes + AUTO_CACHE, index_bytes, False, False, AUTO_CACHE)
+        return Placement(index_bytes + auto_cache, index_bytes, False, False, auto_cache)
     if budget is None or budget >= index_bytes + codes_bytes + residual_bytes:
         return Placement(budget, index_bytes, True, True, 0)
     left = budget - index_bytes

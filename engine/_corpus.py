@@ -11,6 +11,10 @@ import numpy as np
 
 from store import Store
 
+from ._maxsim import ramp
+
+IVF_BLOCK = 1 << 16  # documents per block of the resident inverted lists (uint16 offsets inside a block)
+
 
 class Corpus:
     """Centroids, merged inverted lists, doc lengths, deletion mask, compact id table; optionally codes/residuals."""
@@ -37,6 +41,14 @@ class Corpus:
         self.token_offsets: np.ndarray | None = None
 
     def _build_ivf(self) -> None:
+        """Merge the segments' inverted lists into two resident views of the (centroid, document) pairs.
+
+        Centroid-major (probing): the documents of each list as uint16 offsets inside
+        blocks of IVF_BLOCK documents, block by block: ivf_offsets[b, c] : ivf_offsets[b, c + 1]
+        are centroid c's documents in block b. Half the bytes of uint32 document numbers
+        (5.4 MB saved at 1e7 tokens) for (blocks x K) offsets. Document-major (centroid
+        interaction): each document's distinct centroid ids.
+        """
         k = self.codec.num_centroids
         cents, docs = [], []
         for base, seg in zip(self.seg_base[:-1], self.segments):
@@ -45,15 +57,37 @@ class Corpus:
             docs.append(seg_docs.astype(np.uint32) + np.uint32(base))
         cent = np.concatenate(cents)
         doc = np.concatenate(docs)
-        order = np.argsort(cent, kind="stable")  # segments in order: docs stay ascending in each list
-        self.ivf_docs = doc[order]
-        self.ivf_offsets = np.concatenate([[0], np.cumsum(np.bincount(cent, minlength=k))]).astype(np.int64)
+        del cents, docs
+        block = (doc // IVF_BLOCK).astype(np.int64)
+        n_blocks = max(1, -(-self.n_docs // IVF_BLOCK))
+        key = block * k + cent  # (block, centroid); a stable sort keeps docs ascending in each list
+        order = np.argsort(key, kind="stable")
+        self.ivf_docs = (doc[order] % IVF_BLOCK).astype(np.uint16)
+        counts = np.bincount(key, minlength=n_blocks * k)
+        del key, order, block
+        offs = np.zeros(n_blocks * k + 1, dtype=np.int64)
+        np.cumsum(counts, out=offs[1:])
+        self.ivf_offsets = _narrow(offs)  # list (b, c) is ivf_docs[offs[b * k + c] : offs[b * k + c + 1]]
         # The same pairs document-major: each document's distinct centroid ids. Centroid
         # interaction only needs these (a max over a document's tokens is a max over its
         # distinct centroids), at ~1/4 of the per-token codes on the benchmark corpora.
         by_doc = np.argsort(doc, kind="stable")
         self.doc_codes = cent[by_doc].astype(self.codec.code_dtype)
-        self.doc_code_offsets = np.concatenate([[0], np.cumsum(np.bincount(doc, minlength=self.n_docs))]).astype(np.int64)
+        offs = np.zeros(self.n_docs + 1, dtype=np.int64)
+        np.cumsum(np.bincount(doc, minlength=self.n_docs), out=offs[1:])
+        self.doc_code_offsets = _narrow(offs)
+
+    def probed_docs(self, cents: np.ndarray, with_centroids: bool = False):
+        """The documents of the given centroids' inverted lists (with repeats), int64;
+        with_centroids: also the centroid each (document, centroid) pair came from."""
+        k = self.codec.num_centroids
+        n_blocks = (len(self.ivf_offsets) - 1) // k
+        lists = (np.arange(n_blocks, dtype=np.int64)[:, None] * k + np.asarray(cents, dtype=np.int64)).ravel()
+        starts = self.ivf_offsets[lists].astype(np.int64)
+        lens = self.ivf_offsets[lists + 1] - starts
+        local = np.take(self.ivf_docs, np.repeat(starts, lens) + ramp(lens))
+        docs = np.repeat(lists // k * IVF_BLOCK, lens) + local
+        return (docs, np.repeat(lists % k, lens)) if with_centroids else docs
 
     def _build_ids(self) -> None:
         offs, blobs, shift = [], [], 0
@@ -62,7 +96,7 @@ class Corpus:
             offs.append(o[:-1] + shift)
             blobs.append(b)
             shift += len(b)
-        self.id_offsets = np.concatenate(offs + [np.array([shift])]).astype(np.int64)
+        self.id_offsets = _narrow(np.concatenate(offs + [np.array([shift])]).astype(np.int64))
         self.id_bytes = np.concatenate(blobs) if blobs else np.zeros(0, np.uint8)
         self._id_lookup: dict[str, int] | None = None
 
@@ -125,16 +159,15 @@ class Corpus:
                 out[order[i]] = (codes[a:b].copy(), res[a:b].copy())  # own memory: a cached view would pin the whole batch
         return out, io
 
-    def distinct_codes(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each doc's distinct centroid ids, concatenated in the given order, with their counts."""
-        starts = self.doc_code_offsets[docs]
-        lens = self.doc_code_offsets[docs + 1] - starts
-        return np.take(self.doc_codes, np.repeat(starts, lens) + _ramp(lens)), lens
+    def distinct_code_spans(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where each doc's distinct centroid ids lie in doc_codes: (starts, counts)."""
+        starts = self.doc_code_offsets[docs].astype(np.int64)
+        return starts, self.doc_code_offsets[docs + 1] - starts
 
     def _token_index(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Row numbers of docs' tokens in the resident arrays, concatenated, and the lengths."""
         lens = self.doclens[docs].astype(np.int64)
-        return np.repeat(self.token_offsets[docs], lens) + _ramp(lens), lens
+        return np.repeat(self.token_offsets[docs], lens) + ramp(lens), lens
 
     def resident_codes(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Codes of docs from RAM, concatenated, with their lengths."""
@@ -147,7 +180,6 @@ class Corpus:
         return np.take(self.codes, idx), np.take(self.residuals, idx, axis=0), lens
 
 
-def _ramp(lengths: np.ndarray) -> np.ndarray:
-    total = int(lengths.sum())
-    ends = np.cumsum(lengths)
-    return np.arange(total, dtype=np.int64) - np.repeat(ends - lengths, lengths)
+def _narrow(offsets: np.ndarray) -> np.ndarray:
+    """int64 offsets as uint32 when they fit (half the bytes of the resident offset tables)."""
+    return offsets.astype(np.uint32) if len(offsets) == 0 or int(offsets[-1]) < (1 << 32) else offsets

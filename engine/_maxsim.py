@@ -19,25 +19,54 @@ def maxsim_concat(query: np.ndarray, tokens: np.ndarray, doclens: np.ndarray) ->
     return _segment_max_sum(sim, doclens)
 
 
-def centroid_scores_concat(scores: np.ndarray, codes: np.ndarray, doclens: np.ndarray) -> np.ndarray:
+def centroid_scores_concat(scores: np.ndarray, codes: np.ndarray, doclens: np.ndarray, workers=None) -> np.ndarray:
+    """PLAID's centroid interaction over documents whose centroid ids are concatenated in `codes`."""
+    starts = np.zeros(len(doclens), dtype=np.int64)
+    np.cumsum(doclens[:-1], out=starts[1:])
+    return centroid_interaction(scores, codes, starts, np.asarray(doclens, dtype=np.int64), workers)
+
+
+def centroid_interaction(scores: np.ndarray, doc_codes: np.ndarray, starts: np.ndarray, lens: np.ndarray,
+                         workers=None) -> np.ndarray:
     """PLAID's centroid interaction: MaxSim with each token replaced by its centroid.
 
-    scores is (q, K): the query-centroid scores; one column gather per token.
+    scores is (q, K): the query-centroid scores (float, or the Searcher's int16
+    fixed-point ones; the result is their sum in the same units). Document i's centroid ids are
+    doc_codes[starts[i] : starts[i] + lens[i]]. Computed in slices of whole
+    documents of ~CI_CHUNK_TOKENS ids: each slice gathers its ids, then one
+    (q, ids) column gather and a segmented max, so the working set stays ~1 MB
+    whatever the number of candidates (no index array over all of them).
+    Slices are spread over `workers` (engine._parallel.Workers) when given;
+    they do not depend on the number of threads, so neither do the scores.
     """
-    if len(doclens) == 0:
+    if len(lens) == 0:
         return np.zeros(0, dtype=np.float32)
-    if len(codes) <= CI_CHUNK_TOKENS:
-        return _segment_max_sum(np.take(scores, codes, axis=1), doclens)
-    # in slices of whole documents: the (q, tokens) gather stays ~1 MB instead of q x all tokens
-    ends = np.cumsum(doclens)
-    out = np.empty(len(doclens), dtype=np.float32)
-    a = 0
-    while a < len(doclens):
+    ends = np.cumsum(lens)
+    cuts = [0]  # document index where each slice starts
+    while cuts[-1] < len(lens):
+        a = cuts[-1]
         start = ends[a - 1] if a else 0
-        b = max(a + 1, int(np.searchsorted(ends, start + CI_CHUNK_TOKENS, side="right")))
-        out[a:b] = _segment_max_sum(np.take(scores, codes[start : ends[b - 1]], axis=1), doclens[a:b])
-        a = b
+        cuts.append(max(a + 1, int(np.searchsorted(ends, start + CI_CHUNK_TOKENS, side="right"))))
+    out = np.empty(len(lens), dtype=np.float32)
+
+    def one(i: int) -> None:
+        a, b = cuts[i], cuts[i + 1]
+        ids = np.take(doc_codes, np.repeat(starts[a:b], lens[a:b]) + ramp(lens[a:b]))
+        out[a:b] = _segment_max_sum(np.take(scores, ids, axis=1), lens[a:b])
+
+    if workers is None:
+        for i in range(len(cuts) - 1):
+            one(i)
+    else:
+        workers.map(one, len(cuts) - 1)
     return out
+
+
+def ramp(lengths: np.ndarray) -> np.ndarray:
+    """0..l-1 for each l in lengths, concatenated: the offsets inside each run."""
+    total = int(lengths.sum())
+    ends = np.cumsum(lengths)
+    return np.arange(total, dtype=np.int64) - np.repeat(ends - lengths, lengths)
 
 
 def _segment_max_sum(sim: np.ndarray, doclens: np.ndarray) -> np.ndarray:

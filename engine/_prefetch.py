@@ -118,7 +118,8 @@ class Prefetcher:
                 out[missing[j]] = r
         for i, fut in wait.items():
             fut.result()  # re-raises a read error (e.g. CorruptStoreError) here
-        self.io_wait_s += time.perf_counter() - t0
+        with self._lock:  # get() may run in several query threads at once
+            self.io_wait_s += time.perf_counter() - t0
         if wait:
             with self._lock:
                 for i in wait:

@@ -1,7 +1,7 @@
 """The Searcher: PLAID-style candidate generation, exact MaxSim re-ranking, prefetched reads.
 
 Per query (q tokens) the pipeline is:
-  1. S = Q C^T, the query-centroid scores (q, K).
+  1. S = Q C^T, the query-centroid scores (q, K), kept as int16 (1/16384 steps).
   2. Probe: the top `nprobe` centroids of each query token; the union of their
      inverted lists gives the candidates.
   3. Centroid interaction: each candidate scored by MaxSim with its tokens
@@ -24,15 +24,19 @@ import numpy as np
 
 from store import Store, as_numpy
 
-from ._budget import Placement, parse_size, place
-from ._corpus import Corpus, _ramp
-from ._maxsim import centroid_scores_concat, maxsim_concat, maxsim_torch, top_k
+from ._budget import AUTO_CACHE, AUTO_CACHE_NO_PREFETCH, Placement, parse_size, place
+from ._corpus import Corpus
+from ._maxsim import centroid_interaction, maxsim_concat, maxsim_torch, top_k
+from ._parallel import Workers, default_threads
 from ._prefetch import Prefetcher
 
-DEFAULT_BUDGET = "auto"  # index + 4 MB cache (docs/BENCHMARKS.md 2.0)
+DEFAULT_BUDGET = "auto"  # index + 1 MB cache (4 MB with prefetch on; docs/BENCHMARKS.md 2.0b)
 DEFAULT_NPROBE = 8
 DEFAULT_NDOCS = 384  # 96 survivors; measured recall@10 vs exhaustive: 0.993 (1e6), 0.969 (5e6), 0.984 (cranfield)
 STREAM_CHUNK = 16  # survivors scored per exact-MaxSim step (reads of the next steps overlap it)
+CENTROID_BLOCK = 4096  # centroids per piece of the query-centroid product (pieces run in parallel)
+SCORE_SCALE = 1 << 14  # query-centroid scores are kept as int16 multiples of 1/16384 (|score| <= ~1)
+PROBE_ROWS = 8  # query tokens per piece of probing
 
 Hits = list[tuple[str, float]]
 
@@ -42,8 +46,9 @@ class Searcher:
 
     memory_budget: bytes, a size string ("64MB"), "auto" (the default: what
     candidate generation needs, i.e. the centroids, inverted lists and each
-    document's distinct centroid ids, plus a 4 MB cache; token rows and their
-    per-token ids are read for the survivors), or "all" to keep everything in RAM.
+    document's distinct centroid ids, plus a 1 MB row cache, 4 MB with prefetch
+    on; token rows and their per-token ids are read for the survivors), or
+    "all" to keep everything in RAM.
     nprobe: centroids probed per query token. ndocs: a quarter of it (at least k)
     is how many candidates reach exact re-ranking.
     device: "cpu" (numpy, no torch import) or a torch device such as "cuda" for
@@ -52,11 +57,14 @@ class Searcher:
     (docs/BENCHMARKS.md 2.0): hit rate 0.97-0.99; p50 lower on a cold page
     cache, higher on a warm one, for twice the bytes read and 7-9 MB more RSS;
     off by default. Turn it on where reads block for long.
+    threads: threads one query's work is spread over (query-centroid product,
+    centroid interaction, re-ranking chunks); default 2 where the process may
+    use 2 cores. Results do not depend on it.
     """
 
     def __init__(self, store_or_path: Store | str | os.PathLike, memory_budget: int | str | None = DEFAULT_BUDGET,
                  nprobe: int | None = None, ndocs: int | None = None, *, device: str = "cpu",
-                 prefetch: bool = False, prefetch_threads: int = 2):
+                 prefetch: bool = False, prefetch_threads: int = 2, threads: int | None = None):
         self._own_store = not isinstance(store_or_path, Store)
         self.store = Store.open(Path(store_or_path)) if self._own_store else store_or_path
         if self.store.manifest.codec is None or not self.store.manifest.segments:
@@ -67,6 +75,7 @@ class Searcher:
             raise ValueError(f"nprobe and ndocs must be positive integers, got nprobe={nprobe!r}, ndocs={ndocs!r}")
         self.device = device
         self.prefetch = bool(prefetch)
+        self.workers = Workers(default_threads() if threads is None else threads)
         self.generation = self.store.generation
         self._memory_budget, self._prefetch_threads = memory_budget, prefetch_threads
         try:
@@ -88,7 +97,7 @@ class Searcher:
             tokens = c.tokens()
             placement = place(
                 parse_size(self._memory_budget), c.index_bytes(), tokens * c.codec.code_dtype.itemsize,
-                tokens * c.codec.residual_bytes,
+                tokens * c.codec.residual_bytes, auto_cache=AUTO_CACHE if self.prefetch else AUTO_CACHE_NO_PREFETCH,
             )
             if placement.codes_resident:
                 c.load_codes()
@@ -200,6 +209,7 @@ class Searcher:
 
     def close(self) -> None:
         self.prefetcher.close()
+        self.workers.close()
         self.corpus.close()
         if self._own_store:
             self.store.close()
@@ -237,7 +247,7 @@ class Searcher:
     def _search_batch_inner(self, queries: list[np.ndarray], k: int, allowed: np.ndarray | None) -> list[Hits]:
         c = self.corpus
         bounds = np.concatenate([[0], np.cumsum([len(q) for q in queries])])
-        scores_all = np.concatenate(queries) @ c.centroids.T  # (total q tokens, K): one matmul per batch
+        scores_all = self._centroid_scores(np.concatenate(queries))  # (total q tokens, K): once per batch
         per_query = [scores_all[bounds[i] : bounds[i + 1]] for i in range(len(queries))]
         # candidates for every query first, so all reads are in flight before any re-ranking
         cands = [self._candidates(S, k, allowed) for S in per_query]
@@ -246,10 +256,33 @@ class Searcher:
                 self.prefetcher.prefetch(cand)
         return [self._rerank(q, cand, k) for q, cand in zip(queries, cands)]
 
+    def _centroid_scores(self, Q: np.ndarray) -> np.ndarray:
+        """Q C^T as int16 (round(score x SCORE_SCALE)), in blocks of centroids spread over the threads.
+
+        Unit queries and unit centroids give |score| <= 1, so int16 at 1/16384 loses
+        at most 3e-5 per score: nothing next to what replacing tokens by centroids
+        already approximates. Half the bytes of float32 (2 MB instead of 4 MB for 32
+        query tokens at K=32,768), and the gathers and segmented maxima of centroid
+        interaction run ~20% faster on them (measured). Exact re-ranking never uses them.
+        """
+        C = self.corpus.centroids
+        S = np.empty((len(Q), len(C)), dtype=np.int16)
+        blocks = range(0, len(C), CENTROID_BLOCK)
+
+        def one(i: int) -> None:
+            a = blocks[i]
+            block = Q @ C[a : a + CENTROID_BLOCK].T
+            block *= SCORE_SCALE
+            np.clip(np.rint(block, out=block), -32767, 32767, out=block)
+            S[:, a : a + CENTROID_BLOCK] = block
+
+        self.workers.map(one, len(blocks))
+        return S
+
     def _candidates(self, S: np.ndarray, k: int, allowed: np.ndarray | None) -> np.ndarray:
         """Stages 2-3: the documents of the probed inverted lists, ranked by centroid interaction.
 
-        S is (q, K): query-centroid scores. Each candidate's score is MaxSim with
+        S is (q, K): query-centroid scores (int16, see _centroid_scores). Each candidate's score is MaxSim with
         its tokens replaced by their centroids, computed from its distinct
         centroid ids (the document-major copy of the inverted lists). Returns
         the best max(k, ndocs/4) candidates, best first: the survivors.
@@ -258,23 +291,28 @@ class Searcher:
         if allowed is not None and len(allowed) <= max(self.ndocs, k):
             docs = allowed  # a small subset skips probing: all of it is scored
         else:
-            cents = np.unique(_top_columns(S, min(self.nprobe, S.shape[1])))
-            starts, stops = c.ivf_offsets[cents], c.ivf_offsets[cents + 1]
-            lens = stops - starts
-            pair_docs = np.take(c.ivf_docs, np.repeat(starts, lens) + _ramp(lens)).astype(np.int64)
-            order = np.argsort(pair_docs, kind="stable")  # one sort: groups the pairs by document
-            pair_docs = pair_docs[order]
-            first = np.flatnonzero(np.r_[len(pair_docs) > 0, pair_docs[1:] != pair_docs[:-1]])  # group starts
-            if self._reading_ahead() and len(pair_docs):
-                self._read_ahead(S, pair_docs, np.repeat(cents, lens)[order], first, k)
-            docs = pair_docs[first]
+            cents = np.unique(self._probe(S))
+            if self._reading_ahead():
+                pair_docs, pair_cents = c.probed_docs(cents, with_centroids=True)
+                if len(pair_docs):
+                    self._read_ahead(S, pair_docs, pair_cents, k)
+            else:
+                pair_docs = c.probed_docs(cents)
+            docs = _distinct(pair_docs, c.n_docs)
             docs = docs[~c.deleted[docs]]
             if allowed is not None:
                 docs = docs[np.isin(docs, allowed, assume_unique=True)]
         if len(docs) == 0:
             return docs
-        codes, lens = c.distinct_codes(docs)
-        return docs[top_k(centroid_scores_concat(S, codes, lens), self._survivors(k))]
+        starts, lens = c.distinct_code_spans(docs)
+        return docs[top_k(centroid_interaction(S, c.doc_codes, starts, lens, self.workers), self._survivors(k))]
+
+    def _probe(self, S: np.ndarray) -> np.ndarray:
+        """The top-nprobe centroids of each query token (any order), PROBE_ROWS tokens per piece."""
+        n = min(self.nprobe, S.shape[1])
+        pieces = range(0, len(S), PROBE_ROWS)
+        return np.concatenate(self.workers.map(lambda i: _top_columns(S[pieces[i] : pieces[i] + PROBE_ROWS], n),
+                                               len(pieces)))
 
     def _survivors(self, k: int) -> int:
         return max(k, self.ndocs // 4)
@@ -282,14 +320,17 @@ class Searcher:
     def _reading_ahead(self) -> bool:
         return self.prefetch and not self.placement.residuals_resident
 
-    def _read_ahead(self, S: np.ndarray, docs: np.ndarray, cents: np.ndarray, first: np.ndarray, k: int) -> None:
+    def _read_ahead(self, S: np.ndarray, docs: np.ndarray, cents: np.ndarray, k: int) -> None:
         """Start reading the likely survivors before centroid interaction has picked them.
 
-        (docs, cents) are the probed (document, centroid) pairs grouped by document,
-        `first` the start of each group. A cheap guess from them alone (sum over query
-        tokens of the best probed centroid each candidate has) picks 2 x survivors, so
-        the reads overlap centroid interaction (measured: hit rate 0.97-0.99).
+        (docs, cents) are the probed (document, centroid) pairs. A cheap guess from
+        them alone (sum over query tokens of the best probed centroid each candidate
+        has) picks 2 x survivors, so the reads overlap centroid interaction
+        (measured: hit rate 0.97-0.99).
         """
+        order = np.argsort(docs, kind="stable")  # group the pairs by document
+        docs, cents = docs[order], cents[order]
+        first = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]])  # group starts
         guess = np.maximum.reduceat(np.take(S, cents, axis=1), first, axis=1).sum(axis=0)
         likely = docs[first][top_k(guess, 2 * self._survivors(k))]
         self.prefetcher.prefetch(likely[~self.corpus.deleted[likely]])
@@ -316,6 +357,14 @@ class Searcher:
         scores = np.empty(len(final), dtype=np.float32)
         step = STREAM_CHUNK if self.device == "cpu" else max(len(final), 1)  # a GPU wants one big batch
         pending = list(range(0, len(final), step))
+        if self.workers.threads > 1 and len(pending) > 1:  # chunks in parallel, best first
+
+            def one(i: int) -> None:
+                a = pending[i]
+                scores[a : a + step] = self._exact(Q, *rows_of(final[a : a + step]))
+
+            self.workers.map(one, len(pending))
+            pending = []
         while pending:
             a = next((a for a in pending if ready(final[a : a + step])), pending[0]) if ready else pending[0]
             pending.remove(a)
@@ -382,19 +431,34 @@ def _release_free_memory() -> None:
         pass
 
 
+def _distinct(values: np.ndarray, n: int) -> np.ndarray:
+    """The distinct values (all in [0, n)), ascending.
+
+    Marking them in an n-slot mask is ~10x cheaper than sorting for the few
+    thousand candidates of 1e6-1e7-token stores; sorting wins when n dwarfs them.
+    """
+    if n > 32 * len(values):
+        return np.unique(values)
+    seen = np.zeros(n, dtype=bool)
+    seen[values] = True
+    return np.flatnonzero(seen)
+
+
 def _top_columns(S: np.ndarray, n: int) -> np.ndarray:
     """Column indices of the n largest entries of each row of S (any order).
 
-    For the small n of probing, n argmax passes beat argpartition (measured 5x at K=8192).
+    For the small n of probing, n argmax passes over a copy beat argpartition
+    (measured 5x at K=8192); callers pass a few rows at a time, so the copy stays small.
     """
     if n > 8:
         return np.argpartition(S, S.shape[1] - n, axis=1)[:, S.shape[1] - n :]
     work = S.copy()
+    low = np.iinfo(S.dtype).min if np.issubdtype(S.dtype, np.integer) else -np.inf
     rows = np.arange(S.shape[0])
     out = np.empty((S.shape[0], n), dtype=np.int64)
     for j in range(n):
         out[:, j] = work.argmax(axis=1)
-        work[rows, out[:, j]] = -np.inf
+        work[rows, out[:, j]] = low
     return out
 
 

@@ -36,7 +36,7 @@ class RawShardedArray:
             raise CorruptStoreError(f"{meta_path}: unreadable array metadata ({e})") from None
         self._parse(meta, meta_path)
         self._fds: dict[int, int] = {}
-        self._indexes: dict[int, np.ndarray] = {}
+        self._offsets: dict[int, np.ndarray] = {}  # shard -> each inner chunk's byte offset (checked index)
         self._lock = threading.Lock()
         self._closed = False
 
@@ -85,23 +85,36 @@ class RawShardedArray:
         return fd
 
     def shard_index(self, shard: int) -> np.ndarray:
-        """(chunks_per_shard, 2) uint64 [offset, nbytes] of each inner chunk, CRC-checked."""
-        idx = self._indexes.get(shard)
-        if idx is None:
-            fd = self._fd(shard)
-            n = self.chunks_per_shard * 16
-            size = os.fstat(fd).st_size
-            if size < n + 4:
-                raise CorruptStoreError(f"{self.shard_file(shard)}: shard too short for its index ({size} bytes)")
-            raw = os.pread(fd, n + 4, size - n - 4)
-            if google_crc32c.value(raw[:n]).to_bytes(4, "little") != raw[n:]:
-                raise CorruptStoreError(f"{self.shard_file(shard)}: shard index checksum mismatch")
-            idx = np.frombuffer(raw[:n], dtype="<u8").reshape(-1, 2)
-            ok = (idx[:, 0] == _MISSING) | ((idx[:, 1] == self.chunk_bytes + 4) & (idx[:, 0] + idx[:, 1] <= size - n - 4))
-            if not ok.all():
-                raise CorruptStoreError(f"{self.shard_file(shard)}: shard index points outside the file")
-            self._indexes[shard] = idx
+        """(chunks_per_shard, 2) uint64 [offset, nbytes] of each inner chunk, read and CRC-checked now."""
+        fd = self._fd(shard)
+        n = self.chunks_per_shard * 16
+        size = os.fstat(fd).st_size
+        if size < n + 4:
+            raise CorruptStoreError(f"{self.shard_file(shard)}: shard too short for its index ({size} bytes)")
+        raw = os.pread(fd, n + 4, size - n - 4)
+        if google_crc32c.value(raw[:n]).to_bytes(4, "little") != raw[n:]:
+            raise CorruptStoreError(f"{self.shard_file(shard)}: shard index checksum mismatch")
+        idx = np.frombuffer(raw[:n], dtype="<u8").reshape(-1, 2)
+        ok = (idx[:, 0] == _MISSING) | ((idx[:, 1] == self.chunk_bytes + 4) & (idx[:, 0] + idx[:, 1] <= size - n - 4))
+        if not ok.all():
+            raise CorruptStoreError(f"{self.shard_file(shard)}: shard index points outside the file")
         return idx
+
+    def chunk_offsets(self, shard: int) -> tuple[np.ndarray, int]:
+        """(byte offset of each inner chunk of the shard, the value marking a missing chunk), cached.
+
+        Only the offsets of the checked index are kept (every present chunk's size is
+        chunk_bytes + 4), as uint32 when the shard file is under 4 GiB: 4 bytes per
+        chunk instead of 16 (about 0.6 MB instead of 2.4 MB for a 1e7-token segment).
+        """
+        offs = self._offsets.get(shard)
+        if offs is None:
+            full = self.shard_index(shard)[:, 0]
+            present = full != _MISSING
+            small = not present.any() or int(full[present].max()) < 0xFFFFFFFF
+            offs = full.astype(np.uint32) if small else full.copy()
+            self._offsets[shard] = offs
+        return offs, (0xFFFFFFFF if offs.dtype == np.uint32 else int(_MISSING))
 
     def close(self) -> None:
         with self._lock:
@@ -109,7 +122,7 @@ class RawShardedArray:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
-            self._indexes.clear()
+            self._offsets.clear()
 
     # ------------------------------------------------------------------ reads
     def read_chunks(self, chunk_ids: np.ndarray) -> tuple[np.ndarray, int, int]:
@@ -125,10 +138,13 @@ class RawShardedArray:
         step = self.chunk_bytes + 4
         shards, pos = np.divmod(chunk_ids, self.chunks_per_shard)
         offs = np.empty(n, dtype=np.uint64)
+        missing = np.zeros(n, dtype=bool)
         for shard in np.unique(shards).tolist():
             sel = shards == shard
-            offs[sel] = self.shard_index(shard)[pos[sel], 0]
-        missing = offs == _MISSING
+            table, absent = self.chunk_offsets(shard)
+            o = table[pos[sel]]
+            missing[sel] = o == absent
+            offs[sel] = o
         brk = np.ones(n, dtype=bool)
         if n > 1:
             brk[1:] = (shards[1:] != shards[:-1]) | (offs[1:] != offs[:-1] + np.uint64(step)) | missing[1:] | missing[:-1]

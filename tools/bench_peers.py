@@ -62,6 +62,17 @@ DEFAULT_ROWS = ",".join(r for r in ROWS if r != "lodestore_prefetch")
 WARMUP = 5
 
 
+def _label(name: str, index: Path) -> str:
+    """The row's label; lodestore rows name the codec their store was built with."""
+    label = LABELS[name]
+    manifest = index / "store" / "manifest.json"
+    if name.startswith("lodestore") and manifest.exists():
+        codec = json.loads(manifest.read_text())["codec"] or {}
+        kind = "pq %s" % codec.get("pq_subspaces") if codec.get("kind") == "pq" else "scalar %s-bit" % codec.get("nbits")
+        label = label[:-1] + f", {kind})"
+    return label
+
+
 # ---------------------------------------------------------------------- children
 def child_build(cfg: dict) -> dict:
     from tools import peer_engines
@@ -213,7 +224,7 @@ def run(args) -> list[dict]:
         engine_key, options = ROWS[name]
         b = build_once(engine_key, args, builds)
         for cold in {"warm": [False], "cold": [True], "both": [False, True]}[args.cache]:
-            row = {"row": name, "label": LABELS[name], "engine": engine_key, "options": options, "cold": cold,
+            row = {"row": name, "label": _label(name, args.work / engine_key), "engine": engine_key, "options": options, "cold": cold,
                    "tokens": n_tokens, "build": b}
             rows.append(row)
             if "error" in b:

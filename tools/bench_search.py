@@ -2,6 +2,9 @@
 
     python -m tools.bench_search BUNDLE STORE [--budgets all,64MB,8MB] [--queries 200] [--cold] [--batch 32]
 
+Each budget spec is BUDGET[:prefetch|:sync][@THREADS]: e.g. `auto:prefetch` turns the
+prefetch threads on, `auto@1` searches with one thread per query (default: the Searcher's).
+
 BUNDLE is an embedding bundle (tools/make_bundle.py) with queries.npy; STORE a
 store built from it (`lodestore build STORE --embeddings BUNDLE`). Each
 configuration runs in a fresh child process: imports, then VmRSS is read
@@ -38,6 +41,8 @@ def child(cfg: dict) -> dict:
     base = memstat.status_mb()
     t0 = time.perf_counter()
     options = {} if cfg["prefetch"] is None else {"prefetch": cfg["prefetch"]}
+    if cfg.get("threads"):
+        options["threads"] = cfg["threads"]
     searcher = lodestore.Searcher(cfg["store"], memory_budget=cfg["budget"], nprobe=cfg["nprobe"], ndocs=cfg["ndocs"],
                                   **options)
     load_s = time.perf_counter() - t0
@@ -70,7 +75,7 @@ def child(cfg: dict) -> dict:
             batch_times.append((time.perf_counter() - t) / len(queries[s : s + b]))
     n = len(queries)
     return {
-        "placement": stats["placement"]["name"], "load_s": load_s,
+        "placement": stats["placement"]["name"], "load_s": load_s, "threads": searcher.workers.threads,
         "p50_ms": float(np.percentile(times, 50) * 1e3), "p95_ms": float(np.percentile(times, 95) * 1e3),
         "qps": n / sum(times), "cpu_ms": cpu / n * 1e3,
         "batch_ms_per_query": float(np.mean(batch_times) * 1e3) if batch_times else None,
@@ -150,10 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         st = store.stats()
     rows = []
     for spec in args.budgets.split(","):
-        budget, _, mode = spec.partition(":")
+        spec_main, _, threads = spec.partition("@")
+        budget, _, mode = spec_main.partition(":")
         cfg = {"bundle": str(args.bundle), "store": str(args.store), "budget": budget, "queries": len(queries),
                "prefetch": {"prefetch": True, "sync": False, "": None}[mode],
-               "nprobe": args.nprobe, "ndocs": args.ndocs, "cold": args.cold, "batch": args.batch}
+               "nprobe": args.nprobe, "ndocs": args.ndocs, "cold": args.cold, "batch": args.batch,
+               "threads": int(threads) if threads else None}
         out = subprocess.run([sys.executable, "-m", "tools.bench_search", "x", "x", "--child", json.dumps(cfg)],
                              capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -165,14 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nstore: {args.store} ({st['tokens']:,} tokens, {st['documents']:,} docs, K={st['centroids']}, "
           f"nbits={st['nbits']}, {st['bytes_per_token']:.2f} B/token on disk); queries: {len(queries)}; "
           f"cache: {'cold (fadvise DONTNEED before each query)' if args.cold else 'warm'}")
-    head = ("budget", "placement", "R@10 store", "R@10 raw", "p50 ms", "p95 ms", "QPS", "batch ms/q", "RSS MB", "anon", "file",
+    head = ("budget", "placement", "threads", "R@10 store", "R@10 raw", "p50 ms", "p95 ms", "QPS", "CPU ms/q", "batch ms/q",
+            "RSS MB", "anon", "file",
             "index MB", "KB read/q", "disk KB/q", "hit rate", "load")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
-        cells = (r["budget"], r["placement"], f"{r['recall']:.3f}",
+        cells = (r["budget"], r["placement"], str(r["threads"]), f"{r['recall']:.3f}",
                  f"{r['recall_raw']:.3f}" if r["recall_raw"] is not None else "-", f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}",
-                 f"{r['qps']:.0f}", f"{r['batch_ms_per_query']:.1f}" if r["batch_ms_per_query"] else "-",
+                 f"{r['qps']:.0f}", f"{r['cpu_ms']:.1f}", f"{r['batch_ms_per_query']:.1f}" if r["batch_ms_per_query"] else "-",
                  f"{r['rss_mb']:.0f}", f"{r['rss_anon_mb']:.0f}", f"{r['rss_file_mb']:.0f}", f"{r['index_mb']:.1f}",
                  f"{r['bytes_read_per_query'] / 1e3:.0f}", f"{r['disk_read_per_query'] / 1e3:.0f}",
                  f"{r['hit_rate']:.2f}", f"{r['loadavg']:.1f}")

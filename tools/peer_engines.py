@@ -79,14 +79,18 @@ class Engine:
 
 
 class Lodestore(Engine):
-    """lodestore: `Store.create` + `add_embeddings` (2 bits, default K), `Searcher(budget)`."""
+    """lodestore: `Store.create` + `add_embeddings` with the defaults a user gets (codec, K), `Searcher(budget)`.
+
+    At d=128 the default codec is pq with 32 subspaces: 32 residual bytes per token,
+    the same as PLAID's 2-bit residuals (docs/BENCHMARKS.md 8.4).
+    """
 
     key = "lodestore"
 
     def build(self, bundle: Path, index: Path) -> None:
         import lodestore
 
-        with lodestore.Store.create(index / "store", dim=bundle_dim(bundle), nbits=2) as store:
+        with lodestore.Store.create(index / "store", dim=bundle_dim(bundle)) as store:
             store.add_embeddings(bundle, progress=False)
         if (Path(bundle) / "ids.txt").exists():  # to map the store's ids back to bundle indices
             shutil.copyfile(Path(bundle) / "ids.txt", index / "ids.txt")

@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import lodestore
-    from engine._maxsim import centroid_scores_concat
-    from engine._searcher import _ramp, check_queries
+    from engine._searcher import check_queries
     from tools.bench_search import truth
 
     queries = np.load(args.bundle / "queries.npy")[: args.queries]
@@ -57,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         qs = check_queries(store, list(queries))
 
         def candidates(S: np.ndarray, cents: np.ndarray) -> np.ndarray:
-            cents = np.unique(cents)
-            starts, lens = c.ivf_offsets[cents], c.ivf_offsets[cents + 1] - c.ivf_offsets[cents]
-            return np.unique(np.take(c.ivf_docs, np.repeat(starts, lens) + _ramp(lens)).astype(np.int64))
+            return np.unique(c.probed_docs(np.unique(cents)))
 
         found = unprobed = cut = 0
         variants = {f"fixed {n}": probe_fixed(n) for n in (searcher.nprobe, 2 * searcher.nprobe, 4 * searcher.nprobe)}

@@ -5,8 +5,9 @@
 Wraps the Searcher's stage methods (and the codec's decode, the corpus's row
 reads) with perf_counter timers, runs 5 untimed warm-ups, then every query
 once, and prints ms/query and share of the total per stage. Nested stages are
-indented under their parent; "rest" is the total minus stages 2-3 and 4 (the
-query-centroid matmul, probing's sort and the hit list). Wrapping adds a few
+indented under their parent; "rest" is the total minus stages 1, 2-3 and 4
+(query checks and the hit list). One thread per query by default, so the
+stage times add up. Wrapping adds a few
 microseconds per call: fine for where-does-it-go, not for p50 claims
 (tools/bench_search.py and tools/bench_peers.py make those).
 """
@@ -21,13 +22,15 @@ import time
 import numpy as np
 
 STAGES = (  # (module or class path, attribute, label)
+    ("engine._searcher:Searcher", "_centroid_scores", "1 query-centroid scores Q C^T"),
     ("engine._searcher:Searcher", "_candidates", "2-3 probe + centroid interaction"),
     ("engine._searcher", "_top_columns", "  2a top-nprobe centroids per query token"),
-    ("engine._corpus:Corpus", "distinct_codes", "  3a candidates' distinct centroid ids"),
-    ("engine._searcher", "centroid_scores_concat", "  3b centroid interaction scores"),
+    ("engine._searcher", "_distinct", "  2b distinct candidate documents"),
+    ("engine._searcher", "centroid_interaction", "  3b centroid interaction (gather ids + scores, segmented max)"),
     ("engine._searcher:Searcher", "_rerank", "4 exact re-ranking of the survivors"),
     ("engine._corpus:Corpus", "read_rows", "  4a read residual rows (disk placements)"),
     ("store._codec:ResidualCodec", "decode", "  4b decode (centroid + residual, normalize)"),
+    ("store._pq:PQCodec", "decode", "  4b decode pq (centroid + codebook gathers, normalize)"),
     ("engine._searcher", "maxsim_concat", "  4c MaxSim (matmul + segmented max)"),
 )
 
@@ -49,7 +52,7 @@ def _wrap(acc: dict, target: str, attr: str, label: str) -> None:
     setattr(owner, attr, timed)
 
 
-def profile(store: str, bundle: str, n: int, budget: str) -> tuple[float, float, dict[str, float]]:
+def profile(store: str, bundle: str, n: int, budget: str, threads: int = 1) -> tuple[float, float, dict[str, float]]:
     """(mean ms/q, p50 ms, {stage label: ms/q})."""
     import lodestore
 
@@ -57,7 +60,7 @@ def profile(store: str, bundle: str, n: int, budget: str) -> tuple[float, float,
     for target, attr, label in STAGES:
         _wrap(acc, target, attr, label)
     queries = np.load(f"{bundle}/queries.npy")[:n]
-    with lodestore.Searcher(store, memory_budget=budget) as s:
+    with lodestore.Searcher(store, memory_budget=budget, threads=threads) as s:
         for q in queries[:5]:
             s.search(q, k=10)
         acc.clear()
@@ -69,8 +72,8 @@ def profile(store: str, bundle: str, n: int, budget: str) -> tuple[float, float,
             lat.append(time.perf_counter() - t)
         total = time.perf_counter() - t0
     stages = {label: acc[label] / len(queries) * 1e3 for _t, _a, label in STAGES}
-    stages["rest (Q C^T matmul, probing sort, hits)"] = (
-        total - acc[STAGES[0][2]] - acc[STAGES[4][2]]) / len(queries) * 1e3
+    top = sum(acc[label] for _t, _a, label in STAGES if not label.startswith(" "))
+    stages["rest (query checks, hit list)"] = (total - top) / len(queries) * 1e3
     return total / len(queries) * 1e3, float(np.median(lat) * 1e3), stages
 
 
@@ -80,11 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("bundle")
     p.add_argument("--queries", type=int, default=100)
     p.add_argument("--budget", default="auto")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads per query (default 1: with more, nested stages overlap and shares exceed 100%%)")
     args = p.parse_args(argv)
-    mean, p50, stages = profile(args.store, args.bundle, args.queries, args.budget)
+    mean, p50, stages = profile(args.store, args.bundle, args.queries, args.budget, args.threads)
     import os
 
-    print(f"{args.store} budget={args.budget}: {mean:.2f} ms/q mean, p50 {p50:.2f} ms, load {os.getloadavg()[0]:.1f}")
+    print(f"{args.store} budget={args.budget} threads={args.threads}: {mean:.2f} ms/q mean, p50 {p50:.2f} ms, load {os.getloadavg()[0]:.1f}")
     print("| stage | ms/q | share |\n|---|---|---|")
     for label, ms in stages.items():
         print(f"| {label} | {ms:.2f} | {ms / mean * 100:.0f}% |")

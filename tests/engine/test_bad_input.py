@@ -181,12 +181,14 @@ def _corrupt_first_residual_chunk(root: Path, engine_corpus) -> tuple[Path, list
     return shard_file, docs
 
 
+@pytest.mark.parametrize("threads", [1, 2])  # with 2, the chunk may be read by the query's helper thread
 @pytest.mark.parametrize("placement", ["disk", "codes-in-RAM"])
-def test_corrupt_residual_chunk_met_during_search_names_the_file(engine_store_copy, engine_corpus, budgets, placement):
+def test_corrupt_residual_chunk_met_during_search_names_the_file(engine_store_copy, engine_corpus, budgets, placement,
+                                                                   threads):
     shard_file, docs = _corrupt_first_residual_chunk(engine_store_copy, engine_corpus)
     assert docs
     query = engine_corpus.doc(docs[0])[:16]  # the document's own tokens: it is certainly a candidate
-    with lodestore.Searcher(engine_store_copy, memory_budget=budgets[placement]) as s:
+    with lodestore.Searcher(engine_store_copy, memory_budget=budgets[placement], threads=threads) as s:
         assert s.placement.name == placement
         with pytest.raises(lodestore.CorruptStoreError, match=re.escape(str(shard_file))) as err:
             s.search(query, k=10)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine._budget import AUTO_CACHE, MIN_CACHE, parse_size, place
+from engine._budget import AUTO_CACHE, AUTO_CACHE_NO_PREFETCH, MIN_CACHE, parse_size, place
 
 MB = 1 << 20
 
@@ -13,6 +13,25 @@ def test_auto_keeps_the_index_and_a_small_cache():
     p = place(parse_size("auto"), index_bytes=20 * MB, codes_bytes=10 * MB, residual_bytes=160 * MB)
     assert (p.name, p.codes_resident, p.residuals_resident, p.cache_bytes) == ("disk", False, False, AUTO_CACHE)
     assert p.budget == 20 * MB + AUTO_CACHE
+
+
+def test_auto_without_prefetch_keeps_a_smaller_cache():
+    p = place("auto", index_bytes=20 * MB, codes_bytes=10 * MB, residual_bytes=160 * MB,
+              auto_cache=AUTO_CACHE_NO_PREFETCH)
+    assert (p.name, p.cache_bytes, p.budget) == ("disk", MIN_CACHE, 20 * MB + MIN_CACHE)
+
+
+def test_searcher_auto_cache_follows_prefetch(engine_store, monkeypatch):
+    import lodestore
+    from engine import _budget
+
+    with lodestore.Searcher(engine_store, memory_budget="auto") as small:
+        assert small.placement.name == "all-in-RAM"  # the test store's rows (~3 MB) fit in SMALL_STORE
+    monkeypatch.setattr(_budget, "SMALL_STORE", 0)
+    with lodestore.Searcher(engine_store, memory_budget="auto") as off, \
+            lodestore.Searcher(engine_store, memory_budget="auto", prefetch=True) as on:
+        assert off.placement.name == on.placement.name == "disk"
+        assert (off.placement.cache_bytes, on.placement.cache_bytes) == (AUTO_CACHE_NO_PREFETCH, AUTO_CACHE)
 
 
 def test_auto_keeps_a_store_that_fits_in_that_all_in_ram():

@@ -1,0 +1,49 @@
+"""The resident index (engine/_corpus.py): blocked inverted lists and narrowed offset tables."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import lodestore
+from engine import _corpus
+
+
+def _lists_by_hand(store) -> dict[int, set[int]]:
+    """centroid -> global documents holding it, from every segment's own inverted lists."""
+    out: dict[int, set[int]] = {}
+    base = 0
+    for seg in store.open_segments():
+        offsets, docs = seg.ivf()
+        for c in range(len(offsets) - 1):
+            out.setdefault(c, set()).update(int(d) + base for d in docs[offsets[c] : offsets[c + 1]])
+        base += seg.n_docs
+        seg.close()
+    return out
+
+
+def test_probed_docs_in_small_blocks_match_the_segments_lists(engine_store, monkeypatch):
+    monkeypatch.setattr(_corpus, "IVF_BLOCK", 64)  # 1000 documents -> 16 blocks
+    truth = _lists_by_hand(engine_store)
+    c = _corpus.Corpus(engine_store)
+    try:
+        assert (len(c.ivf_offsets) - 1) // c.codec.num_centroids == 16
+        assert c.ivf_docs.dtype == np.uint16 and c.ivf_offsets.dtype == np.uint32
+        rng = np.random.default_rng(0)
+        for _ in range(20):
+            cents = np.unique(rng.integers(0, c.codec.num_centroids, size=rng.integers(1, 12)))
+            docs, owners = c.probed_docs(cents, with_centroids=True)
+            assert sorted(docs.tolist()) == sorted(d for x in cents.tolist() for d in truth.get(x, ()))
+            assert all(int(d) in truth[int(o)] for d, o in zip(docs, owners))
+        for g in range(0, c.n_docs, 97):  # document-major view: each document's distinct ids
+            ids = set(c.doc_codes[c.doc_code_offsets[g] : c.doc_code_offsets[g + 1]].tolist())
+            assert ids == {x for x, ds in truth.items() if g in ds}
+    finally:
+        c.close()
+
+
+def test_search_does_not_depend_on_the_block_size(engine_store, engine_queries, monkeypatch):
+    with lodestore.Searcher(engine_store, memory_budget="auto") as whole:
+        want = whole.search(engine_queries, k=10)
+    monkeypatch.setattr(_corpus, "IVF_BLOCK", 64)
+    with lodestore.Searcher(engine_store, memory_budget="auto") as blocked:
+        assert blocked.search(engine_queries, k=10) == want
