@@ -20,24 +20,30 @@ def maxsim_concat(query: np.ndarray, tokens: np.ndarray, doclens: np.ndarray) ->
 
 
 def centroid_scores_concat(scores: np.ndarray, codes: np.ndarray, doclens: np.ndarray, workers=None) -> np.ndarray:
-    """PLAID's centroid interaction over documents whose centroid ids are concatenated in `codes`."""
+    """PLAID's centroid interaction over documents whose centroid ids are concatenated in `codes`.
+
+    scores is (q, K), query-major (tests and tools); the Searcher keeps the table
+    centroid-major and calls centroid_interaction directly.
+    """
     starts = np.zeros(len(doclens), dtype=np.int64)
     np.cumsum(doclens[:-1], out=starts[1:])
-    return centroid_interaction(scores, codes, starts, np.asarray(doclens, dtype=np.int64), workers)
+    table = np.ascontiguousarray(np.asarray(scores).T)
+    return centroid_interaction(table, codes, starts, np.asarray(doclens, dtype=np.int64), workers)
 
 
-def centroid_interaction(scores: np.ndarray, doc_codes: np.ndarray, starts: np.ndarray, lens: np.ndarray,
+def centroid_interaction(table: np.ndarray, doc_codes: np.ndarray, starts: np.ndarray, lens: np.ndarray,
                          workers=None) -> np.ndarray:
     """PLAID's centroid interaction: MaxSim with each token replaced by its centroid.
 
-    scores is (q, K): the query-centroid scores (float, or the Searcher's int16
-    fixed-point ones; the result is their sum in the same units). Document i's centroid ids are
-    doc_codes[starts[i] : starts[i] + lens[i]]. Computed in slices of whole
-    documents of ~CI_CHUNK_TOKENS ids: each slice gathers its ids, then one
-    (q, ids) column gather and a segmented max, so the working set stays ~1 MB
-    whatever the number of candidates (no index array over all of them).
-    Slices are spread over `workers` (engine._parallel.Workers) when given;
-    they do not depend on the number of threads, so neither do the scores.
+    table is (K, q): row c holds centroid c's score against every query token
+    (float, or the Searcher's int16 fixed point; the result is in the same units).
+    Document i's centroid ids are doc_codes[starts[i] : starts[i] + lens[i]].
+    Computed in slices of whole documents of ~CI_CHUNK_TOKENS ids: each slice
+    gathers its ids, then their table rows (one contiguous row per id), then a
+    segmented max over each document's rows, so the working set stays ~1 MB
+    whatever the number of candidates. Slices are spread over `workers`
+    (engine._parallel.Workers) when given; they do not depend on the number of
+    threads, so neither do the scores.
     """
     if len(lens) == 0:
         return np.zeros(0, dtype=np.float32)
@@ -52,7 +58,10 @@ def centroid_interaction(scores: np.ndarray, doc_codes: np.ndarray, starts: np.n
     def one(i: int) -> None:
         a, b = cuts[i], cuts[i + 1]
         ids = np.take(doc_codes, np.repeat(starts[a:b], lens[a:b]) + ramp(lens[a:b]))
-        out[a:b] = _segment_max_sum(np.take(scores, ids, axis=1), lens[a:b])
+        first = np.zeros(b - a, dtype=np.int64)
+        np.cumsum(lens[a : b - 1], out=first[1:])
+        rows = np.take(table, ids, axis=0)  # (ids, q)
+        out[a:b] = np.maximum.reduceat(rows, first, axis=0).sum(axis=1, dtype=np.float32)
 
     if workers is None:
         for i in range(len(cuts) - 1):

@@ -136,9 +136,9 @@ def test_cli_add_and_delete(bundle, tmp_path, capsys):
 def test_sweep_search_prints_one_row_per_setting(bundle, built, capsys):
     from tools import sweep_search
 
-    assert sweep_search.main([str(bundle), str(built), "--grid", "2x16,4x32", "--queries", "4"]) == 0
+    assert sweep_search.main([str(bundle), str(built), "--grid", "2x16,4x32,2x16d0.1", "--queries", "4"]) == 0
     out = capsys.readouterr().out
-    assert "| 2 | 16 | 10 |" in out and "| 4 | 32 | 10 |" in out
+    assert "| 2 | - | 16 | 10 |" in out and "| 4 | - | 32 | 10 |" in out and "| 2 | 0.1 | 16 | 10 |" in out
 
 
 def test_bench_dims_runs(tmp_path, capsys):

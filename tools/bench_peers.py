@@ -13,7 +13,8 @@ the bundle's own vectors. Method, the same for every row:
   threads), steady RSS (VmRSS after the loop), VmHWM, bytes the process read
   from the device per query (/proc/self/io read_bytes), then batch mode
   (--batch queries per call) as ms/query where the engine has one;
-- warm page cache, and with --cache cold/both rows whose index files
+- warm page cache (the parent reads the index files once before the child
+  starts), and with --cache cold/both rows whose index files
   are evicted (posix_fadvise DONTNEED) before every query;
 - recall@10 against exact MaxSim over the uncompressed bundle
   (BUNDLE/truth_k100.npy, python -m tools.ground_truth BUNDLE) and, for
@@ -231,6 +232,10 @@ def run(args) -> list[dict]:
                 row["error"] = b["error"]
                 continue
             print(f"searching {name}{' (cold)' if cold else ''} ...", file=sys.stderr, flush=True)
+            if not cold:  # warm rows start with the index files in the page cache, for every engine
+                from tools import memstat
+
+                memstat.warm([args.work / engine_key])
             cfg = {"engine": engine_key, "bundle": str(args.bundle), "index": str(args.work / engine_key),
                    "options": options, "queries": len(queries), "cold": cold, "batch": args.batch}
             r = _run_child("child-search", cfg, args.search_timeout,

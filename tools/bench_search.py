@@ -16,7 +16,8 @@ the engine's arrays, its cache, and any store pages it touched.
 Recall@10 is measured against exhaustive exact MaxSim over the same
 compressed store (search loss only; cached beside the store as
 STORE.truth.json, keyed by the manifest checksum and a hash of the queries) and, where tools/ground_truth.py has been run on the
-bundle, against exact MaxSim over the uncompressed vectors (end to end). With --cold, the store's files are evicted from the
+bundle, against exact MaxSim over the uncompressed vectors (end to end). Warm rows: the parent reads the store's
+files once before the child starts, so they are in the page cache. With --cold, the store's files are evicted from the
 page cache (posix_fadvise DONTNEED) before every query.
 """
 
@@ -161,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
                "prefetch": {"prefetch": True, "sync": False, "": None}[mode],
                "nprobe": args.nprobe, "ndocs": args.ndocs, "cold": args.cold, "batch": args.batch,
                "threads": int(threads) if threads else None}
+        if not args.cold:  # warm rows start with the store's files in the page cache
+            from tools import memstat
+
+            memstat.warm([args.store])
         out = subprocess.run([sys.executable, "-m", "tools.bench_search", "x", "x", "--child", json.dumps(cfg)],
                              capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])

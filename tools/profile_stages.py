@@ -22,9 +22,8 @@ import time
 import numpy as np
 
 STAGES = (  # (module or class path, attribute, label)
-    ("engine._searcher:Searcher", "_centroid_scores", "1 query-centroid scores Q C^T"),
+    ("engine._searcher:Searcher", "_score_and_probe", "1-2 query-centroid scores Q C^T + top-nprobe per token"),
     ("engine._searcher:Searcher", "_candidates", "2-3 probe + centroid interaction"),
-    ("engine._searcher", "_top_columns", "  2a top-nprobe centroids per query token"),
     ("engine._searcher", "_distinct", "  2b distinct candidate documents"),
     ("engine._searcher", "centroid_interaction", "  3b centroid interaction (gather ids + scores, segmented max)"),
     ("engine._searcher:Searcher", "_rerank", "4 exact re-ranking of the survivors"),

@@ -1,6 +1,9 @@
 """Recall/latency operating points of the Searcher over (nprobe, ndocs), one process, one table.
 
-    python -m tools.sweep_search BUNDLE STORE [--grid 4x384,8x256,8x384,8x512] [--queries 100] [--budget all]
+    python -m tools.sweep_search BUNDLE STORE [--grid 4x384,8x256,8x384,8x512,8x512d0.1] [--queries 100] [--budget all]
+
+A setting is NPROBExNDOCS, optionally followed by dDELTA (probe_delta: also probe
+each query token's centroids within DELTA of its best, at most 32).
 
 Recall@10 is against exhaustive MaxSim over the same store (the ground truth
 tools/bench_search.py caches beside it, computed here if missing). One
@@ -24,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.sweep_search", description=__doc__.split("\n")[0])
     p.add_argument("bundle", type=Path)
     p.add_argument("store", type=Path)
-    p.add_argument("--grid", default="4x384,8x256,8x384,8x512", help="comma-separated NPROBExNDOCS settings")
+    p.add_argument("--grid", default="4x384,8x256,8x384,8x512", help="comma-separated NPROBExNDOCS[dDELTA] settings")
     p.add_argument("--queries", type=int, default=100)
     p.add_argument("--budget", default="all")
     args = p.parse_args(argv)
@@ -39,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         for q in queries:  # one untimed pass: the first setting must not pay for a cold page cache
             searcher.search(q, k=10)
         for spec in args.grid.split(","):
-            nprobe, ndocs = (int(v) for v in spec.lower().split("x"))
+            main, _, delta = spec.lower().partition("d")
+            nprobe, ndocs = (int(v) for v in main.split("x"))
             searcher.nprobe, searcher.ndocs = nprobe, ndocs
+            searcher.probe_delta = float(delta) if delta else None
             for q in queries[:5]:
                 searcher.search(q, k=10)
             times, results = [], []
@@ -49,12 +54,13 @@ def main(argv: list[str] | None = None) -> int:
                 hits = searcher.search(q, k=10)
                 times.append(time.perf_counter() - t)
                 results.append([h[0] for h in hits])
-            rows.append((nprobe, ndocs, max(10, ndocs // 4), recall(results, reference), np.median(times) * 1e3))
+            rows.append((nprobe, delta or "-", ndocs, max(10, ndocs // 4), recall(results, reference),
+                         np.median(times) * 1e3))
     print(f"\nstore: {args.store}; queries: {len(queries)}; budget: {args.budget}; load {__import__('os').getloadavg()[0]:.1f}")
-    print("| nprobe | ndocs | survivors | R@10 store | p50 ms | p50 vs first |")
-    print("|---|---|---|---|---|---|")
-    for nprobe, ndocs, surv, rec, p50 in rows:
-        print(f"| {nprobe} | {ndocs} | {surv} | {rec:.3f} | {p50:.1f} | x{p50 / rows[0][4]:.2f} |")
+    print("| nprobe | probe_delta | ndocs | survivors | R@10 store | p50 ms | p50 vs first |")
+    print("|---|---|---|---|---|---|---|")
+    for nprobe, delta, ndocs, surv, rec, p50 in rows:
+        print(f"| {nprobe} | {delta} | {ndocs} | {surv} | {rec:.3f} | {p50:.1f} | x{p50 / rows[0][5]:.2f} |")
     return 0
 
 

@@ -86,7 +86,56 @@ def test_centroid_interaction_slices_match_one_gather(monkeypatch):
     monkeypatch.setattr(_maxsim, "CI_CHUNK_TOKENS", 256)
     w = Workers(2)
     try:
-        assert np.array_equal(_maxsim.centroid_scores_concat(S, codes, lens, w), whole)
-        assert np.array_equal(_maxsim.centroid_scores_concat(S, codes, lens), whole)
+        threaded = _maxsim.centroid_scores_concat(S, codes, lens, w)
+        assert np.array_equal(threaded, _maxsim.centroid_scores_concat(S, codes, lens))
+        np.testing.assert_allclose(threaded, whole, rtol=1e-6, atol=1e-5)
     finally:
         w.close()
+
+
+def test_within_keeps_close_calls_and_caps_each_row():
+    from engine._searcher import _within
+
+    S = np.array([[100, 95, 10, 99, 50], [7, 7, 7, 7, 7], [0, -5, 1, 2, 3]], dtype=np.int16)
+    rows, cols = _within(S, 5, cap=10)
+    assert rows.tolist() == [0] * 3 + [1] * 5 + [2] * 4
+    assert cols.tolist() == [0, 1, 3] + [0, 1, 2, 3, 4] + [0, 2, 3, 4]  # rows concatenated, columns ascending
+    assert _within(S, 5, cap=2)[1].tolist() == [0, 3] + [0, 1] + [4, 3]  # the best 2 of each row (ties: lower column)
+
+
+def _probes(searcher, q):
+    table, tokens, cents = searcher._score_and_probe(searcher._prepare(q)[1][0])
+    return table, tokens, cents
+
+
+def test_probing_in_blocks_equals_probing_whole_rows(engine_store, engine_queries, monkeypatch):
+    """Each token's top nprobe (and within-delta) centroids, merged from blocks, are those of the whole row."""
+    from engine._searcher import MAX_PROBE, SCORE_SCALE, _top_columns, _within
+
+    monkeypatch.setattr(_searcher, "CENTROID_BLOCK", 40)  # 256 centroids -> 7 blocks
+    with lodestore.Searcher(engine_store, nprobe=5, probe_delta=0.05) as s:
+        for q in engine_queries[:8]:
+            table, tokens, cents = _probes(s, q)
+            S = np.ascontiguousarray(table.T)  # (q, K)
+            want = {(i, int(c)) for i, row in enumerate(_top_columns(S, 5)) for c in row}
+            r, c = _within(S, int(round(0.05 * SCORE_SCALE)), MAX_PROBE)
+            want |= set(zip(r.tolist(), c.tolist()))
+            assert set(zip(tokens.tolist(), cents.tolist())) == want
+
+
+def test_probe_delta_only_adds_candidates(engine_store, engine_queries):
+    """Wider probing finds every candidate fixed probing finds, so recall can only hold or rise."""
+    with lodestore.Searcher(engine_store, memory_budget="auto", nprobe=2) as fixed, \
+            lodestore.Searcher(engine_store, memory_budget="auto", nprobe=2, probe_delta=0.05) as wide:
+        grew = False
+        for q in engine_queries:
+            a, b = set(_probes(fixed, q)[2].tolist()), set(_probes(wide, q)[2].tolist())
+            assert a <= b
+            grew |= len(b) > len(a)
+        assert grew
+
+
+@pytest.mark.parametrize("bad", [-0.1, 3, "0.1", float("nan")])
+def test_bad_probe_delta(engine_store, bad):
+    with pytest.raises(ValueError, match="probe_delta"):
+        lodestore.Searcher(engine_store, probe_delta=bad)
