@@ -11,8 +11,8 @@ MIN_CACHE = 1 << 20
 AUTO = "auto"
 AUTO_CACHE = 4 << 20  # the cache "auto" adds with prefetch on: room for ~2 x the survivors' rows read ahead
 SMALL_STORE = 4 << 20  # "auto" keeps a store whose token rows fit in this all in RAM
-AUTO_CACHE_NO_PREFETCH = MIN_CACHE  # without prefetch the cache only keeps rows from earlier queries:
-                                     # 6-11% hits at 4-8 MB on the benchmarks (docs/BENCHMARKS.md 2.0a)
+AUTO_CACHE_NO_PREFETCH = 0  # without prefetch rows are read through, uncached: a cache of earlier queries'
+                            # rows had 6-11% hits at 4-8 MB (docs/BENCHMARKS.md 2.0a); the OS page cache serves repeats
 
 
 def parse_size(value: int | float | str | None) -> int | str | None:
@@ -62,7 +62,7 @@ def place(budget: int | str | None, index_bytes: int, codes_bytes: int, residual
 
     "auto" is what candidate generation needs (the index: centroids, inverted
     lists and each document's distinct centroid ids) plus `auto_cache` (the
-    Searcher passes 4 MB with prefetch on, 1 MB without); token
+    Searcher passes 4 MB with prefetch on, none without); token
     rows, per-token codes included, are read for the survivors only, unless
     they fit in 4 MB (then everything is resident). Measured at 1e7 tokens (docs/BENCHMARKS.md
     2.0): index memory x0.166 of all-in-RAM instead of x0.222 with the codes

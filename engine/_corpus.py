@@ -134,16 +134,18 @@ class Corpus:
         self.residuals = np.concatenate([s.residuals.read_all() for s in self.segments])
 
     # ------------------------------------------------------------------ reads
-    def read_rows(self, docs: np.ndarray) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
-        """(codes, residuals) of each global doc, in the given order, read from disk (CRC-checked).
+    def read_concat(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+        """(codes, residuals, lengths, io) of the global docs, concatenated in the given order.
 
-        When codes are resident only the residual rows are read.
+        Read from disk (CRC-checked) in document order, segment by segment, then put
+        in the given order with one vectorized gather. When codes are resident only
+        the residual rows are read.
         """
         docs = np.asarray(docs, dtype=np.int64)
         order = np.argsort(docs, kind="stable")
         sorted_docs = docs[order]
         seg_of = np.searchsorted(self.seg_base, sorted_docs, side="right") - 1
-        out: list = [None] * len(docs)
+        codes_parts, res_parts, len_parts = [], [], []
         io = {"bytes": 0, "calls": 0}
         for s in np.unique(seg_of).tolist():
             sel = np.nonzero(seg_of == s)[0]
@@ -151,13 +153,30 @@ class Corpus:
             codes, res, lens, seg_io = self.segments[s].read_docs(local, codes=self.codes is None)
             if codes is None:  # codes are resident: take them from RAM
                 codes, _ = self.resident_codes(sorted_docs[sel])
+            codes_parts.append(codes)
+            res_parts.append(res)
+            len_parts.append(lens)
             io["bytes"] += seg_io["bytes"]
             io["calls"] += seg_io["calls"]
-            bounds = np.concatenate([[0], np.cumsum(lens)]).tolist()
-            for j, i in enumerate(sel.tolist()):
-                a, b = bounds[j], bounds[j + 1]
-                out[order[i]] = (codes[a:b].copy(), res[a:b].copy())  # own memory: a cached view would pin the whole batch
-        return out, io
+        codes = np.concatenate(codes_parts)
+        res = np.concatenate(res_parts)
+        lens_sorted = np.concatenate(len_parts).astype(np.int64)
+        if np.array_equal(order, np.arange(len(docs))):
+            return codes, res, lens_sorted, io
+        starts_sorted = np.concatenate([[0], np.cumsum(lens_sorted)[:-1]])
+        where = np.empty(len(docs), dtype=np.int64)  # position of each given doc in the sorted read
+        where[order] = np.arange(len(docs))
+        lens = lens_sorted[where]
+        idx = np.repeat(starts_sorted[where], lens) + ramp(lens)
+        return np.take(codes, idx), np.take(res, idx, axis=0), lens, io
+
+    def read_rows(self, docs: np.ndarray) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
+        """(codes, residuals) of each global doc, in the given order, read from disk (CRC-checked):
+        one pair per document, for the prefetcher's cache."""
+        codes, res, lens, io = self.read_concat(docs)
+        bounds = np.concatenate([[0], np.cumsum(lens)]).tolist()
+        # own memory per document: a cached view would pin the whole batch
+        return [(codes[a:b].copy(), res[a:b].copy()) for a, b in zip(bounds[:-1], bounds[1:])], io
 
     def distinct_code_spans(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Where each doc's distinct centroid ids lie in doc_codes: (starts, counts)."""

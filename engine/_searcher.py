@@ -30,7 +30,7 @@ from ._maxsim import centroid_interaction, maxsim_concat, maxsim_torch, top_k
 from ._parallel import Workers, default_threads
 from ._prefetch import Prefetcher
 
-DEFAULT_BUDGET = "auto"  # index + 1 MB cache (4 MB with prefetch on; docs/BENCHMARKS.md 2.0b)
+DEFAULT_BUDGET = "auto"  # the index; + a 4 MB row cache with prefetch on (docs/BENCHMARKS.md 2.0b)
 DEFAULT_NPROBE = 8
 DEFAULT_PROBE_DELTA = None  # see Searcher: probe_delta
 MAX_PROBE = 32  # most centroids one query token probes when probe_delta widens its probing
@@ -47,9 +47,11 @@ class Searcher:
 
     memory_budget: bytes, a size string ("64MB"), "auto" (the default: what
     candidate generation needs, i.e. the centroids, inverted lists and each
-    document's distinct centroid ids, plus a 1 MB row cache, 4 MB with prefetch
-    on; token rows and their per-token ids are read for the survivors), or
-    "all" to keep everything in RAM.
+    document's distinct centroid ids; token rows and their per-token ids are
+    read for the survivors; with prefetch on, plus a 4 MB row cache), or "all"
+    to keep everything in RAM. What a budget leaves beyond the index (and the
+    codes) is the prefetch threads' row cache; without prefetch rows are read
+    through and the OS page cache serves repeats.
     nprobe: centroids probed per query token. ndocs: a quarter of it (at least k)
     is how many candidates reach exact re-ranking. probe_delta: also probe every
     centroid whose score is within this of the token's best (at most MAX_PROBE a
@@ -91,7 +93,8 @@ class Searcher:
             if self._own_store:
                 self.store.close()
             raise
-        self.prefetcher = Prefetcher(self.corpus.read_rows, self.placement.cache_bytes or (1 << 20), threads=prefetch_threads)
+        self.prefetcher = Prefetcher(self.corpus.read_rows, self.placement.cache_bytes or (1 << 20), threads=prefetch_threads,
+                                     read_concat=self.corpus.read_concat)
         _release_free_memory()
         self.queries = 0
         self.query_time_s = 0.0
@@ -146,7 +149,8 @@ class Searcher:
             raise
         old_corpus, old_prefetcher, old_store = self.corpus, self.prefetcher, self.store if self._own_store else None
         self.store, self._own_store, self.corpus, self.placement = store, own, corpus, placement
-        self.prefetcher = Prefetcher(corpus.read_rows, placement.cache_bytes or (1 << 20), threads=self._prefetch_threads)
+        self.prefetcher = Prefetcher(corpus.read_rows, placement.cache_bytes or (1 << 20), threads=self._prefetch_threads,
+                                     read_concat=corpus.read_concat)
         self.generation = store.generation
         old_prefetcher.close()
         old_corpus.close()
@@ -374,6 +378,8 @@ class Searcher:
         if c.residuals is not None:
             return self._exact_chunked(Q, final, k, c.resident_rows)
         p = self.prefetcher
+        if not self.prefetch:  # read through: no per-document copies, no cache to keep
+            return self._exact_chunked(Q, final, k, p.read_through)
         return self._exact_chunked(Q, final, k, lambda docs: _stack(p.get(docs)), ready=p.cached)
 
     def _exact_chunked(self, Q: np.ndarray, final: np.ndarray, k: int, rows_of, ready=None) -> Hits:

@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("store")
     s.add_argument("--queries", required=True)
     s.add_argument("-k", type=int, default=10)
-    s.add_argument("--memory-budget", default="auto", help="bytes, e.g. 64MB; 'auto' (index + 1 MB row cache) or 'all'")
+    s.add_argument("--memory-budget", default="auto", help="bytes, e.g. 64MB; 'auto' (the index; rows read through) or 'all'")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_search)
 

@@ -2,8 +2,9 @@
 
     python -m tools.profile_stages STORE BUNDLE [--queries 100] [--budget auto]
 
-Wraps the Searcher's stage methods (and the codec's decode, the corpus's row
-reads) with perf_counter timers, runs 5 untimed warm-ups, then every query
+Reads the store's files once (warm page cache), wraps the Searcher's stage
+methods (and the codec's decode, the corpus's row reads) with perf_counter
+timers, runs 5 untimed warm-ups, then every query
 once, and prints ms/query and share of the total per stage. Nested stages are
 indented under their parent; "rest" is the total minus stages 1, 2-3 and 4
 (query checks and the hit list). One thread per query by default, so the
@@ -27,7 +28,7 @@ STAGES = (  # (module or class path, attribute, label)
     ("engine._searcher", "_distinct", "  2b distinct candidate documents"),
     ("engine._searcher", "centroid_interaction", "  3b centroid interaction (gather ids + scores, segmented max)"),
     ("engine._searcher:Searcher", "_rerank", "4 exact re-ranking of the survivors"),
-    ("engine._corpus:Corpus", "read_rows", "  4a read residual rows (disk placements)"),
+    ("engine._corpus:Corpus", "read_concat", "  4a read token rows (disk placements: codes + residuals, CRC-checked)"),
     ("store._codec:ResidualCodec", "decode", "  4b decode (centroid + residual, normalize)"),
     ("store._pq:PQCodec", "decode", "  4b decode pq (centroid + codebook gathers, normalize)"),
     ("engine._searcher", "maxsim_concat", "  4c MaxSim (matmul + segmented max)"),
@@ -58,6 +59,9 @@ def profile(store: str, bundle: str, n: int, budget: str, threads: int = 1) -> t
     acc: dict[str, float] = collections.defaultdict(float)
     for target, attr, label in STAGES:
         _wrap(acc, target, attr, label)
+    from tools import memstat
+
+    memstat.warm([store])  # warm page cache, as the benchmarks' warm rows
     queries = np.load(f"{bundle}/queries.npy")[:n]
     with lodestore.Searcher(store, memory_budget=budget, threads=threads) as s:
         for q in queries[:5]:

@@ -15,10 +15,10 @@ def test_auto_keeps_the_index_and_a_small_cache():
     assert p.budget == 20 * MB + AUTO_CACHE
 
 
-def test_auto_without_prefetch_keeps_a_smaller_cache():
+def test_auto_without_prefetch_keeps_no_cache():
     p = place("auto", index_bytes=20 * MB, codes_bytes=10 * MB, residual_bytes=160 * MB,
               auto_cache=AUTO_CACHE_NO_PREFETCH)
-    assert (p.name, p.cache_bytes, p.budget) == ("disk", MIN_CACHE, 20 * MB + MIN_CACHE)
+    assert (p.name, p.cache_bytes, p.budget) == ("disk", 0, 20 * MB)
 
 
 def test_searcher_auto_cache_follows_prefetch(engine_store, monkeypatch):

@@ -47,3 +47,36 @@ def test_search_does_not_depend_on_the_block_size(engine_store, engine_queries, 
     monkeypatch.setattr(_corpus, "IVF_BLOCK", 64)
     with lodestore.Searcher(engine_store, memory_budget="auto") as blocked:
         assert blocked.search(engine_queries, k=10) == want
+
+
+def test_read_concat_returns_rows_in_the_given_order(engine_store):
+    """Rows read from disk (both segments, any order, repeats) equal the resident arrays' rows."""
+    c = _corpus.Corpus(engine_store)
+    try:
+        c.load_codes()
+        c.load_residuals()
+        rng = np.random.default_rng(1)
+        for docs in (rng.permutation(c.n_docs)[:40], np.array([999, 0, 600, 599, 0]), np.arange(5)):
+            want_codes, want_res, want_lens = c.resident_rows(docs)
+            codes_resident = c.codes
+            c.codes = None  # read the codes from disk too
+            codes, res, lens, io = c.read_concat(docs)
+            c.codes = codes_resident
+            assert np.array_equal(lens, want_lens) and np.array_equal(codes, want_codes)
+            assert np.array_equal(res, want_res) and io["calls"] > 0
+            per_doc, _ = c.read_rows(docs)
+            assert [len(x[0]) for x in per_doc] == lens.tolist()
+            assert np.array_equal(np.concatenate([x[1] for x in per_doc]), want_res)
+    finally:
+        c.close()
+
+
+def test_search_without_prefetch_reads_through(engine_store, engine_queries, monkeypatch):
+    from engine import _budget
+
+    monkeypatch.setattr(_budget, "SMALL_STORE", 0)  # the test store would otherwise be all-in-RAM
+    with lodestore.Searcher(engine_store, memory_budget="auto") as s:
+        assert s.placement.name == "disk" and s.placement.cache_bytes == 0
+        s.search(engine_queries[:3], k=10)
+        st = s.stats()
+        assert st["hits"] == 0 and st["misses"] == 3 * 96 and st["cache_bytes"] == 0 and st["bytes_read"] > 0
