@@ -376,14 +376,20 @@ class Searcher:
         if len(final) == 0:
             return []
         if c.residuals is not None:
-            return self._exact_chunked(Q, final, k, c.resident_rows)
+            return self._exact_chunked(Q, final, k, lambda docs, a: c.resident_rows(docs))
         p = self.prefetcher
-        if not self.prefetch:  # read through: no per-document copies, no cache to keep
-            return self._exact_chunked(Q, final, k, p.read_through)
-        return self._exact_chunked(Q, final, k, lambda docs: _stack(p.get(docs)), ready=p.cached)
+        if not self.prefetch:  # read through, all survivors in one read: no per-document copies, no cache
+            codes, res, lens = p.read_through(final)
+            doc_bounds = np.concatenate([[0], np.cumsum(lens)])
+            return self._exact_chunked(Q, final, k, lambda docs, a: (
+                codes[doc_bounds[a] : doc_bounds[a + len(docs)]], res[doc_bounds[a] : doc_bounds[a + len(docs)]],
+                lens[a : a + len(docs)]))
+        return self._exact_chunked(Q, final, k, lambda docs, a: _stack(p.get(docs)), ready=p.cached)
 
     def _exact_chunked(self, Q: np.ndarray, final: np.ndarray, k: int, rows_of, ready=None) -> Hits:
         """Exact MaxSim over `final`, STREAM_CHUNK documents at a time.
+
+        rows_of(docs, a) gives the (codes, residuals, lengths) of docs = final[a : a + step].
 
         Chunks whose rows have all arrived are scored first, while the
         prefetcher keeps reading the others. Which documents form a chunk is
@@ -398,14 +404,14 @@ class Searcher:
 
             def one(i: int) -> None:
                 a = pending[i]
-                scores[a : a + step] = self._exact(Q, *rows_of(final[a : a + step]))
+                scores[a : a + step] = self._exact(Q, *rows_of(final[a : a + step], a))
 
             self.workers.map(one, len(pending))
             pending = []
         while pending:
             a = next((a for a in pending if ready(final[a : a + step])), pending[0]) if ready else pending[0]
             pending.remove(a)
-            scores[a : a + step] = self._exact(Q, *rows_of(final[a : a + step]))
+            scores[a : a + step] = self._exact(Q, *rows_of(final[a : a + step], a))
         return self._hits(final, scores, k)
 
     def _exact(self, Q: np.ndarray, codes: np.ndarray, residuals: np.ndarray, lens: np.ndarray) -> np.ndarray:
