@@ -32,9 +32,17 @@ from ._prefetch import Prefetcher
 
 DEFAULT_BUDGET = "auto"  # the index; + a 4 MB row cache with prefetch on (docs/BENCHMARKS.md 2.0b)
 DEFAULT_NPROBE = 8
-DEFAULT_PROBE_DELTA = None  # see Searcher: probe_delta
 MAX_PROBE = 32  # most centroids one query token probes when probe_delta widens its probing
-DEFAULT_NDOCS = 384  # 96 survivors; measured recall@10 vs exhaustive: 0.993 (1e6), 0.969 (5e6), 0.984 (cranfield)
+# Search settings by store size, chosen when a Searcher opens (docs/BENCHMARKS.md 3). Measured recall@10
+# against exhaustive search over the store: up to ~1e6 tokens, 8 probes and 96 survivors lose little
+# (0.991 at 1.2e6, 0.984 on cranfield); from 5e6 tokens they lose 3% (0.968 at 5e6, 0.965 at 1e7),
+# almost all documents never probed, and probing the close calls (probe_delta 0.1) with 192
+# survivors gets 0.993 at both, for 1.7-2.1x the latency.
+LARGE_STORE_TOKENS = 4_000_000
+DEFAULT_NDOCS = 384  # 96 survivors
+DEFAULT_PROBE_DELTA = None
+LARGE_NDOCS = 768  # 192 survivors
+LARGE_PROBE_DELTA = 0.1
 STREAM_CHUNK = 16  # survivors scored per exact-MaxSim step (reads of the next steps overlap it)
 CENTROID_BLOCK = 4096  # centroids per piece of the query-centroid product (pieces run in parallel)
 SCORE_SCALE = 1 << 14  # query-centroid scores are kept as int16 multiples of 1/16384 (|score| <= ~1)
@@ -55,7 +63,10 @@ class Searcher:
     nprobe: centroids probed per query token. ndocs: a quarter of it (at least k)
     is how many candidates reach exact re-ranking. probe_delta: also probe every
     centroid whose score is within this of the token's best (at most MAX_PROBE a
-    token): tokens whose best centroids are close calls probe more of them.
+    token): tokens whose best centroids are close calls probe more of them; None
+    turns it off. Defaults: nprobe 8; ndocs 384 and no probe_delta below
+    LARGE_STORE_TOKENS (4e6) tokens, ndocs 768 and probe_delta 0.1 from there on
+    (decided when the Searcher opens; see stats()).
     device: "cpu" (numpy, no torch import) or a torch device such as "cuda" for
     the re-ranking step. prefetch: background threads read the likely
     survivors' rows while centroid interaction runs (ESPN-style). Measured
@@ -70,17 +81,21 @@ class Searcher:
     def __init__(self, store_or_path: Store | str | os.PathLike, memory_budget: int | str | None = DEFAULT_BUDGET,
                  nprobe: int | None = None, ndocs: int | None = None, *, device: str = "cpu",
                  prefetch: bool = False, prefetch_threads: int = 2, threads: int | None = None,
-                 probe_delta: float | None = DEFAULT_PROBE_DELTA):
+                 probe_delta: float | None | str = "auto"):
         self._own_store = not isinstance(store_or_path, Store)
         self.store = Store.open(Path(store_or_path)) if self._own_store else store_or_path
         if self.store.manifest.codec is None or not self.store.manifest.segments:
             raise ValueError(f"{self.store.root}: the store is empty; add documents before searching")
+        large = sum(seg.tokens for seg in self.store.manifest.segments) >= LARGE_STORE_TOKENS
         self.nprobe = DEFAULT_NPROBE if nprobe is None else int(nprobe)
-        self.ndocs = DEFAULT_NDOCS if ndocs is None else int(ndocs)
+        self.ndocs = (LARGE_NDOCS if large else DEFAULT_NDOCS) if ndocs is None else int(ndocs)
         if self.nprobe <= 0 or self.ndocs <= 0:
             raise ValueError(f"nprobe and ndocs must be positive integers, got nprobe={nprobe!r}, ndocs={ndocs!r}")
-        if probe_delta is not None and not (isinstance(probe_delta, (int, float)) and 0 <= probe_delta <= 2):
-            raise ValueError(f"probe_delta must be None or a score difference in [0, 2], got {probe_delta!r}")
+        if isinstance(probe_delta, str) and probe_delta == "auto":
+            probe_delta = LARGE_PROBE_DELTA if large else DEFAULT_PROBE_DELTA
+        elif probe_delta is not None and not (isinstance(probe_delta, (int, float)) and not isinstance(probe_delta, bool)
+                                              and 0 <= probe_delta <= 2):
+            raise ValueError(f"probe_delta must be 'auto', None or a score difference in [0, 2], got {probe_delta!r}")
         self.probe_delta = probe_delta
         self.device = device
         self.prefetch = bool(prefetch)
@@ -211,6 +226,8 @@ class Searcher:
             "prefetch": self.prefetch,
             "nprobe": self.nprobe,
             "ndocs": self.ndocs,
+            "probe_delta": self.probe_delta,
+            "threads": self.workers.threads,
         }
 
     def reset_stats(self) -> None:

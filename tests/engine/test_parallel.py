@@ -135,7 +135,19 @@ def test_probe_delta_only_adds_candidates(engine_store, engine_queries):
         assert grew
 
 
-@pytest.mark.parametrize("bad", [-0.1, 3, "0.1", float("nan")])
+@pytest.mark.parametrize("bad", [-0.1, 3, "0.1", float("nan"), True])
 def test_bad_probe_delta(engine_store, bad):
     with pytest.raises(ValueError, match="probe_delta"):
         lodestore.Searcher(engine_store, probe_delta=bad)
+
+
+def test_search_settings_follow_store_size(engine_store, monkeypatch):
+    from engine import _searcher as srch
+
+    with lodestore.Searcher(engine_store) as small:
+        st = small.stats()
+        assert (st["nprobe"], st["ndocs"], st["probe_delta"]) == (8, srch.DEFAULT_NDOCS, None)
+    monkeypatch.setattr(srch, "LARGE_STORE_TOKENS", 1000)  # the ~90k-token test store counts as large
+    with lodestore.Searcher(engine_store) as large, lodestore.Searcher(engine_store, ndocs=100, probe_delta=None) as own:
+        assert (large.ndocs, large.probe_delta) == (srch.LARGE_NDOCS, srch.LARGE_PROBE_DELTA)
+        assert (own.ndocs, own.probe_delta) == (100, None)  # what the caller says wins
