@@ -288,3 +288,13 @@ def test_probe_misses_accounts_for_every_reference_document(bundle, built, capsy
     assert len(rows) == 4
     coverage = [float(r[1]) for r in rows[:3]]
     assert coverage == sorted(coverage)  # probing more lists never covers less
+
+
+def test_ab_search_compares_thread_counts(bundle, built, capsys):
+    from tools import ab_search
+
+    assert ab_search.main([str(built), str(bundle), "--threads", "1,2", "--queries", "4", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| /")]
+    assert len(rows) == 2 and "| 1 |" in rows[0] and "| 2 |" in rows[1] and "x1.00" in rows[0]
+    assert rows[0].split("|")[6] == rows[1].split("|")[6]  # same top-10 ids whatever the thread count

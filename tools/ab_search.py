@@ -1,0 +1,90 @@
+"""A/B of search latency: engine versions (checkouts) and thread counts, alternating fresh processes.
+
+    python -m tools.ab_search STORE BUNDLE [--repos OLD_CHECKOUT,.] [--threads 1,2] [--queries 100] [--rounds 2]
+
+Each (checkout, threads) pair runs in a fresh child process with that
+checkout first on sys.path (e.g. a `git worktree add /tmp/old COMMIT`), in
+round-robin order, `--rounds` times: open a Searcher (default settings,
+budget auto), one untimed pass over the queries (heap and page cache warm),
+then every query once, timed. The table gives each pair's p50 per round,
+their median, the ratio to the first pair, and a hash of the top-10 ids so
+a change that should not move results can be seen not to. On a shared
+machine only ratios from one run mean anything; the load is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def child(cfg: dict) -> dict:
+    sys.path.insert(0, cfg["repo"])
+    import lodestore
+
+    import inspect
+
+    queries = np.load(Path(cfg["bundle"]) / "queries.npy")[: cfg["queries"]]
+    # checkouts from before Searcher(threads=) search on one thread
+    options = {"threads": cfg["threads"]} if "threads" in inspect.signature(lodestore.Searcher).parameters else {}
+    with lodestore.Searcher(cfg["store"], **options) as s:
+        for q in queries:
+            s.search(q, k=10)
+        times, ids = [], []
+        for q in queries:
+            t = time.perf_counter()
+            hits = s.search(q, k=10)
+            times.append(time.perf_counter() - t)
+            ids.append([h[0] for h in hits])
+    return {"p50_ms": float(np.median(times) * 1e3), "mean_ms": float(np.mean(times) * 1e3),
+            "hash": hashlib.sha1(json.dumps(ids).encode()).hexdigest()[:8], "load": os.getloadavg()[0],
+            "lodestore": lodestore.__file__, "threads": options.get("threads", 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.ab_search", description=__doc__.split("\n")[0])
+    p.add_argument("store")
+    p.add_argument("bundle")
+    p.add_argument("--repos", default=".", help="comma-separated checkouts to compare (default: this one)")
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--queries", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return 0
+    pairs = list(dict.fromkeys((str(Path(r).resolve()), int(t)) for r in args.repos.split(",")
+                               for t in args.threads.split(",")))
+    runs: dict = {pair: [] for pair in pairs}
+    for _ in range(args.rounds):
+        for repo, threads in pairs:
+            cfg = {"repo": repo, "threads": threads, "store": args.store, "bundle": args.bundle, "queries": args.queries}
+            out = subprocess.run([sys.executable, "-m", "tools.ab_search", "x", "x", "--child", json.dumps(cfg)],
+                                 capture_output=True, text=True, check=True)
+            runs[(repo, threads)].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"\nstore: {args.store}; {args.queries} queries; {args.rounds} rounds, alternating processes")
+    print("| checkout | threads | p50 ms per round | median p50 ms | vs first | top-10 hash | load |")
+    print("|---|---|---|---|---|---|---|")
+    first = None
+    for (repo, threads), rs in runs.items():
+        med = float(np.median([r["p50_ms"] for r in rs]))
+        first = first or med
+        assert all(Path(r["lodestore"]).resolve().is_relative_to(repo) for r in rs), rs  # the checkout asked for
+        per_round = " / ".join(f"{r['p50_ms']:.1f}" for r in rs)
+        used = ",".join(sorted({str(r["threads"]) for r in rs}))
+        print(f"| {repo} | {used} | {per_round} | {med:.1f} | x{med / first:.2f} | "
+              f"{','.join(sorted({r['hash'] for r in rs}))} | {np.mean([r['load'] for r in rs]):.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
