@@ -1,11 +1,12 @@
 """A/B of search latency: engine versions (checkouts) and thread counts, alternating fresh processes.
 
-    python -m tools.ab_search STORE BUNDLE [--repos OLD_CHECKOUT,.] [--threads 1,2] [--queries 100] [--rounds 2]
+    python -m tools.ab_search STORE BUNDLE [--repos OLD_CHECKOUT,.] [--threads 1,2] [--queries 100] [--rounds 2] [--ndocs 384]
 
 Each (checkout, threads) pair runs in a fresh child process with that
 checkout first on sys.path (e.g. a `git worktree add /tmp/old COMMIT`), in
 round-robin order, `--rounds` times: open a Searcher (default settings,
-budget auto), one untimed pass over the queries (heap and page cache warm),
+budget auto; --ndocs fixes ndocs and turns probe_delta off, so checkouts
+whose defaults differ do the same work), one untimed pass over the queries (heap and page cache warm),
 then every query once, timed. The table gives each pair's p50 per round,
 their median, the ratio to the first pair, and a hash of the top-10 ids so
 a change that should not move results can be seen not to. On a shared
@@ -34,7 +35,12 @@ def child(cfg: dict) -> dict:
 
     queries = np.load(Path(cfg["bundle"]) / "queries.npy")[: cfg["queries"]]
     # checkouts from before Searcher(threads=) search on one thread
-    options = {"threads": cfg["threads"]} if "threads" in inspect.signature(lodestore.Searcher).parameters else {}
+    params = inspect.signature(lodestore.Searcher).parameters
+    options = {"threads": cfg["threads"]} if "threads" in params else {}
+    if cfg.get("ndocs"):  # the same work in every checkout: fixed ndocs, no probe_delta
+        options["ndocs"] = cfg["ndocs"]
+        if "probe_delta" in params:
+            options["probe_delta"] = None
     with lodestore.Searcher(cfg["store"], **options) as s:
         for q in queries:
             s.search(q, k=10)
@@ -57,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", default="1,2")
     p.add_argument("--queries", type=int, default=100)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--ndocs", type=int, default=None,
+                   help="search every checkout with this ndocs and no probe_delta (default: each checkout's defaults)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -67,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict = {pair: [] for pair in pairs}
     for _ in range(args.rounds):
         for repo, threads in pairs:
-            cfg = {"repo": repo, "threads": threads, "store": args.store, "bundle": args.bundle, "queries": args.queries}
+            cfg = {"repo": repo, "threads": threads, "store": args.store, "bundle": args.bundle, "queries": args.queries,
+                   "ndocs": args.ndocs}
             out = subprocess.run([sys.executable, "-m", "tools.ab_search", "x", "x", "--child", json.dumps(cfg)],
                                  capture_output=True, text=True, check=True)
             runs[(repo, threads)].append(json.loads(out.stdout.strip().splitlines()[-1]))
