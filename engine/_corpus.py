@@ -58,13 +58,15 @@ class Corpus:
         cent = np.concatenate(cents)
         doc = np.concatenate(docs)
         del cents, docs
-        block = (doc // IVF_BLOCK).astype(np.int64)
         n_blocks = max(1, -(-self.n_docs // IVF_BLOCK))
-        key = block * k + cent  # (block, centroid); a stable sort keeps docs ascending in each list
-        order = np.argsort(key, kind="stable")
+        key = (doc // IVF_BLOCK).astype(np.int64)  # (block, centroid), built in place: one int64 a pair
+        key *= k
+        key += cent
+        order = np.argsort(key, kind="stable")  # stable: docs stay ascending in each list
         self.ivf_docs = (doc[order] % IVF_BLOCK).astype(np.uint16)
+        del order
         counts = np.bincount(key, minlength=n_blocks * k)
-        del key, order, block
+        del key
         offs = np.zeros(n_blocks * k + 1, dtype=np.int64)
         np.cumsum(counts, out=offs[1:])
         self.ivf_offsets = _narrow(offs)  # list (b, c) is ivf_docs[offs[b * k + c] : offs[b * k + c + 1]]
@@ -142,6 +144,10 @@ class Corpus:
         the residual rows are read.
         """
         docs = np.asarray(docs, dtype=np.int64)
+        if len(docs) == 0:
+            s0 = self.segments[0]
+            return (np.zeros(0, self.codec.code_dtype), np.zeros((0,) + s0.residuals.row_shape, s0.residuals.dtype),
+                    np.zeros(0, np.int64), {"bytes": 0, "calls": 0})
         order = np.argsort(docs, kind="stable")
         sorted_docs = docs[order]
         seg_of = np.searchsorted(self.seg_base, sorted_docs, side="right") - 1

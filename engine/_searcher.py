@@ -34,8 +34,9 @@ DEFAULT_BUDGET = "auto"  # the index; + a 4 MB row cache with prefetch on (docs/
 DEFAULT_NPROBE = 8
 MAX_PROBE = 32  # most centroids one query token probes when probe_delta widens its probing
 # Search settings by store size, chosen when a Searcher opens (docs/BENCHMARKS.md 3). Measured recall@10
-# against exhaustive search over the store: up to ~1e6 tokens, 8 probes and 96 survivors lose little
-# (0.991 at 1.2e6, 0.984 on cranfield); from 5e6 tokens they lose 3% (0.968 at 5e6, 0.965 at 1e7),
+# against exhaustive search over the store: up to ~1e6 tokens, 8 probes and 96 survivors lose 1-2%
+# (1.2e6: 0.991 on 100 queries, 0.980 on 200; cranfield 0.984), and wider probing would cost 1.5-2x the
+# latency there; from 5e6 tokens they lose 3% (0.968 at 5e6, 0.965 at 1e7),
 # almost all documents never probed, and probing the close calls (probe_delta 0.1) with 192
 # survivors gets 0.993 at both, for 1.7-2.1x the latency.
 LARGE_STORE_TOKENS = 4_000_000
@@ -71,9 +72,10 @@ class Searcher:
     device: "cpu" (numpy, no torch import) or a torch device such as "cuda" for
     the re-ranking step. prefetch: background threads read the likely
     survivors' rows while centroid interaction runs (ESPN-style). Measured
-    (docs/BENCHMARKS.md 2.0): hit rate 0.97-0.99; p50 lower on a cold page
-    cache, higher on a warm one, for twice the bytes read and 7-9 MB more RSS;
-    off by default. Turn it on where reads block for long.
+    (docs/BENCHMARKS.md 2.0b): hit rate 0.96-0.99 warm, ~0.7 cold; with two
+    query threads it cost p50 (x1.6-2 warm, x1.04-1.2 cold) for twice the bytes
+    read and 15-20 MB more RSS, so it is off by default. It can pay where reads
+    block for long and cores are spare.
     threads: threads one query's work is spread over (query-centroid product,
     centroid interaction, re-ranking chunks); default 2 where the process may
     use 2 cores. Results do not depend on it.
@@ -83,24 +85,29 @@ class Searcher:
                  nprobe: int | None = None, ndocs: int | None = None, *, device: str = "cpu",
                  prefetch: bool = False, prefetch_threads: int = 2, threads: int | None = None,
                  probe_delta: float | None | str = "auto"):
+        if nprobe is not None and (not isinstance(nprobe, (int, np.integer)) or isinstance(nprobe, bool) or nprobe <= 0) \
+                or ndocs is not None and (not isinstance(ndocs, (int, np.integer)) or isinstance(ndocs, bool) or ndocs <= 0):
+            raise ValueError(f"nprobe and ndocs must be positive integers, got nprobe={nprobe!r}, ndocs={ndocs!r}")
+        if not (isinstance(probe_delta, str) and probe_delta == "auto") and probe_delta is not None and not (
+                isinstance(probe_delta, (int, float)) and not isinstance(probe_delta, bool) and 0 <= probe_delta <= 2):
+            raise ValueError(f"probe_delta must be 'auto', None or a score difference in [0, 2], got {probe_delta!r}")
+        workers = Workers(default_threads() if threads is None else threads)  # checked before anything is opened
         self._own_store = not isinstance(store_or_path, Store)
         self.store = Store.open(Path(store_or_path)) if self._own_store else store_or_path
         if self.store.manifest.codec is None or not self.store.manifest.segments:
+            if self._own_store:
+                self.store.close()
+            workers.close()
             raise ValueError(f"{self.store.root}: the store is empty; add documents before searching")
         large = sum(seg.tokens for seg in self.store.manifest.segments) >= LARGE_STORE_TOKENS
         self.nprobe = DEFAULT_NPROBE if nprobe is None else int(nprobe)
         self.ndocs = (LARGE_NDOCS if large else DEFAULT_NDOCS) if ndocs is None else int(ndocs)
-        if self.nprobe <= 0 or self.ndocs <= 0:
-            raise ValueError(f"nprobe and ndocs must be positive integers, got nprobe={nprobe!r}, ndocs={ndocs!r}")
-        if isinstance(probe_delta, str) and probe_delta == "auto":
+        if isinstance(probe_delta, str):
             probe_delta = LARGE_PROBE_DELTA if large else DEFAULT_PROBE_DELTA
-        elif probe_delta is not None and not (isinstance(probe_delta, (int, float)) and not isinstance(probe_delta, bool)
-                                              and 0 <= probe_delta <= 2):
-            raise ValueError(f"probe_delta must be 'auto', None or a score difference in [0, 2], got {probe_delta!r}")
         self.probe_delta = probe_delta
         self.device = device
         self.prefetch = bool(prefetch)
-        self.workers = Workers(default_threads() if threads is None else threads)
+        self.workers = workers
         self.generation = self.store.generation
         self._memory_budget, self._prefetch_threads = memory_budget, prefetch_threads
         try:
@@ -108,9 +115,11 @@ class Searcher:
         except BaseException:  # e.g. a corrupt chunk: leave nothing open behind
             if self._own_store:
                 self.store.close()
+            self.workers.close()
             raise
         self.prefetcher = Prefetcher(self.corpus.read_rows, self.placement.cache_bytes or (1 << 20), threads=prefetch_threads,
                                      read_concat=self.corpus.read_concat)
+        self._score_scale = _score_scale(self.corpus.centroids)
         _release_free_memory()
         self.queries = 0
         self.query_time_s = 0.0
@@ -165,6 +174,7 @@ class Searcher:
             raise
         old_corpus, old_prefetcher, old_store = self.corpus, self.prefetcher, self.store if self._own_store else None
         self.store, self._own_store, self.corpus, self.placement = store, own, corpus, placement
+        self._score_scale = _score_scale(corpus.centroids)
         self.prefetcher = Prefetcher(corpus.read_rows, placement.cache_bytes or (1 << 20), threads=self._prefetch_threads,
                                      read_concat=corpus.read_concat)
         self.generation = store.generation
@@ -202,7 +212,8 @@ class Searcher:
         waited: in flight in a prefetch thread, so re-ranking waited; misses:
         read when needed. hit_rate = hits / (hits + waited + misses).
         bytes_read / read_calls: what the store files saw; io_wait_s: time the
-        query thread spent waiting for rows. resident_bytes: index + resident
+        query's threads spent reading or waiting for rows (summed over threads,
+        so it can exceed wall time). resident_bytes: index + resident
         arrays + cache; placement: what the memory budget chose.
         """
         p = self.prefetcher
@@ -289,7 +300,8 @@ class Searcher:
         cands = []  # candidates for every query first, so all reads are in flight before any re-ranking
         for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
             mine = (tokens >= a) & (tokens < b)
-            cands.append(self._candidates(table[:, a:b], probed[mine], k, allowed))
+            own = table[:, a:b] if len(bounds) == 2 else np.ascontiguousarray(table[:, a:b])  # rows of 64 B to gather
+            cands.append(self._candidates(own, probed[mine], k, allowed))
         del table
         if self._reading_ahead():
             for cand in cands:  # the survivors, best first (those not read ahead already)
@@ -300,7 +312,7 @@ class Searcher:
         """Query-centroid scores and the centroids each query token probes, in one pass over C.
 
         Returns (table, tokens, cents): table is (K, q) int16, row c holding
-        round(<q_i, c> x SCORE_SCALE) for every query token i; (tokens[j], cents[j])
+        <q_i, c> x SCORE_SCALE truncated toward zero for every query token i; (tokens[j], cents[j])
         are the probe pairs: each token's top nprobe centroids, and with probe_delta
         those within it of the token's best (at most MAX_PROBE). Computed in blocks of
         CENTROID_BLOCK centroids spread over the query's threads: each block's product,
@@ -319,9 +331,10 @@ class Searcher:
         table = np.empty((K, q), dtype=np.int16)
         blocks = range(0, K, CENTROID_BLOCK)
         n = min(self.nprobe, K)
-        delta = None if self.probe_delta is None else int(round(self.probe_delta * SCORE_SCALE))
+        scale = self._score_scale
+        delta = None if self.probe_delta is None else int(round(self.probe_delta * scale))
 
-        Qs = Q * np.float32(SCORE_SCALE)
+        Qs = Q * np.float32(scale)
 
         def one(i: int) -> tuple:
             a = blocks[i]
@@ -428,7 +441,9 @@ class Searcher:
         scores = np.empty(len(final), dtype=np.float32)
         step = STREAM_CHUNK if self.device == "cpu" else max(len(final), 1)  # a GPU wants one big batch
         pending = list(range(0, len(final), step))
-        if self.workers.threads > 1 and len(pending) > 1:  # chunks in parallel, best first
+        if self.workers.threads > 1 and len(pending) > 1:  # chunks in parallel: those read already first
+            if ready:
+                pending.sort(key=lambda a: not ready(final[a : a + step]))
 
             def one(i: int) -> None:
                 a = pending[i]
@@ -515,6 +530,14 @@ def _distinct(values: np.ndarray, n: int) -> np.ndarray:
     return np.flatnonzero(seen)
 
 
+def _score_scale(centroids: np.ndarray) -> float:
+    """SCORE_SCALE, unless a centroid is so long that a score could leave int16 (queries are unit
+    or shorter, so |score| <= the longest centroid's norm; int16 holds 2 x SCORE_SCALE). The
+    stores' centroids are unit (norm 1 +- 3e-4): the scale stays SCORE_SCALE for them."""
+    longest = float(np.sqrt(np.einsum("ij,ij->i", centroids, centroids).max(initial=0.0)))
+    return float(SCORE_SCALE) if longest < 1.99 else SCORE_SCALE * 1.99 / longest
+
+
 def _best_per_row(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int, n: int
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Of (row, column, value) candidates, the n best of each row (ties: lower column)."""
@@ -532,7 +555,8 @@ def _within(S: np.ndarray, delta: int, cap: int) -> tuple[np.ndarray, np.ndarray
     a sort of the few hits only.
     """
     best = S.max(axis=1).astype(np.int64)
-    hits = np.flatnonzero(S >= (best - delta).astype(S.dtype)[:, None])
+    floor = np.maximum(best - delta, np.iinfo(S.dtype).min if np.issubdtype(S.dtype, np.integer) else -np.inf)
+    hits = np.flatnonzero(S >= floor.astype(S.dtype)[:, None])
     rows, cols = np.divmod(hits, S.shape[1])
     counts = np.bincount(rows, minlength=len(S))
     if counts.max(initial=0) <= cap:
@@ -547,7 +571,8 @@ def _top_columns(S: np.ndarray, n: int) -> np.ndarray:
     """Column indices of the n largest entries of each row of S (any order).
 
     For the small n of probing, n argmax passes over a copy beat argpartition
-    (measured 5x at K=8192); callers pass a few rows at a time, so the copy stays small.
+    (measured 5x at K=8192); the caller passes one block of CENTROID_BLOCK
+    columns (256 KB as int16 for 32 query tokens), so the copy stays small.
     """
     if n > 8:
         return np.argpartition(S, S.shape[1] - n, axis=1)[:, S.shape[1] - n :]

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = dict.fromkeys(variants, 0)
         for q, raw, ref in zip(qs, queries, reference):
             S = q @ c.centroids.T
-            docs = candidates(S, probe_fixed(searcher.nprobe)(S))
+            docs = candidates(S, searcher._score_and_probe(q)[2])  # what the Searcher probes, probe_delta included
             got = {doc_id for doc_id, _ in searcher.search(raw, k=10)}
             want = [g_of[d] for d in ref[:10]]
             for name, pick in variants.items():
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     cut += 1
         n = len(qs)
-        print(f"\n{args.store}: {n} queries, nprobe {searcher.nprobe}, ndocs {searcher.ndocs}; of {10 * n} exhaustive "
+        print(f"\n{args.store}: {n} queries, nprobe {searcher.nprobe}, probe_delta {searcher.probe_delta}, "
+              f"ndocs {searcher.ndocs}; of {10 * n} exhaustive "
               f"top-10 documents the engine found {found}, missed {unprobed} never probed and {cut} probed but cut\n")
         print("| probing | coverage of exhaustive top-10 | candidates/query |")
         print("|---|---|---|")

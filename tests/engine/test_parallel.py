@@ -151,3 +151,19 @@ def test_search_settings_follow_store_size(engine_store, monkeypatch):
     with lodestore.Searcher(engine_store) as large, lodestore.Searcher(engine_store, ndocs=100, probe_delta=None) as own:
         assert (large.ndocs, large.probe_delta) == (srch.LARGE_NDOCS, srch.LARGE_PROBE_DELTA)
         assert (own.ndocs, own.probe_delta) == (100, None)  # what the caller says wins
+
+
+def test_within_does_not_wrap_around_below_int16():
+    from engine._searcher import _within
+
+    S = np.array([[-20000, -20500, -30000]], dtype=np.int16)
+    rows, cols = _within(S, int(1.5 * 16384), cap=10)
+    assert cols.tolist() == [0, 1, 2]  # everything is within 1.5 of the best; nothing wrapped to +32767
+
+
+def test_long_centroids_lower_the_score_scale():
+    from engine._searcher import SCORE_SCALE, _score_scale
+
+    unit = np.eye(4, dtype=np.float32)
+    assert _score_scale(unit) == SCORE_SCALE
+    assert _score_scale(3 * unit) * 3 <= 32767
