@@ -21,7 +21,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,8 @@ def child(cfg: dict) -> dict:
     import lodestore
 
     import inspect
+
+    from tools.bench_search import timed_queries
 
     queries = np.load(Path(cfg["bundle"]) / "queries.npy")[: cfg["queries"]]
     # checkouts from before Searcher(threads=) search on one thread
@@ -44,12 +45,7 @@ def child(cfg: dict) -> dict:
     with lodestore.Searcher(cfg["store"], **options) as s:
         for q in queries:
             s.search(q, k=10)
-        times, ids = [], []
-        for q in queries:
-            t = time.perf_counter()
-            hits = s.search(q, k=10)
-            times.append(time.perf_counter() - t)
-            ids.append([h[0] for h in hits])
+        times, ids = timed_queries(s, queries)
     return {"p50_ms": float(np.median(times) * 1e3), "mean_ms": float(np.mean(times) * 1e3),
             "hash": hashlib.sha1(json.dumps(ids).encode()).hexdigest()[:8], "load": os.getloadavg()[0],
             "lodestore": lodestore.__file__, "threads": options.get("threads", 1)}

@@ -51,16 +51,9 @@ def child(cfg: dict) -> dict:
         searcher.search(q, k=10)
     searcher.reset_stats()
     store_paths = [Path(cfg["store"]) / "segments"]
-    times, results = [], []
     io0 = memstat.io_read_bytes()
     cpu0 = time.process_time()
-    for q in queries:
-        if cfg["cold"]:
-            memstat.evict(store_paths)
-        t = time.perf_counter()
-        hits = searcher.search(q, k=10)
-        times.append(time.perf_counter() - t)
-        results.append([h[0] for h in hits])
+    times, results = timed_queries(searcher, queries, before=(lambda: memstat.evict(store_paths)) if cfg["cold"] else None)
     cpu = time.process_time() - cpu0
     disk_read = memstat.io_read_bytes() - io0
     after = memstat.status_mb()
@@ -87,6 +80,20 @@ def child(cfg: dict) -> dict:
         "hit_rate": stats["hit_rate"], "io_wait_ms": stats["io_wait_s"] / n * 1e3,
         "results": results, "loadavg": __import__("os").getloadavg()[0],
     }
+
+
+def timed_queries(searcher, queries, k: int = 10, before=None) -> tuple[list[float], list[list[str]]]:
+    """Every query once, one at a time: (seconds per query, top-k ids per query).
+    `before` runs ahead of each query, untimed (e.g. evicting the page cache)."""
+    times, ids = [], []
+    for q in queries:
+        if before is not None:
+            before()
+        t = time.perf_counter()
+        hits = searcher.search(q, k=k)
+        times.append(time.perf_counter() - t)
+        ids.append([h[0] for h in hits])
+    return times, ids
 
 
 def truth(store_path: Path, queries: np.ndarray, k: int = 10) -> list[list[str]]:

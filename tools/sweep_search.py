@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import lodestore
-    from tools.bench_search import recall, truth
+    from tools.bench_search import recall, timed_queries, truth
 
     queries = np.load(args.bundle / "queries.npy")[: args.queries]
     reference = truth(args.store, queries)
@@ -48,12 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             searcher.probe_delta = float(delta) if delta else None
             for q in queries[:5]:
                 searcher.search(q, k=10)
-            times, results = [], []
-            for q in queries:
-                t = time.perf_counter()
-                hits = searcher.search(q, k=10)
-                times.append(time.perf_counter() - t)
-                results.append([h[0] for h in hits])
+            times, results = timed_queries(searcher, queries)
             rows.append((nprobe, delta or "-", ndocs, max(10, ndocs // 4), recall(results, reference),
                          np.median(times) * 1e3))
     print(f"\nstore: {args.store}; queries: {len(queries)}; budget: {args.budget}; load {__import__('os').getloadavg()[0]:.1f}")
