@@ -17,7 +17,7 @@ IVF_BLOCK = 1 << 16  # documents per block of the resident inverted lists (uint1
 
 
 class Corpus:
-    """Centroids, merged inverted lists, doc lengths, deletion mask, compact id table; optionally codes/residuals."""
+    """Centroids, merged inverted lists, deletion mask, compact id table; optionally codes/residuals."""
 
     def __init__(self, store: Store):
         self.store = store
@@ -32,7 +32,6 @@ class Corpus:
         sizes = [s.n_docs for s in self.segments]
         self.seg_base = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.n_docs = int(self.seg_base[-1])
-        self.doclens = np.concatenate([np.diff(s.doc_offsets) for s in self.segments]).astype(np.int32)
         self.deleted = np.concatenate([store.deleted(i) for i in range(len(self.segments))])
         self._build_ivf()
         self._build_ids()
@@ -122,15 +121,19 @@ class Corpus:
     # ------------------------------------------------------------------ residency
     def index_bytes(self) -> int:
         return sum(a.nbytes for a in (self.centroids, self.ivf_docs, self.ivf_offsets, self.doc_codes,
-                                      self.doc_code_offsets, self.doclens, self.deleted, self.id_offsets,
+                                      self.doc_code_offsets, self.deleted, self.id_offsets,
                                       self.id_bytes, self.seg_base))
 
     def tokens(self) -> int:
-        return int(self.doclens.astype(np.int64).sum())
+        return sum(s.n_tokens for s in self.segments)
 
     def load_codes(self) -> None:
+        """Per-token codes in RAM, and each global document's first row in them (document lengths
+        are read from the segments' offsets; no separate length table is kept)."""
         self.codes = np.concatenate([s.codes.read_all() for s in self.segments])
-        self.token_offsets = np.concatenate([[0], np.cumsum(self.doclens, dtype=np.int64)])
+        shifts = np.cumsum([0] + [s.n_tokens for s in self.segments])
+        self.token_offsets = np.concatenate(
+            [s.doc_offsets[:-1].astype(np.int64) + shift for s, shift in zip(self.segments, shifts)] + [shifts[-1:]])
 
     def load_residuals(self) -> None:
         self.residuals = np.concatenate([s.residuals.read_all() for s in self.segments])
@@ -191,8 +194,9 @@ class Corpus:
 
     def _token_index(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Row numbers of docs' tokens in the resident arrays, concatenated, and the lengths."""
-        lens = self.doclens[docs].astype(np.int64)
-        return np.repeat(self.token_offsets[docs], lens) + ramp(lens), lens
+        starts = self.token_offsets[docs]
+        lens = self.token_offsets[docs + 1] - starts
+        return np.repeat(starts, lens) + ramp(lens), lens
 
     def resident_codes(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Codes of docs from RAM, concatenated, with their lengths."""
