@@ -19,18 +19,6 @@ def maxsim_concat(query: np.ndarray, tokens: np.ndarray, doclens: np.ndarray) ->
     return _segment_max_sum(sim, doclens)
 
 
-def centroid_scores_concat(scores: np.ndarray, codes: np.ndarray, doclens: np.ndarray, workers=None) -> np.ndarray:
-    """PLAID's centroid interaction over documents whose centroid ids are concatenated in `codes`.
-
-    scores is (q, K), query-major (tests and tools); the Searcher keeps the table
-    centroid-major and calls centroid_interaction directly.
-    """
-    starts = np.zeros(len(doclens), dtype=np.int64)
-    np.cumsum(doclens[:-1], out=starts[1:])
-    table = np.ascontiguousarray(np.asarray(scores).T)
-    return centroid_interaction(table, codes, starts, np.asarray(doclens, dtype=np.int64), workers)
-
-
 def centroid_interaction(table: np.ndarray, doc_codes: np.ndarray, starts: np.ndarray, lens: np.ndarray,
                          workers=None) -> np.ndarray:
     """PLAID's centroid interaction: MaxSim with each token replaced by its centroid.

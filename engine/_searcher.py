@@ -111,18 +111,22 @@ class Searcher:
         self.generation = self.store.generation
         self._memory_budget, self._prefetch_threads = memory_budget, prefetch_threads
         try:
-            self.corpus, self.placement = self._load(self.store)
+            self._use(*self._load(self.store))
         except BaseException:  # e.g. a corrupt chunk: leave nothing open behind
             if self._own_store:
                 self.store.close()
             self.workers.close()
             raise
-        self.prefetcher = Prefetcher(self.corpus.read_rows, self.placement.cache_bytes or (1 << 20), threads=prefetch_threads,
-                                     read_concat=self.corpus.read_concat)
-        self._score_scale = _score_scale(self.corpus.centroids)
         _release_free_memory()
         self.queries = 0
         self.query_time_s = 0.0
+
+    def _use(self, corpus: Corpus, placement: Placement) -> None:
+        """Search `corpus` from now on: its placement, a prefetcher over it, its score scale."""
+        self.corpus, self.placement = corpus, placement
+        self.prefetcher = Prefetcher(corpus.read_rows, placement.cache_bytes or (1 << 20), threads=self._prefetch_threads,
+                                     read_concat=corpus.read_concat)
+        self._score_scale = _score_scale(corpus.centroids)
 
     def _load(self, store: Store) -> tuple[Corpus, Placement]:
         """The resident corpus of `store`'s generation (holding a lease on it), placed within the budget."""
@@ -173,10 +177,8 @@ class Searcher:
                 store.close()
             raise
         old_corpus, old_prefetcher, old_store = self.corpus, self.prefetcher, self.store if self._own_store else None
-        self.store, self._own_store, self.corpus, self.placement = store, own, corpus, placement
-        self._score_scale = _score_scale(corpus.centroids)
-        self.prefetcher = Prefetcher(corpus.read_rows, placement.cache_bytes or (1 << 20), threads=self._prefetch_threads,
-                                     read_concat=corpus.read_concat)
+        self.store, self._own_store = store, own
+        self._use(corpus, placement)
         self.generation = store.generation
         old_prefetcher.close()
         old_corpus.close()

@@ -7,7 +7,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine._maxsim import centroid_scores_concat, maxsim_concat, maxsim_torch, top_k
+from engine._maxsim import centroid_interaction, maxsim_concat, maxsim_torch, top_k
+
+
+def centroid_scores_concat(scores: np.ndarray, codes: np.ndarray, doclens: np.ndarray) -> np.ndarray:
+    """Centroid interaction for a (q, K) score matrix and documents whose ids are concatenated in `codes`
+    (the Searcher passes a centroid-major (K, q) table and each candidate's span in its id table)."""
+    starts = np.concatenate([[0], np.cumsum(doclens)[:-1]]).astype(np.int64)
+    return centroid_interaction(np.ascontiguousarray(scores.T), codes, starts, np.asarray(doclens, dtype=np.int64))
 
 
 def naive_maxsim(query: np.ndarray, tokens: np.ndarray, doclens: np.ndarray) -> np.ndarray:

@@ -84,10 +84,11 @@ def test_centroid_interaction_slices_match_one_gather(monkeypatch):
     codes = rng.integers(0, 300, size=int(lens.sum()))
     whole = _maxsim._segment_max_sum(np.take(S, codes, axis=1), lens)
     monkeypatch.setattr(_maxsim, "CI_CHUNK_TOKENS", 256)
+    table, starts = np.ascontiguousarray(S.T), np.concatenate([[0], np.cumsum(lens)[:-1]])
     w = Workers(2)
     try:
-        threaded = _maxsim.centroid_scores_concat(S, codes, lens, w)
-        assert np.array_equal(threaded, _maxsim.centroid_scores_concat(S, codes, lens))
+        threaded = _maxsim.centroid_interaction(table, codes, starts, lens, w)
+        assert np.array_equal(threaded, _maxsim.centroid_interaction(table, codes, starts, lens))
         np.testing.assert_allclose(threaded, whole, rtol=1e-6, atol=1e-5)
     finally:
         w.close()
