@@ -1,12 +1,16 @@
 """Exact MaxSim over documents whose token rows are concatenated.
 
 score(q, d) = sum over query tokens i of max over document tokens j of <q_i, d_j>.
-Vectorized over every candidate at once: one matmul, one segmented max.
+Vectorized over every candidate at once: one matmul, one segmented max. The
+segmented maxima run in the C kernels of engine/_native.py where they were built
+(same results, GIL released), else in numpy.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from . import _native as native
 
 CI_CHUNK_TOKENS = 8192  # tokens per centroid-interaction slice (bounds the query's working set)
 
@@ -15,8 +19,10 @@ def maxsim_concat(query: np.ndarray, tokens: np.ndarray, doclens: np.ndarray) ->
     """Scores of each document: query (q, d), tokens (sum(doclens), d), doclens (n,) all > 0."""
     if len(doclens) == 0:
         return np.zeros(0, dtype=np.float32)
-    sim = np.ascontiguousarray((tokens @ query.T).T)  # (q, T): the segmented max runs along rows
-    return _segment_max_sum(sim, doclens)
+    sim = tokens @ query.T  # (T, q)
+    if native.segment_max_sum is not None and sim.dtype == np.float32:
+        return native.segment_max_sum(sim, doclens)  # the same sums, GIL released
+    return _segment_max_sum(np.ascontiguousarray(sim.T), doclens)  # (q, T): the segmented max runs along rows
 
 
 def centroid_interaction(table: np.ndarray, doc_codes: np.ndarray, starts: np.ndarray, lens: np.ndarray,
@@ -42,9 +48,14 @@ def centroid_interaction(table: np.ndarray, doc_codes: np.ndarray, starts: np.nd
         start = ends[a - 1] if a else 0
         cuts.append(max(a + 1, int(np.searchsorted(ends, start + CI_CHUNK_TOKENS, side="right"))))
     out = np.empty(len(lens), dtype=np.float32)
+    fast = native.centroid_interaction is not None and table.dtype == np.int16 and table.flags.c_contiguous \
+        and doc_codes.dtype == np.uint16 and doc_codes.flags.c_contiguous
 
     def one(i: int) -> None:
         a, b = cuts[i], cuts[i + 1]
+        if fast:  # the C kernel: the same sums, no gathered copies, GIL released
+            out[a:b] = native.centroid_interaction(table, doc_codes, starts[a:b], lens[a:b])
+            return
         ids = np.take(doc_codes, np.repeat(starts[a:b], lens[a:b]) + ramp(lens[a:b]))
         first = np.zeros(b - a, dtype=np.int64)
         np.cumsum(lens[a : b - 1], out=first[1:])

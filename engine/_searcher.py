@@ -26,6 +26,7 @@ from store import Store, as_numpy
 
 from ._budget import AUTO_CACHE, AUTO_CACHE_NO_PREFETCH, Placement, parse_size, place
 from ._corpus import Corpus
+from . import _native as native
 from ._maxsim import centroid_interaction, maxsim_concat, maxsim_torch, top_k
 from ._parallel import Workers, default_threads
 from ._prefetch import Prefetcher
@@ -342,6 +343,8 @@ class Searcher:
             a = blocks[i]
             rows_out = table[a : a + CENTROID_BLOCK]
             rows_out[...] = C[a : a + CENTROID_BLOCK] @ Qs.T  # (b, q): C Q^T is the faster product; truncated
+            if native.top_rows is not None:  # the C kernel: one pass over the block, no transposed copy
+                return _probe_block(rows_out, a, n, delta)
             quant = np.ascontiguousarray(rows_out.T)  # (q, b): per-token rows for probing
             top = _top_columns(quant, min(n, quant.shape[1]))  # (q, n) block-local columns
             rows = np.repeat(np.arange(q), top.shape[1])
@@ -538,6 +541,24 @@ def _score_scale(centroids: np.ndarray) -> float:
     stores' centroids are unit (norm 1 +- 3e-4): the scale stays SCORE_SCALE for them."""
     longest = float(np.sqrt(np.einsum("ij,ij->i", centroids, centroids).max(initial=0.0)))
     return float(SCORE_SCALE) if longest < 1.99 else SCORE_SCALE * 1.99 / longest
+
+
+def _probe_block(block: np.ndarray, first: int, n: int, delta: int | None) -> tuple:
+    """One centroid block's probe candidates via the C kernel: ((tokens, centroids, values) of each token's
+    top n, and with delta those within it of the token's best in the block, at most MAX_PROBE, or None).
+    The same pairs as the numpy path (_top_columns, _within), ties going to the lower centroid."""
+    b, q = block.shape
+    n = min(n, b)
+    wide = n if delta is None else min(max(n, MAX_PROBE), b)
+    cols, vals = native.top_rows(block, wide)  # (q, wide): best first
+    tok = np.repeat(np.arange(q), n)
+    found = (tok, cols[:, :n].ravel() + first, vals[:, :n].ravel())
+    if delta is None:
+        return found, None
+    cols, vals = cols[:, :MAX_PROBE], vals[:, :MAX_PROBE]
+    close = vals.astype(np.int64) >= vals[:, :1].astype(np.int64) - delta
+    r, c = np.nonzero(close)
+    return found, (r, cols[r, c] + first, vals[r, c])
 
 
 def _best_per_row(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int, n: int

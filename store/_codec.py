@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+
 from ._errors import StoreError
+from ._native import decode as native_decode
 
 NBITS_ALLOWED = (1, 2, 4)
 MIN_CENTROIDS = 256
@@ -239,6 +241,8 @@ class ResidualCodec:
         np.take rather than fancy indexing: measured 6x faster for the byte -> weights lookup.
         """
         n = len(codes)
+        if native_decode is not None and self.centroids.flags.c_contiguous:  # the C kernel: same values, GIL released
+            return native_decode(self.centroids, codes, self._weight_lut, 0, self._weight_lut.shape[1], packed, normalize)
         out = np.take(self.centroids, codes, axis=0)
         out += np.take(self._weight_lut, packed, axis=0).reshape(n, self.dim)
         if normalize:

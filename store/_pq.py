@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._codec import ENCODE_BATCH, ResidualCodec
+from ._native import decode as native_decode
 
 PQ_SUBSPACES_ALLOWED = (16, 32, 64)
 PQ_BITS = 8  # 256 codewords per subspace: one byte per subspace
@@ -190,7 +191,13 @@ class PQCodec:
         return codes, rows
 
     def decode(self, codes: np.ndarray, rows: np.ndarray, *, normalize: bool = True) -> np.ndarray:
-        """Decode codes + residual rows -> (n, dim) float32 (unit norm unless normalize=False)."""
+        """Decode codes + residual rows -> (n, dim) float32 (unit norm unless normalize=False).
+
+        With the C kernel (store/_native.py) one pass per token, the GIL released; else numpy.
+        """
+        if native_decode is not None:
+            w = self.codebooks.shape[2]
+            return native_decode(self.centroids, codes, self._flat, PQ_CODES * w, w, rows, normalize)
         out = np.take(self.centroids, codes, axis=0)
         out += self.decode_residuals(rows)
         if normalize:

@@ -1,0 +1,128 @@
+/* Search kernels, compiled at install time and called through ctypes (engine/_native.py), which
+ * releases the GIL for the call, so a query's threads run them in parallel. Each computes what the
+ * numpy code in engine/_maxsim.py and engine/_searcher.py computes: centroid interaction and probing
+ * bit for bit; the segmented MaxSim the same maxima, summed in query-token order (numpy may sum
+ * them pairwise: equal to float32 rounding).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define HOT __attribute__((target_clones("avx2", "default")))
+#else
+#define HOT
+#endif
+
+#define STACK_Q 256
+
+/* Centroid interaction: table is (K, q) int16, row c = centroid c's scores against the q query
+ * tokens. Document i's centroid ids are ids[starts[i] .. starts[i] + lens[i]) (lens[i] >= 1).
+ * out[i] = sum over query tokens of the max over the document's ids: the int16 maxima summed
+ * exactly (as integers), then converted to float32, as numpy's float32 sum of them is exact. */
+HOT int ls_centroid_interaction(const int16_t *table, int64_t q, const uint16_t *ids, const int64_t *starts,
+                                const int64_t *lens, int64_t n, float *out)
+{
+    int16_t stack[STACK_Q];
+    int16_t *best = q <= STACK_Q ? stack : (int16_t *)malloc((size_t)q * sizeof(int16_t));
+    if (!best)
+        return -1;
+    for (int64_t d = 0; d < n; d++) {
+        const uint16_t *di = ids + starts[d];
+        if (d + 1 < n) { /* the rows are scattered over a table of ~1 MB: ask for the next document's early */
+            const uint16_t *dn = ids + starts[d + 1];
+            for (int64_t j = 0; j < lens[d + 1]; j++)
+                __builtin_prefetch(table + (int64_t)dn[j] * q);
+        }
+        memcpy(best, table + (int64_t)di[0] * q, (size_t)q * sizeof(int16_t));
+        for (int64_t j = 1; j < lens[d]; j++) {
+            const int16_t *row = table + (int64_t)di[j] * q;
+            for (int64_t i = 0; i < q; i++)
+                best[i] = row[i] > best[i] ? row[i] : best[i];
+        }
+        int64_t sum = 0;
+        for (int64_t i = 0; i < q; i++)
+            sum += best[i];
+        out[d] = (float)sum;
+    }
+    if (best != stack)
+        free(best);
+    return 0;
+}
+
+/* Segmented MaxSim: sim is (T, q) float32, documents as consecutive runs of lens[i] >= 1 rows.
+ * out[i] = sum over the q columns (in column order, in float32) of the column max over the run. */
+HOT int ls_segment_max_sum(const float *sim, int64_t q, const int64_t *lens, int64_t n, float *out)
+{
+    float stack[STACK_Q];
+    float *best = q <= STACK_Q ? stack : (float *)malloc((size_t)q * sizeof(float));
+    if (!best)
+        return -1;
+    const float *row = sim;
+    for (int64_t d = 0; d < n; d++) {
+        memcpy(best, row, (size_t)q * sizeof(float));
+        row += q;
+        for (int64_t j = 1; j < lens[d]; j++, row += q)
+            for (int64_t i = 0; i < q; i++)
+                best[i] = row[i] > best[i] ? row[i] : best[i];
+        float sum = 0.0f;
+        for (int64_t i = 0; i < q; i++)
+            sum += best[i];
+        out[d] = sum;
+    }
+    if (best != stack)
+        free(best);
+    return 0;
+}
+
+/* Probing: table is (b, q) int16 (b centroids of one block, centroid-major). For every query token
+ * (column) i, its n best centroids: out_cols[i*n + r] (block-local row numbers) and out_vals[i*n + r],
+ * r = 0 best, ordered by value descending, ties by lower row first (what n argmax passes give).
+ * n <= b. One pass over the block; a row is inserted only when it beats a token's n-th best. */
+HOT int ls_top_rows(const int16_t *table, int64_t b, int64_t q, int64_t n, int64_t *out_cols, int16_t *out_vals)
+{
+    int16_t stack[STACK_Q];
+    int16_t *floor_ = q <= STACK_Q ? stack : (int16_t *)malloc((size_t)q * sizeof(int16_t));
+    if (!floor_)
+        return -1;
+    for (int64_t i = 0; i < q; i++) {
+        floor_[i] = INT16_MIN; /* a row can enter token i's list only if its value is >= floor_[i] */
+        for (int64_t r = 0; r < n; r++) {
+            out_vals[i * n + r] = INT16_MIN;
+            out_cols[i * n + r] = -1;
+        }
+    }
+    for (int64_t c = 0; c < b; c++) {
+        const int16_t *row = table + c * q;
+        int any = 0; /* one vectorized compare of the row against every token's floor; most rows stop here */
+        for (int64_t i = 0; i < q; i++)
+            any |= row[i] >= floor_[i];
+        if (!any)
+            continue;
+        for (int64_t i = 0; i < q; i++) {
+            int16_t v = row[i];
+            int16_t *vals = out_vals + i * n;
+            int64_t *cols = out_cols + i * n;
+            if (cols[n - 1] >= 0 && v <= vals[n - 1])
+                continue; /* full, and not better than the n-th best (a tie loses to the lower row) */
+            int64_t r = n - 1;
+            while (r > 0 && (cols[r - 1] < 0 || v > vals[r - 1])) {
+                vals[r] = vals[r - 1];
+                cols[r] = cols[r - 1];
+                r--;
+            }
+            vals[r] = v;
+            cols[r] = c;
+            if (cols[n - 1] >= 0)
+                floor_[i] = vals[n - 1] == INT16_MAX ? INT16_MAX : (int16_t)(vals[n - 1] + 1);
+        }
+    }
+    if (floor_ != stack)
+        free(floor_);
+    return 0;
+}
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "lodestore search kernels (used through ctypes)", -1, NULL};
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
