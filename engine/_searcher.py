@@ -35,16 +35,16 @@ DEFAULT_BUDGET = "auto"  # the index; + a 4 MB row cache with prefetch on (docs/
 DEFAULT_NPROBE = 8
 MAX_PROBE = 32  # most centroids one query token probes when probe_delta widens its probing
 # Search settings by store size, chosen when a Searcher opens (docs/BENCHMARKS.md 3). Measured recall@10
-# against exhaustive search over the store: up to ~1e6 tokens, 8 probes and 96 survivors lose 1-2%
-# (1.2e6: 0.991 on 100 queries, 0.980 on 200; cranfield 0.984), and wider probing would cost 1.5-2x the
-# latency there; from 5e6 tokens they lose 3% (0.968 at 5e6, 0.965 at 1e7),
-# almost all documents never probed, and probing the close calls (probe_delta 0.1) with 192
-# survivors gets 0.993 at both, for 1.7-2.1x the latency.
+# against exhaustive search over the store: 8 probes plus the close calls (probe_delta 0.1: every centroid
+# within 0.1 of a token's best) lift 1.2e6 from 0.980 to 0.990 (200 queries) for x1.2 latency, leave
+# cranfield (0.984) and scifact (0.950) as they were, and at 5e6-1e7 tokens, where almost every miss was a
+# document never probed, take 0.965 to 0.993 with 192 survivors (section 3.2). Below 4e6 tokens 96
+# survivors: more buy little at 1.2e6 (0.983 at 192); on scifact's real vectors the cut after centroid
+# interaction is what loses (0.967 at 192 survivors, 0.981 at 384, x2.2 latency).
 LARGE_STORE_TOKENS = 4_000_000
 DEFAULT_NDOCS = 384  # 96 survivors
-DEFAULT_PROBE_DELTA = None
 LARGE_NDOCS = 768  # 192 survivors
-LARGE_PROBE_DELTA = 0.1
+DEFAULT_PROBE_DELTA = 0.1
 STREAM_CHUNK = 8  # survivors scored per exact-MaxSim step: 16 held 4-6 MB more heap with 2 threads, no faster
 CENTROID_BLOCK = 4096  # centroids per piece of the query-centroid product (pieces run in parallel)
 BATCH_TOKENS = 64  # query tokens of a batch sharing one score table: (K, 64) int16 is 4 MB at K=32,768
@@ -67,9 +67,9 @@ class Searcher:
     is how many candidates reach exact re-ranking. probe_delta: also probe every
     centroid whose score is within this of the token's best (at most MAX_PROBE a
     token): tokens whose best centroids are close calls probe more of them; None
-    turns it off. Defaults: nprobe 8; ndocs 384 and no probe_delta below
-    LARGE_STORE_TOKENS (4e6) tokens, ndocs 768 and probe_delta 0.1 from there on
-    (decided when the Searcher opens; see stats()).
+    turns it off. Defaults: nprobe 8, probe_delta 0.1; ndocs 384 below
+    LARGE_STORE_TOKENS (4e6) tokens, 768 from there on (decided when the
+    Searcher opens; see stats()).
     device: "cpu" (numpy, no torch import) or a torch device such as "cuda" for
     the re-ranking step. prefetch: background threads read the likely
     survivors' rows while centroid interaction runs (ESPN-style). Measured
@@ -104,7 +104,7 @@ class Searcher:
         self.nprobe = DEFAULT_NPROBE if nprobe is None else int(nprobe)
         self.ndocs = (LARGE_NDOCS if large else DEFAULT_NDOCS) if ndocs is None else int(ndocs)
         if isinstance(probe_delta, str):
-            probe_delta = LARGE_PROBE_DELTA if large else DEFAULT_PROBE_DELTA
+            probe_delta = DEFAULT_PROBE_DELTA
         self.probe_delta = probe_delta
         self.device = device
         self.prefetch = bool(prefetch)

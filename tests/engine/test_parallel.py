@@ -126,7 +126,7 @@ def test_probing_in_blocks_equals_probing_whole_rows(engine_store, engine_querie
 
 def test_probe_delta_only_adds_candidates(engine_store, engine_queries):
     """Wider probing finds every candidate fixed probing finds, so recall can only hold or rise."""
-    with lodestore.Searcher(engine_store, memory_budget="auto", nprobe=2) as fixed, \
+    with lodestore.Searcher(engine_store, memory_budget="auto", nprobe=2, probe_delta=None) as fixed, \
             lodestore.Searcher(engine_store, memory_budget="auto", nprobe=2, probe_delta=0.05) as wide:
         grew = False
         for q in engine_queries:
@@ -147,10 +147,10 @@ def test_search_settings_follow_store_size(engine_store, monkeypatch):
 
     with lodestore.Searcher(engine_store) as small:
         st = small.stats()
-        assert (st["nprobe"], st["ndocs"], st["probe_delta"]) == (8, srch.DEFAULT_NDOCS, None)
+        assert (st["nprobe"], st["ndocs"], st["probe_delta"]) == (8, srch.DEFAULT_NDOCS, srch.DEFAULT_PROBE_DELTA)
     monkeypatch.setattr(srch, "LARGE_STORE_TOKENS", 1000)  # the ~90k-token test store counts as large
     with lodestore.Searcher(engine_store) as large, lodestore.Searcher(engine_store, ndocs=100, probe_delta=None) as own:
-        assert (large.ndocs, large.probe_delta) == (srch.LARGE_NDOCS, srch.LARGE_PROBE_DELTA)
+        assert (large.ndocs, large.probe_delta) == (srch.LARGE_NDOCS, srch.DEFAULT_PROBE_DELTA)
         assert (own.ndocs, own.probe_delta) == (100, None)  # what the caller says wins
 
 
