@@ -29,6 +29,8 @@ PQ_CODES = 1 << PQ_BITS
 # Residual vectors the codebooks are trained on: faiss's k-means uses at most 256
 # points per codeword (max_points_per_centroid), i.e. 2^16 for 256 codewords.
 PQ_TRAINING_SAMPLE = 1 << 16
+FAISS_FAST_DSUB = (2, 4, 8)  # subspace widths faiss's compute_codes has SIMD code for (measured faster than BLAS)
+BLAS_ENCODE_ROWS = 8192  # tokens per distance block of the matmul encoder
 PQ_ITERATIONS = 20  # measured on b1m residuals (m=32): 10 -> 0.9666 token cosine, 25 -> 0.9670
 
 
@@ -160,11 +162,39 @@ class PQCodec:
         return pq
 
     def encode_residuals(self, residuals: np.ndarray) -> np.ndarray:
-        """(n, dim) float32 residuals -> (n, m) uint8: byte s = nearest codeword (L2) of subspace s."""
+        """(n, dim) float32 residuals -> (n, m) uint8: byte s = nearest codeword (L2) of subspace s.
+
+        faiss's compute_codes has SIMD code for subspaces of 2, 4 or 8 dimensions; for
+        others (the 384-d encoder's 6, 12, 24) one matmul per subspace is 3-4x faster
+        (measured: 32,768 tokens at d=384, m=64: 1.63 s vs 0.44 s); the same codes but for
+        float-rounding near-ties.
+        """
+        if self.dim // self.subspaces not in FAISS_FAST_DSUB:
+            return self._encode_residuals_blas(residuals)
         pq = self._quantizer()
         out = np.empty((len(residuals), self.subspaces), dtype=np.uint8)
         for s in range(0, len(residuals), ENCODE_BATCH):
             out[s : s + ENCODE_BATCH] = pq.compute_codes(np.ascontiguousarray(residuals[s : s + ENCODE_BATCH], dtype=np.float32))
+        return out
+
+    def _encode_residuals_blas(self, residuals: np.ndarray) -> np.ndarray:
+        """Nearest codeword per subspace as argmin over codewords of |c|^2 - 2 <r_s, c> (ties: lower index,
+        as faiss), BLAS_ENCODE_ROWS tokens at a time (an 8 MB distance block)."""
+        m, dsub = self.subspaces, self.dim // self.subspaces
+        cb_t = getattr(self, "_cb_t", None)
+        if cb_t is None:
+            cb_t = np.ascontiguousarray(self.codebooks.transpose(0, 2, 1))  # (m, dsub, 256)
+            object.__setattr__(self, "_cb_t", cb_t)
+            object.__setattr__(self, "_cb_sq", np.einsum("scj,scj->sc", self.codebooks, self.codebooks))
+        sq = self._cb_sq
+        out = np.empty((len(residuals), m), dtype=np.uint8)
+        for a in range(0, len(residuals), BLAS_ENCODE_ROWS):
+            part = np.ascontiguousarray(residuals[a : a + BLAS_ENCODE_ROWS], dtype=np.float32).reshape(-1, m, dsub)
+            for s in range(m):
+                dist = part[:, s, :] @ cb_t[s]
+                dist *= -2
+                dist += sq[s]
+                out[a : a + len(part), s] = dist.argmin(axis=1)
         return out
 
     def decode_residuals(self, rows: np.ndarray) -> np.ndarray:
