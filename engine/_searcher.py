@@ -34,15 +34,15 @@ from ._prefetch import Prefetcher
 DEFAULT_BUDGET = "auto"  # the index; + a 4 MB row cache with prefetch on (docs/BENCHMARKS.md 2.0b)
 DEFAULT_NPROBE = 8
 MAX_PROBE = 32  # most centroids one query token probes when probe_delta widens its probing
-# Search settings by store size, chosen when a Searcher opens (docs/BENCHMARKS.md 3). Measured recall@10
-# against exhaustive search over the store: 8 probes plus the close calls (probe_delta 0.1: every centroid
-# within 0.1 of a token's best) lift 1.2e6 from 0.980 to 0.990 (200 queries) for x1.2 latency, leave
-# cranfield (0.984) and scifact (0.950) as they were, and at 5e6-1e7 tokens, where almost every miss was a
-# document never probed, take 0.965 to 0.993 with 192 survivors (section 3.2). Below 4e6 tokens 96
-# survivors: more buy little at 1.2e6 (0.983 at 192); on scifact's real vectors the cut after centroid
-# interaction is what loses (0.967 at 192 survivors, 0.981 at 384, x2.2 latency).
+# Search settings by store size, chosen when a Searcher opens (docs/BENCHMARKS.md 3.2). Measured recall@10
+# against exhaustive search over the store (search loss): 8 probes plus the close calls (probe_delta 0.1:
+# every centroid within 0.1 of a token's best) take 1.2e6 from 0.980 to 0.990 (200 queries) for x1.2
+# latency, and at 5e6-1e7 tokens, where almost every miss was a document never probed, 0.965 to 0.993
+# with 192 survivors. Below 4e6 tokens 128 survivors (ndocs 512): against 96, 1.2e6 0.990 -> 0.992,
+# cranfield 0.984 -> 0.989, scifact 0.950 -> 0.961, for x1.13-1.17 p50. On scifact's real vectors the
+# cut after centroid interaction is what loses (0.981 at 384 survivors, x2.2 latency).
 LARGE_STORE_TOKENS = 4_000_000
-DEFAULT_NDOCS = 384  # 96 survivors
+DEFAULT_NDOCS = 512  # 128 survivors
 LARGE_NDOCS = 768  # 192 survivors
 DEFAULT_PROBE_DELTA = 0.1
 STREAM_CHUNK = 8  # survivors scored per exact-MaxSim step: 16 held 4-6 MB more heap with 2 threads, no faster
@@ -67,7 +67,7 @@ class Searcher:
     is how many candidates reach exact re-ranking. probe_delta: also probe every
     centroid whose score is within this of the token's best (at most MAX_PROBE a
     token): tokens whose best centroids are close calls probe more of them; None
-    turns it off. Defaults: nprobe 8, probe_delta 0.1; ndocs 384 below
+    turns it off. Defaults: nprobe 8, probe_delta 0.1; ndocs 512 below
     LARGE_STORE_TOKENS (4e6) tokens, 768 from there on (decided when the
     Searcher opens; see stats()).
     device: "cpu" (numpy, no torch import) or a torch device such as "cuda" for

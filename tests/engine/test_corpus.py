@@ -79,4 +79,4 @@ def test_search_without_prefetch_reads_through(engine_store, engine_queries, mon
         assert s.placement.name == "disk" and s.placement.cache_bytes == 0
         s.search(engine_queries[:3], k=10)
         st = s.stats()
-        assert st["hits"] == 0 and st["misses"] == 3 * 96 and st["cache_bytes"] == 0 and st["bytes_read"] > 0
+        assert st["hits"] == 0 and st["misses"] == 3 * (s.ndocs // 4) and st["cache_bytes"] == 0 and st["bytes_read"] > 0
