@@ -18,6 +18,9 @@
 
 #define STACK_Q 256
 
+/* Bumped whenever a signature here changes: engine/_native.py refuses a library built from other sources. */
+int ls_kernels_abi(void) { return 1; }
+
 /* Centroid interaction: table is (K, q) int16, row c = centroid c's scores against the q query
  * tokens. Document i's centroid ids are ids[starts[i] .. starts[i] + lens[i]) (lens[i] >= 1).
  * out[i] = sum over query tokens of the max over the document's ids: the int16 maxima summed

@@ -25,7 +25,7 @@ _SIGNATURES = {
     "ls_segment_max_sum": [_P, _I, _P, _I, _P],
     "ls_top_rows": [_P, _I, _I, _I, _P, _P],
 }
-_LIB = bind(load_library("engine._kernels"), _SIGNATURES, ctypes.c_int)
+_LIB = bind(load_library("engine._kernels"), ("ls_kernels_abi", 1), _SIGNATURES, ctypes.c_int)
 
 
 def _check(rc: int) -> None:
@@ -46,7 +46,10 @@ def _centroid_interaction(table: np.ndarray, ids: np.ndarray, starts: np.ndarray
 
 def _segment_max_sum(sim: np.ndarray, lens: np.ndarray) -> np.ndarray:
     """sim (T, q) float32 C-contiguous, documents as runs of lens >= 1 rows -> sum over columns of the run's max."""
+    sim = np.ascontiguousarray(sim, dtype=np.float32)
     lens = np.ascontiguousarray(lens, dtype=np.int64)
+    if int(lens.sum()) != len(sim) or (len(lens) and int(lens.min()) < 1):
+        raise ValueError(f"segment_max_sum: lengths (all >= 1) must add up to the {len(sim)} rows")
     out = np.empty(len(lens), dtype=np.float32)
     if len(lens):
         _check(_LIB.ls_segment_max_sum(ptr(sim), sim.shape[1], ptr(lens), len(lens), ptr(out)))
@@ -56,10 +59,13 @@ def _segment_max_sum(sim: np.ndarray, lens: np.ndarray) -> np.ndarray:
 def _top_rows(table: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """table (b, q) int16 C-contiguous, n <= b -> (cols, vals), each (q, n): every column's n largest entries'
     row numbers and values, best first, ties to the lower row."""
+    table = np.ascontiguousarray(table)
     b, q = table.shape
+    if table.dtype != np.int16 or not 0 < n <= b:
+        raise ValueError(f"top_rows: need int16 and 0 < n <= {b}, got {table.dtype} and n={n}")
     cols = np.empty((q, n), dtype=np.int64)
     vals = np.empty((q, n), dtype=np.int16)
-    if q and n:
+    if q:
         _check(_LIB.ls_top_rows(ptr(table), b, q, n, ptr(cols), ptr(vals)))
     return cols, vals
 

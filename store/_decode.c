@@ -31,11 +31,19 @@
             vs[j] = cs[j] + cw[j];                                                       \
     }
 
-HOT void ls_decode(const float *centroids, int64_t dim, const uint16_t *codes, int64_t n,
-                   const float *lut, int64_t lut_pos_stride, int64_t w, const uint8_t *rows, int64_t m,
-                   int normalize, float *out)
+/* Bumped whenever a signature here changes: store/_native.py refuses a library built from other sources
+ * (calling a function with the wrong arguments would crash the process, not raise). */
+int ls_decode_abi(void) { return 2; }
+
+/* Returns 0, or -1 (nothing decoded past the bad token) when a code is not below k, the number of
+ * centroids: codes come from disk, and a wrong one must be an error, never a read out of bounds. */
+HOT int ls_decode(const float *centroids, int64_t k, int64_t dim, const uint16_t *codes, int64_t n,
+                  const float *lut, int64_t lut_pos_stride, int64_t w, const uint8_t *rows, int64_t m,
+                  int normalize, float *out)
 {
     for (int64_t t = 0; t < n; t++) {
+        if ((int64_t)codes[t] >= k)
+            return -1;
         float *v = out + t * dim;
         const float *cent = centroids + (int64_t)codes[t] * dim;
         const uint8_t *row = rows + t * m;
@@ -65,6 +73,7 @@ HOT void ls_decode(const float *centroids, int64_t dim, const uint16_t *codes, i
                 v[j] /= norm;
         }
     }
+    return 0;
 }
 
 /* An importable (empty) module, so setuptools builds and names the file like any extension. */

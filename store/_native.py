@@ -33,10 +33,22 @@ def load_library(module: str) -> ctypes.CDLL | None:
         return None
 
 
-def bind(lib: ctypes.CDLL | None, signatures: dict[str, list], restype) -> ctypes.CDLL | None:
-    """Set each function's argument and result types; None when a function is missing (a stale
-    build from an older source: warn, and let the numpy code run)."""
+def bind(lib: ctypes.CDLL | None, abi: tuple[str, int], signatures: dict[str, list], restype) -> ctypes.CDLL | None:
+    """Set each function's argument and result types. None when the library was built from other
+    sources (a stale build of an editable install: its ABI function, abi = (name, version), returns
+    another version, or a function is missing): warn, and let the numpy code run, since calling a
+    function with the wrong arguments would crash the process."""
     if lib is None:
+        return None
+    try:
+        version = getattr(lib, abi[0])
+        version.argtypes, version.restype = [], ctypes.c_int
+        built = int(version())
+    except AttributeError:
+        built = None
+    if built != abi[1]:
+        warnings.warn(f"{lib._name}: built from other sources (ABI {built}, expected {abi[1]}; reinstall to "
+                      "rebuild): using the numpy code", RuntimeWarning, stacklevel=2)
         return None
     for name, argtypes in signatures.items():
         try:
@@ -51,7 +63,8 @@ def bind(lib: ctypes.CDLL | None, signatures: dict[str, list], restype) -> ctype
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
-_LIB = bind(load_library("store._decode"), {"ls_decode": [_P, _I, _P, _I, _P, _I, _I, _P, _I, ctypes.c_int, _P]}, None)
+_LIB = bind(load_library("store._decode"), ("ls_decode_abi", 2), {"ls_decode": [_P, _I, _I, _P, _I, _P, _I, _I, _P, _I, ctypes.c_int, _P]},
+            ctypes.c_int)
 
 
 def ptr(a: np.ndarray) -> int:
@@ -67,10 +80,13 @@ def _decode(centroids: np.ndarray, codes: np.ndarray, lut: np.ndarray, lut_pos_s
     codes = np.ascontiguousarray(codes, dtype=np.uint16)
     rows = np.ascontiguousarray(rows, dtype=np.uint8)
     n, dim = len(codes), centroids.shape[1]
+    if rows.ndim != 2 or len(rows) != n or rows.shape[1] * width != dim:
+        raise ValueError(f"residual rows of shape {rows.shape} do not match {n} codes of dim {dim}")
     out = np.empty((n, dim), dtype=np.float32)
-    if n:
-        _LIB.ls_decode(ptr(centroids), dim, ptr(codes), n, ptr(lut), lut_pos_stride, width, ptr(rows),
-                       rows.shape[1], int(normalize), ptr(out))
+    if n and _LIB.ls_decode(ptr(centroids), len(centroids), dim, ptr(codes), n, ptr(lut), lut_pos_stride, width,
+                            ptr(rows), rows.shape[1], int(normalize), ptr(out)) != 0:
+        bad = int(codes.max())
+        raise IndexError(f"centroid id {bad} out of range for {len(centroids)} centroids")
     return out
 
 

@@ -298,3 +298,18 @@ def test_ab_search_compares_thread_counts(bundle, built, capsys):
     rows = [line for line in out.splitlines() if line.startswith("| /")]
     assert len(rows) == 2 and "| 1 |" in rows[0] and "| 2 |" in rows[1] and "x1.00" in rows[0]
     assert rows[0].split("|")[6] == rows[1].split("|")[6]  # same top-10 ids whatever the thread count
+
+
+def test_bench_peers_ratios_without_raw_ground_truth():
+    """A bundle without truth_k100.npy has no raw recall: the ratio line says so instead of crashing."""
+    from tools import bench_peers
+
+    build = {"build_s": 10.0, "peak_rss_mb": 100.0, "disk_bytes": 1000}
+    rows = [
+        {"row": "plaid_k10", "engine": "plaid", "cold": False, "p50_ms": 10.0, "rss_mb": 500.0, "build": build,
+         "recall_raw": None, "label": "PLAID"},
+        {"row": "lodestore", "engine": "lodestore", "cold": False, "p50_ms": 8.0, "rss_mb": 50.0,
+         "build": dict(build, build_s=2.0), "recall_raw": None, "label": "lodestore"},
+    ]
+    line = bench_peers.ratios(rows)
+    assert "p50 x0.80" in line and "build s x0.200" in line and "R@10 raw - (>= +0.03)" in line

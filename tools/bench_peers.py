@@ -292,12 +292,14 @@ def ratios(rows: list[dict]) -> str:
         for r in rows:
             if r["engine"] == "lodestore" and r["cold"] == cold and "p50_ms" in r:
                 b, rb = r["build"], ref["build"]
+                raw = ("R@10 raw -" if r.get("recall_raw") is None or ref.get("recall_raw") is None
+                       else f"R@10 raw {r['recall_raw'] - ref['recall_raw']:+.3f}")
                 out.append(
                     f"  {r['label']} ({'cold' if cold else 'warm'}) vs PLAID k10: p50 x{r['p50_ms'] / ref['p50_ms']:.2f} "
                     f"(target <= 1), search RSS x{r['rss_mb'] / ref['rss_mb']:.3f} (<= 0.2), "
                     f"build s x{b['build_s'] / rb['build_s']:.3f} (<= 0.25), build peak RSS "
                     f"x{b['peak_rss_mb'] / rb['peak_rss_mb']:.3f} (<= 0.25), B/token x{b['disk_bytes'] / rb['disk_bytes']:.2f} "
-                    f"(<= 1), R@10 raw {r['recall_raw'] - ref['recall_raw']:+.3f} (>= +0.03)")
+                    f"(<= 1), {raw} (>= +0.03)")
     return "\n".join(out)
 
 

@@ -35,10 +35,18 @@ def test_kernels_are_built_where_a_compiler_exists():
 
 
 def test_a_stale_build_falls_back_with_a_warning():
-    lib = ctypes.CDLL(None)  # the process itself: has no ls_* symbols, as a build from older sources would lack one
-    with pytest.warns(RuntimeWarning, match="no ls_missing"):
-        assert store_native.bind(lib, {"ls_missing": [ctypes.c_void_p]}, None) is None
-    assert store_native.bind(None, {"ls_missing": []}, None) is None
+    """A library built from other sources (an editable install not rebuilt) is never called: wrong
+    arguments would crash the process."""
+    lib = ctypes.CDLL(None)  # the process itself: no ls_* symbols, as a build from older sources would lack one
+    with pytest.warns(RuntimeWarning, match="ABI None, expected 1"):
+        assert store_native.bind(lib, ("ls_missing_abi", 1), {}, None) is None
+    if _native.centroid_interaction is not None:
+        kernels = store_native.load_library("engine._kernels")
+        with pytest.warns(RuntimeWarning, match="ABI 1, expected 2"):
+            assert store_native.bind(kernels, ("ls_kernels_abi", 2), {}, None) is None
+        with pytest.warns(RuntimeWarning, match="no ls_missing"):
+            assert store_native.bind(kernels, ("ls_kernels_abi", 1), {"ls_missing": []}, None) is None
+    assert store_native.bind(None, ("ls_kernels_abi", 1), {}, None) is None
 
 
 @st.composite
@@ -160,3 +168,50 @@ def test_decode_kernel_agrees_with_numpy(codec_kind, normalize, monkeypatch):
     assert fast.dtype == np.float32 and fast.shape == slow.shape == (300, dim)
     np.testing.assert_allclose(fast, slow, rtol=0, atol=2e-6)
     assert codec.decode(codes[:0], rows[:0]).shape == (0, dim)
+
+
+@pytest.mark.skipif(store_native.decode is None, reason="C kernels not built")
+def test_decode_kernel_refuses_out_of_range_codes():
+    """Codes come from disk: one past the centroid table is an error, not a read out of bounds."""
+    rng = np.random.default_rng(0)
+    codec = PQCodec(rng.standard_normal((10, 64)).astype(np.float32), rng.standard_normal((16, 256, 4)).astype(np.float32))
+    rows = np.zeros((3, 16), dtype=np.uint8)
+    with pytest.raises(IndexError, match="centroid id 10 out of range for 10"):
+        codec.decode(np.array([0, 10, 1], dtype=np.uint16), rows)
+    with pytest.raises(ValueError, match="do not match"):
+        codec.decode(np.array([0, 1], dtype=np.uint16), rows)
+
+
+@needs_kernels
+def test_kernel_wrappers_refuse_bad_shapes():
+    with pytest.raises(ValueError, match="add up"):
+        _native.segment_max_sum(np.zeros((5, 4), np.float32), np.array([2, 2]))
+    with pytest.raises(ValueError, match="top_rows"):
+        _native.top_rows(np.zeros((3, 4), np.int16), 4)
+
+
+@needs_kernels
+def test_search_without_the_kernels_returns_the_same_hits(engine_store_path, engine_queries, tmp_path):
+    """LODESTORE_NATIVE=0 (what an install without a C compiler runs): same documents, same order, scores
+    equal to float32 rounding, for the default settings and two threads."""
+    import json
+    import subprocess
+
+    import lodestore
+
+    np.save(tmp_path / "q.npy", engine_queries[:10])
+    script = (
+        "import json, sys, numpy as np, lodestore\n"
+        "from engine import _native\n"
+        "assert _native.centroid_interaction is None\n"
+        f"s = lodestore.Searcher({str(engine_store_path)!r}, threads=2)\n"
+        f"print(json.dumps(s.search(np.load({str(tmp_path / 'q.npy')!r}), k=10)))\n"
+    )
+    env = dict(os.environ, LODESTORE_NATIVE="0")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    slow = json.loads(out.stdout)
+    with lodestore.Searcher(engine_store_path, threads=2) as s:
+        fast = s.search(engine_queries[:10], k=10)
+    assert [[h[0] for h in r] for r in fast] == [[h[0] for h in r] for r in slow]
+    np.testing.assert_allclose([[h[1] for h in r] for r in fast], [[h[1] for h in r] for r in slow], rtol=1e-5)
