@@ -34,6 +34,10 @@ HOT int ls_centroid_interaction(const int16_t *table, int64_t q, const uint16_t 
         return -1;
     for (int64_t d = 0; d < n; d++) {
         const uint16_t *di = ids + starts[d];
+        if (lens[d] < 1) { /* a store never holds an empty document; never read past its span either */
+            out[d] = 0.0f;
+            continue;
+        }
         if (d + 1 < n) { /* the rows are scattered over a table of ~1 MB: ask for the next document's early */
             const uint16_t *dn = ids + starts[d + 1];
             for (int64_t j = 0; j < lens[d + 1]; j++)

@@ -20,6 +20,8 @@
 #define HOT
 #endif
 
+#define PREFETCH_AHEAD 4 /* tokens */
+
 /* One token: v = centroid + the m lut entries of its row, widths W known at compile time where a
  * codec uses them (so the inner loop is unrolled and vectorized), w at run time otherwise. */
 #define ADD_ROW(W)                                                                       \
@@ -44,6 +46,13 @@ HOT int ls_decode(const float *centroids, int64_t k, int64_t dim, const uint16_t
     for (int64_t t = 0; t < n; t++) {
         if ((int64_t)codes[t] >= k)
             return -1;
+        if (t + PREFETCH_AHEAD < n && (int64_t)codes[t + PREFETCH_AHEAD] < k) {
+            /* centroid rows are scattered over a table of K * dim floats (8-25 MB): ask for a later
+             * token's row now, so its cache misses overlap this token's work */
+            const char *next = (const char *)(centroids + (int64_t)codes[t + PREFETCH_AHEAD] * dim);
+            for (int64_t b = 0; b < dim * (int64_t)sizeof(float); b += 64)
+                __builtin_prefetch(next + b);
+        }
         float *v = out + t * dim;
         const float *cent = centroids + (int64_t)codes[t] * dim;
         const uint8_t *row = rows + t * m;
@@ -61,8 +70,8 @@ HOT int ls_decode(const float *centroids, int64_t k, int64_t dim, const uint16_t
             float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             int64_t j = 0;
             for (; j + 8 <= dim; j += 8)
-                for (int k = 0; k < 8; k++)
-                    acc[k] += v[j + k] * v[j + k];
+                for (int l = 0; l < 8; l++)
+                    acc[l] += v[j + l] * v[j + l];
             float ss = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
             for (; j < dim; j++)
                 ss += v[j] * v[j];
