@@ -19,7 +19,7 @@
 #define STACK_Q 256
 
 /* Bumped whenever a signature here changes: engine/_native.py refuses a library built from other sources. */
-int ls_kernels_abi(void) { return 1; }
+int ls_kernels_abi(void) { return 2; }
 
 /* Centroid interaction: table is (K, q) int16, row c = centroid c's scores against the q query
  * tokens. Document i's centroid ids are ids[starts[i] .. starts[i] + lens[i]) (lens[i] >= 1).
@@ -87,15 +87,18 @@ HOT int ls_segment_max_sum(const float *sim, int64_t q, const int64_t *lens, int
 /* Probing: table is (b, q) int16 (b centroids of one block, centroid-major). For every query token
  * (column) i, its n best centroids: out_cols[i*n + r] (block-local row numbers) and out_vals[i*n + r],
  * r = 0 best, ordered by value descending, ties by lower row first (what n argmax passes give).
- * n <= b. One pass over the block; a row is inserted only when it beats a token's n-th best. */
-HOT int ls_top_rows(const int16_t *table, int64_t b, int64_t q, int64_t n, int64_t *out_cols, int16_t *out_vals)
+ * n <= b. With floor0 (else NULL), only values >= floor0[i] count for token i, and unfilled slots keep
+ * column -1: "the n best of those within delta of the best" in a pass that inserts almost nothing.
+ * One pass over the block; a row is inserted only when it beats a token's n-th best. */
+HOT int ls_top_rows(const int16_t *table, int64_t b, int64_t q, int64_t n, const int16_t *floor0, int64_t *out_cols,
+                    int16_t *out_vals)
 {
     int16_t stack[STACK_Q];
     int16_t *floor_ = q <= STACK_Q ? stack : (int16_t *)malloc((size_t)q * sizeof(int16_t));
     if (!floor_)
         return -1;
     for (int64_t i = 0; i < q; i++) {
-        floor_[i] = INT16_MIN; /* a row can enter token i's list only if its value is >= floor_[i] */
+        floor_[i] = floor0 ? floor0[i] : INT16_MIN; /* a row can enter token i's list only if its value is >= floor_[i] */
         for (int64_t r = 0; r < n; r++) {
             out_vals[i * n + r] = INT16_MIN;
             out_cols[i * n + r] = -1;
@@ -112,8 +115,8 @@ HOT int ls_top_rows(const int16_t *table, int64_t b, int64_t q, int64_t n, int64
             int16_t v = row[i];
             int16_t *vals = out_vals + i * n;
             int64_t *cols = out_cols + i * n;
-            if (cols[n - 1] >= 0 && v <= vals[n - 1])
-                continue; /* full, and not better than the n-th best (a tie loses to the lower row) */
+            if (v < floor_[i] || (cols[n - 1] >= 0 && v <= vals[n - 1]))
+                continue; /* under the floor, or full and not better than the n-th best (a tie loses to the lower row) */
             int64_t r = n - 1;
             while (r > 0 && (cols[r - 1] < 0 || v > vals[r - 1])) {
                 vals[r] = vals[r - 1];

@@ -23,9 +23,9 @@ _I = ctypes.c_int64
 _SIGNATURES = {
     "ls_centroid_interaction": [_P, _I, _P, _P, _P, _I, _P],
     "ls_segment_max_sum": [_P, _I, _P, _I, _P],
-    "ls_top_rows": [_P, _I, _I, _I, _P, _P],
+    "ls_top_rows": [_P, _I, _I, _I, _P, _P, _P],
 }
-_LIB = bind(load_library("engine._kernels"), ("ls_kernels_abi", 1), _SIGNATURES, ctypes.c_int)
+_LIB = bind(load_library("engine._kernels"), ("ls_kernels_abi", 2), _SIGNATURES, ctypes.c_int)
 
 
 def _check(rc: int) -> None:
@@ -56,17 +56,22 @@ def _segment_max_sum(sim: np.ndarray, lens: np.ndarray) -> np.ndarray:
     return out
 
 
-def _top_rows(table: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _top_rows(table: np.ndarray, n: int, floor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """table (b, q) int16 C-contiguous, n <= b -> (cols, vals), each (q, n): every column's n largest entries'
-    row numbers and values, best first, ties to the lower row."""
+    row numbers and values, best first, ties to the lower row. With floor ((q,) int16), only entries >= floor
+    of their column count; slots left over have column -1."""
     table = np.ascontiguousarray(table)
     b, q = table.shape
     if table.dtype != np.int16 or not 0 < n <= b:
         raise ValueError(f"top_rows: need int16 and 0 < n <= {b}, got {table.dtype} and n={n}")
+    if floor is not None:
+        floor = np.ascontiguousarray(floor, dtype=np.int16)
+        if floor.shape != (q,):
+            raise ValueError(f"top_rows: floor must have shape ({q},), got {floor.shape}")
     cols = np.empty((q, n), dtype=np.int64)
     vals = np.empty((q, n), dtype=np.int16)
     if q:
-        _check(_LIB.ls_top_rows(ptr(table), b, q, n, ptr(cols), ptr(vals)))
+        _check(_LIB.ls_top_rows(ptr(table), b, q, n, None if floor is None else ptr(floor), ptr(cols), ptr(vals)))
     return cols, vals
 
 

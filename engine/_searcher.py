@@ -549,15 +549,14 @@ def _probe_block(block: np.ndarray, first: int, n: int, delta: int | None) -> tu
     The same pairs as the numpy path (_top_columns, _within), ties going to the lower centroid."""
     b, q = block.shape
     n = min(n, b)
-    wide = n if delta is None else min(max(n, MAX_PROBE), b)
-    cols, vals = native.top_rows(block, wide)  # (q, wide): best first
-    tok = np.repeat(np.arange(q), n)
-    found = (tok, cols[:, :n].ravel() + first, vals[:, :n].ravel())
+    cols, vals = native.top_rows(block, n)  # (q, n): best first
+    found = (np.repeat(np.arange(q), n), cols.ravel() + first, vals.ravel())
     if delta is None:
         return found, None
-    cols, vals = cols[:, :MAX_PROBE], vals[:, :MAX_PROBE]
-    close = vals.astype(np.int64) >= vals[:, :1].astype(np.int64) - delta
-    r, c = np.nonzero(close)
+    # a second pass keeps what lies within delta of each token's best: a floor, so it inserts almost nothing
+    floor = np.maximum(vals[:, 0].astype(np.int64) - delta, np.iinfo(np.int16).min).astype(np.int16)
+    cols, vals = native.top_rows(block, min(MAX_PROBE, b), floor)
+    r, c = np.nonzero(cols >= 0)
     return found, (r, cols[r, c] + first, vals[r, c])
 
 

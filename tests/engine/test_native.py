@@ -42,10 +42,10 @@ def test_a_stale_build_falls_back_with_a_warning():
         assert store_native.bind(lib, ("ls_missing_abi", 1), {}, None) is None
     if _native.centroid_interaction is not None:
         kernels = store_native.load_library("engine._kernels")
-        with pytest.warns(RuntimeWarning, match="ABI 1, expected 2"):
-            assert store_native.bind(kernels, ("ls_kernels_abi", 2), {}, None) is None
+        with pytest.warns(RuntimeWarning, match="ABI 2, expected 3"):
+            assert store_native.bind(kernels, ("ls_kernels_abi", 3), {}, None) is None
         with pytest.warns(RuntimeWarning, match="no ls_missing"):
-            assert store_native.bind(kernels, ("ls_kernels_abi", 1), {"ls_missing": []}, None) is None
+            assert store_native.bind(kernels, ("ls_kernels_abi", 2), {"ls_missing": []}, None) is None
     assert store_native.bind(None, ("ls_kernels_abi", 1), {}, None) is None
 
 
@@ -121,6 +121,13 @@ def test_top_rows_kernel_matches_a_sorted_reference_ties_included(b, q, n, sprea
     cols, vals = _native.top_rows(table, n)
     want_cols, want_vals = sorted_top(table, n)
     assert np.array_equal(cols, want_cols) and np.array_equal(vals, want_vals)
+    # with a floor: the same order among the entries at or above it, column -1 in the slots left over
+    floor = (want_vals[:, 0].astype(np.int64) - rng.integers(0, spread + 1, q)).clip(-32768, 32767).astype(np.int16)
+    cols, vals = _native.top_rows(table, n, floor)
+    for i in range(q):
+        keep = want_vals[i] >= floor[i]
+        assert np.array_equal(cols[i, : keep.sum()], want_cols[i][keep]) and (cols[i, keep.sum() :] == -1).all()
+        assert np.array_equal(vals[i, : keep.sum()], want_vals[i][keep])
 
 
 @needs_kernels
