@@ -313,3 +313,17 @@ def test_bench_peers_ratios_without_raw_ground_truth():
     ]
     line = bench_peers.ratios(rows)
     assert "p50 x0.80" in line and "build s x0.200" in line and "R@10 raw - (>= +0.03)" in line
+
+
+def test_memstat_warm_and_evict_follow_symlinked_stores(tmp_path):
+    """bench_scale links a reused store into its work directory: warming and evicting must reach its files."""
+    from tools import memstat
+
+    real = tmp_path / "real"
+    (real / "seg").mkdir(parents=True)
+    (real / "seg" / "chunk").write_bytes(b"x" * 5000)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "store").symlink_to(real)
+    assert memstat.warm([work]) == 5000
+    assert memstat.evict([work]) == 1

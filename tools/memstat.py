@@ -32,7 +32,7 @@ def evict(paths) -> int:
     """Drop the page cache of every file under the given paths (posix_fadvise DONTNEED). Returns files evicted."""
     n = 0
     for root in paths:
-        for dirpath, _d, files in os.walk(root):
+        for dirpath, _d, files in os.walk(root, followlinks=True):  # reused stores are symlinked (bench_scale)
             for name in files:
                 fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
                 try:
@@ -52,7 +52,7 @@ def warm(paths) -> int:
     total = 0
     buf = bytearray(1 << 20)
     for root in paths:
-        for dirpath, _d, files in os.walk(root):
+        for dirpath, _d, files in os.walk(root, followlinks=True):  # reused stores are symlinked (bench_scale)
             for name in files:
                 with open(os.path.join(dirpath, name), "rb", buffering=0) as f:
                     while n := f.readinto(buf):
