@@ -6,8 +6,9 @@ between numpy calls. Each kernel computes what the numpy code in
 engine/_maxsim.py and engine/_searcher.py computes: centroid interaction and
 probing bit for bit (integer scores); the segmented MaxSim the same maxima,
 summed in query-token order in float32 (numpy sometimes sums pairwise: the two
-agree to float32 rounding). Where the library was not built (no C compiler at install) or LODESTORE_NATIVE=0
-is set, the functions here are None and that numpy code runs.
+agree to float32 rounding). Where the library was not built (no C compiler at
+install) or LODESTORE_NATIVE=0 is set, the functions here are None and that
+numpy code runs.
 """
 
 from __future__ import annotations

@@ -343,16 +343,7 @@ class Searcher:
             a = blocks[i]
             rows_out = table[a : a + CENTROID_BLOCK]
             rows_out[...] = C[a : a + CENTROID_BLOCK] @ Qs.T  # (b, q): C Q^T is the faster product; truncated
-            if native.top_rows is not None:  # the C kernel: one pass over the block, no transposed copy
-                return _probe_block(rows_out, a, n, delta)
-            quant = np.ascontiguousarray(rows_out.T)  # (q, b): per-token rows for probing
-            top = _top_columns(quant, min(n, quant.shape[1]))  # (q, n) block-local columns
-            rows = np.repeat(np.arange(q), top.shape[1])
-            found = (rows, top.ravel() + a, quant[rows, top.ravel()])
-            if delta is None:
-                return found, None
-            r, c = _within(quant, delta, MAX_PROBE)
-            return found, (r, c + a, quant[r, c])
+            return _probe_block(rows_out, a, n, delta)
 
         parts = self.workers.map(one, len(blocks))
         rows, cols, vals = (np.concatenate([p[0][j] for p in parts]) for j in range(3))
@@ -544,11 +535,21 @@ def _score_scale(centroids: np.ndarray) -> float:
 
 
 def _probe_block(block: np.ndarray, first: int, n: int, delta: int | None) -> tuple:
-    """One centroid block's probe candidates via the C kernel: ((tokens, centroids, values) of each token's
-    top n, and with delta those within it of the token's best in the block, at most MAX_PROBE, or None).
-    The same pairs as the numpy path (_top_columns, _within), ties going to the lower centroid."""
+    """One centroid block's probe candidates: ((tokens, centroids, values) of each token's top n, and with
+    delta those within it of the token's best in the block, at most MAX_PROBE, or None). block is (b, q),
+    centroid-major, its first row centroid `first`. The C kernel makes one pass over it with no transposed
+    copy; the numpy path (_top_columns, _within) gives the same pairs (ties: the lower centroid)."""
     b, q = block.shape
     n = min(n, b)
+    if native.top_rows is None:
+        quant = np.ascontiguousarray(block.T)  # (q, b): per-token rows
+        top = _top_columns(quant, n)  # (q, n) block-local columns
+        rows = np.repeat(np.arange(q), n)
+        found = (rows, top.ravel() + first, quant[rows, top.ravel()])
+        if delta is None:
+            return found, None
+        r, c = _within(quant, delta, MAX_PROBE)
+        return found, (r, c + first, quant[r, c])
     cols, vals = native.top_rows(block, n)  # (q, n): best first
     found = (np.repeat(np.arange(q), n), cols.ravel() + first, vals.ravel())
     if delta is None:
