@@ -11,6 +11,8 @@ MIN_CACHE = 1 << 20
 AUTO = "auto"
 AUTO_CACHE = 4 << 20  # the cache "auto" adds with prefetch on: room for ~2 x the survivors' rows read ahead
 SMALL_STORE = 4 << 20  # "auto" keeps a store whose token rows fit in this all in RAM
+AUTO_CODES = 8 << 20  # "auto" keeps per-token centroid ids up to this (4e6 tokens) resident: reading them cost a
+                      # second read call per survivor (docs/BENCHMARKS.md 3.3: 1.2e6 tokens p50 x0.77 for 2.4 MB)
 AUTO_CACHE_NO_PREFETCH = 0  # without prefetch rows are read through, uncached: a cache of earlier queries'
                             # rows had 6-11% hits at 4-8 MB (docs/BENCHMARKS.md 2.0a); the OS page cache serves repeats
 
@@ -73,7 +75,8 @@ def place(budget: int | str | None, index_bytes: int, codes_bytes: int, residual
     if budget == AUTO:
         if codes_bytes + residual_bytes <= SMALL_STORE:  # its rows cost no more than a cache: keep them
             return Placement(index_bytes + AUTO_CACHE, index_bytes, True, True, 0)
-        return Placement(index_bytes + auto_cache, index_bytes, False, False, auto_cache)
+        codes = codes_bytes <= AUTO_CODES
+        return Placement(index_bytes + codes * codes_bytes + auto_cache, index_bytes, codes, False, auto_cache)
     if budget is None or budget >= index_bytes + codes_bytes + residual_bytes:
         return Placement(budget, index_bytes, True, True, 0)
     left = budget - index_bytes

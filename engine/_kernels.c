@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define HOT __attribute__((target_clones("avx2", "default")))
@@ -19,7 +20,7 @@
 #define STACK_Q 256
 
 /* Bumped whenever a signature here changes: engine/_native.py refuses a library built from other sources. */
-int ls_kernels_abi(void) { return 2; }
+int ls_kernels_abi(void) { return 3; }
 
 /* Centroid interaction: table is (K, q) int16, row c = centroid c's scores against the q query
  * tokens. Document i's centroid ids are ids[starts[i] .. starts[i] + lens[i]) (lens[i] >= 1).
@@ -131,6 +132,81 @@ HOT int ls_top_rows(const int16_t *table, int64_t b, int64_t q, int64_t n, const
     }
     if (floor_ != stack)
         free(floor_);
+    return 0;
+}
+
+typedef int16_t v16s __attribute__((vector_size(32)));
+#define QB 32 /* query tokens per block: fixed-size inner loops the compiler turns into a few vector adds */
+
+/* One token's scores for query tokens [i0, i0 + nb) (nb <= QB) into best[]. */
+static inline __attribute__((always_inline)) void residual_block(
+    const int16_t *restrict table_row, const int16_t *restrict lut, int64_t q, int64_t m, const uint8_t *restrict row,
+    int64_t i0, int64_t nb, float ts, float ls, float *restrict best)
+{
+    int16_t acc[QB];
+    if (nb == QB) { /* two 16-lane accumulators that stay in registers across the m lookups */
+        v16s a0 = {0}, a1 = {0};
+        for (int64_t j = 0; j < m; j++) {
+            const int16_t *l = lut + ((j << 8) + row[j]) * q + i0;
+            v16s x0, x1;
+            memcpy(&x0, l, sizeof(x0));
+            memcpy(&x1, l + 16, sizeof(x1));
+            a0 += x0;
+            a1 += x1;
+        }
+        memcpy(acc, &a0, sizeof(a0));
+        memcpy(acc + 16, &a1, sizeof(a1));
+        for (int i = 0; i < QB; i++) {
+            float v = (float)table_row[i0 + i] * ts + (float)acc[i] * ls;
+            best[i0 + i] = v > best[i0 + i] ? v : best[i0 + i];
+        }
+        return;
+    }
+    for (int64_t i = 0; i < nb; i++)
+        acc[i] = 0;
+    for (int64_t j = 0; j < m; j++) {
+        const int16_t *restrict l = lut + ((j << 8) + row[j]) * q + i0;
+        for (int64_t i = 0; i < nb; i++)
+            acc[i] = (int16_t)(acc[i] + l[i]);
+    }
+    for (int64_t i = 0; i < nb; i++) {
+        float v = (float)table_row[i0 + i] * ts + (float)acc[i] * ls;
+        best[i0 + i] = v > best[i0 + i] ? v : best[i0 + i];
+    }
+}
+
+/* Residual interaction: MaxSim with each token's residual scored from lookup tables, never decoded.
+ * table is (K, q) int16 (the query-centroid scores, units of 1/table_scale); lut is (m, 256, q) int16
+ * (units of 1/lut_scale): row (j, v) = what residual byte j holding value v adds to each query token's
+ * score. Token t's score against query token i is table[codes[t], i] / table_scale + (sum over j of
+ * lut[j, rows[t, j], i]) / lut_scale, i.e. <q_i, centroid + residual> without re-normalizing.
+ * Documents are consecutive runs of lens[d] >= 1 tokens. out[d] = sum over i (in order, float32) of
+ * the max over the run. The lut sums stay in int16: the caller picks lut_scale so that no partial
+ * sum can leave it. Query tokens go in blocks of QB, each block's sums held in registers. */
+HOT int ls_residual_maxsim(const int16_t *table, int64_t q, const int16_t *lut, int64_t m, const uint16_t *codes,
+                           const uint8_t *rows, const int64_t *lens, int64_t n, float table_scale, float lut_scale,
+                           float *out)
+{
+    float best_stack[STACK_Q];
+    float *best = q <= STACK_Q ? best_stack : (float *)malloc((size_t)q * sizeof(float));
+    if (!best)
+        return -1;
+    const float ts = 1.0f / table_scale, ls = 1.0f / lut_scale;
+    for (int64_t d = 0; d < n; d++) {
+        for (int64_t i = 0; i < q; i++)
+            best[i] = -INFINITY;
+        for (int64_t t = 0; t < lens[d]; t++, rows += m, codes++) {
+            const int16_t *table_row = table + (int64_t)codes[0] * q;
+            for (int64_t i0 = 0; i0 < q; i0 += QB)
+                residual_block(table_row, lut, q, m, rows, i0, q - i0 < QB ? q - i0 : QB, ts, ls, best);
+        }
+        float sum = 0.0f;
+        for (int64_t i = 0; i < q; i++)
+            sum += lens[d] > 0 ? best[i] : 0.0f;
+        out[d] = sum;
+    }
+    if (best != best_stack)
+        free(best);
     return 0;
 }
 

@@ -70,6 +70,36 @@ def centroid_interaction(table: np.ndarray, doc_codes: np.ndarray, starts: np.nd
     return out
 
 
+def residual_lut(query: np.ndarray, byte_tables: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per-query lookup tables for residual interaction: ((m, 256, q) int16, scale).
+
+    byte_tables (m, 256, w) is the codec's residual as per-byte lookups (byte j adds
+    byte_tables[j, v] to dimensions [j*w, (j+1)*w)); entry (j, v, i) of the result is
+    <q_i's slice j, byte_tables[j, v]> x scale, rounded. The scale is the largest (at most
+    2^14) for which no sum over a token's m bytes can leave int16, whatever the bytes.
+    """
+    m, _, w = byte_tables.shape
+    q = len(query)
+    qs = np.ascontiguousarray(query.reshape(q, m, w).transpose(1, 2, 0))  # (m, w, q)
+    lut = np.matmul(byte_tables, qs)  # (m, 256, q) float32
+    bound = float(np.abs(lut).max(axis=(1, 2)).sum())
+    scale = float(1 << 14) if bound <= 0 else min(float(1 << 14), (32767 - m) / bound)
+    return np.rint(lut * np.float32(scale)).astype(np.int16), scale
+
+
+def residual_interaction(query: np.ndarray, table: np.ndarray, table_scale: float, lut: tuple[np.ndarray, float],
+                         codec, codes: np.ndarray, rows: np.ndarray, doclens: np.ndarray) -> np.ndarray:
+    """MaxSim with each token's residual scored from lookup tables instead of decoded: a cheap, close
+    estimate of exact MaxSim (it skips the re-normalization of decoded tokens) that picks which
+    candidates exact re-ranking scores. table: the (K, q) int16 query-centroid scores (x table_scale);
+    lut: residual_lut's output. Without the C kernels: MaxSim over tokens decoded un-normalized."""
+    if len(doclens) == 0:
+        return np.zeros(0, dtype=np.float32)
+    if native.residual_maxsim is not None and table.dtype == np.int16 and codes.dtype == np.uint16:
+        return native.residual_maxsim(table, table_scale, lut[0], lut[1], codes, rows, doclens)
+    return maxsim_concat(query, codec.decode(codes, rows, normalize=False), doclens)
+
+
 def ramp(lengths: np.ndarray) -> np.ndarray:
     """0..l-1 for each l in lengths, concatenated: the offsets inside each run."""
     total = int(lengths.sum())

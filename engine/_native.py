@@ -25,8 +25,9 @@ _SIGNATURES = {
     "ls_centroid_interaction": [_P, _I, _P, _P, _P, _I, _P],
     "ls_segment_max_sum": [_P, _I, _P, _I, _P],
     "ls_top_rows": [_P, _I, _I, _I, _P, _P, _P],
+    "ls_residual_maxsim": [_P, _I, _P, _I, _P, _P, _P, _I, ctypes.c_float, ctypes.c_float, _P],
 }
-_LIB = bind(load_library("engine._kernels"), ("ls_kernels_abi", 2), _SIGNATURES, ctypes.c_int)
+_LIB = bind(load_library("engine._kernels"), ("ls_kernels_abi", 3), _SIGNATURES, ctypes.c_int)
 
 
 def _check(rc: int) -> None:
@@ -76,6 +77,30 @@ def _top_rows(table: np.ndarray, n: int, floor: np.ndarray | None = None) -> tup
     return cols, vals
 
 
+def _residual_maxsim(table: np.ndarray, table_scale: float, lut: np.ndarray, lut_scale: float, codes: np.ndarray,
+                     rows: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Residual interaction (engine/_maxsim.py residual_interaction): table (K, q) int16, lut (m, 256, q) int16,
+    codes (T,) uint16, rows (T, m) uint8, documents as runs of lens >= 1 tokens -> (n,) float32."""
+    m, q = lut.shape[0], table.shape[1]
+    if table.dtype != np.int16 or lut.dtype != np.int16 or lut.shape[1:] != (256, q) or rows.shape[1:] != (m,) \
+            or codes.dtype != np.uint16 or rows.dtype != np.uint8 or len(codes) != len(rows):
+        raise ValueError(f"residual_maxsim: mismatched inputs: table {table.shape} {table.dtype}, lut {lut.shape} "
+                         f"{lut.dtype}, codes {codes.shape} {codes.dtype}, rows {rows.shape} {rows.dtype}")
+    lens = np.ascontiguousarray(lens, dtype=np.int64)
+    if int(lens.sum()) != len(codes) or (len(lens) and int(lens.min()) < 1):
+        raise ValueError(f"residual_maxsim: lengths (all >= 1) must add up to the {len(codes)} tokens")
+    if len(codes) and int(codes.max()) >= len(table):
+        raise IndexError(f"residual_maxsim: centroid id {int(codes.max())} outside the {len(table)} table rows")
+    table, lut = np.ascontiguousarray(table), np.ascontiguousarray(lut)
+    codes, rows = np.ascontiguousarray(codes), np.ascontiguousarray(rows)
+    out = np.empty(len(lens), dtype=np.float32)
+    if len(lens):
+        _check(_LIB.ls_residual_maxsim(ptr(table), q, ptr(lut), m, ptr(codes), ptr(rows), ptr(lens), len(lens),
+                                       table_scale, lut_scale, ptr(out)))
+    return out
+
+
 centroid_interaction = _centroid_interaction if _LIB is not None else None
 segment_max_sum = _segment_max_sum if _LIB is not None else None
 top_rows = _top_rows if _LIB is not None else None
+residual_maxsim = _residual_maxsim if _LIB is not None else None

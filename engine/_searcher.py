@@ -1,4 +1,4 @@
-"""The Searcher: PLAID-style candidate generation, exact MaxSim re-ranking, prefetched reads.
+"""The Searcher: PLAID-style candidate generation, residual interaction, exact MaxSim re-ranking.
 
 Per query (q tokens) the pipeline is:
   1. Q C^T, the query-centroid scores, kept centroid-major as int16 (1/16384
@@ -7,10 +7,14 @@ Per query (q tokens) the pipeline is:
   3. Centroid interaction: each candidate scored by MaxSim with its tokens
      replaced by their centroids, computed from the document's *distinct*
      centroid ids (a resident document-major copy of the inverted lists, ~1/4
-     of the per-token ids); the best max(k, ndocs/4) survive.
-  4. Their token rows are read (with prefetch on, by background threads, best
-     first) and exact MaxSim over the decompressed tokens ranks them, 16
-     documents at a time (chunks whose rows have arrived first); top k.
+     of the per-token ids); the best max(k, ndocs) survive.
+  4. Residual interaction: the survivors' token rows are read (slices of
+     RESIDUAL_SLICE documents over the query's threads) and each survivor is
+     scored by MaxSim with every token's residual scored from per-query lookup
+     tables (one int16 row per residual byte), never decoded: within rounding,
+     MaxSim over the un-normalized decoded tokens.
+  5. The best max(EXACT_DOCS, 2k) of those are decoded and ranked by exact
+     MaxSim (their rows are already in memory), 8 documents at a time; top k.
 """
 
 from __future__ import annotations
@@ -27,24 +31,28 @@ from store import Store, as_numpy
 from ._budget import AUTO_CACHE, AUTO_CACHE_NO_PREFETCH, Placement, parse_size, place
 from ._corpus import Corpus
 from . import _native as native
-from ._maxsim import centroid_interaction, maxsim_concat, maxsim_torch, top_k
+from ._maxsim import (centroid_interaction, maxsim_concat, maxsim_torch, ramp, residual_interaction,
+                      residual_lut, top_k)
 from ._parallel import Workers, default_threads
 from ._prefetch import Prefetcher
 
 DEFAULT_BUDGET = "auto"  # the index; + a 4 MB row cache with prefetch on (docs/BENCHMARKS.md 2.0b)
 DEFAULT_NPROBE = 8
 MAX_PROBE = 32  # most centroids one query token probes when probe_delta widens its probing
-# Search settings by store size, chosen when a Searcher opens (docs/BENCHMARKS.md 3.2). Measured recall@10
+# Search settings by store size, chosen when a Searcher opens (docs/BENCHMARKS.md 3.2, 3.3). Measured recall@10
 # against exhaustive search over the store (search loss): 8 probes plus the close calls (probe_delta 0.1:
 # every centroid within 0.1 of a token's best) take 1.2e6 from 0.980 to 0.990 (200 queries) for x1.2
-# latency, and at 5e6-1e7 tokens, where almost every miss was a document never probed, 0.965 to 0.993
-# with 192 survivors. Below 4e6 tokens 128 survivors (ndocs 512): against 96, 1.2e6 0.990 -> 0.992,
-# cranfield 0.984 -> 0.989, scifact 0.950 -> 0.961, for x1.13-1.17 p50. On scifact's real vectors the
-# cut after centroid interaction is what loses (0.981 at 384 survivors, x2.2 latency).
+# latency, and at 5e6-1e7 tokens, where almost every miss was a document never probed, 0.965 to 0.993.
+# ndocs, how many survivors of centroid interaction residual interaction scores (3.3): 192 below 4e6 tokens
+# (1.2e6: 0.999 at p50 x0.95 of the 128 exactly re-ranked before), 256 above (1e7: 0.995, p50 x1.01 of 192
+# before). scifact's real vectors need 1024 for 0.992 (x1.76 the p50 of 192): centroid interaction ranks
+# documents exact MaxSim keeps as deep as ~1000th there, and no cheap signal told those queries apart.
 LARGE_STORE_TOKENS = 4_000_000
-DEFAULT_NDOCS = 512  # 128 survivors
-LARGE_NDOCS = 768  # 192 survivors
+DEFAULT_NDOCS = 192
+LARGE_NDOCS = 256
 DEFAULT_PROBE_DELTA = 0.1
+EXACT_DOCS = 32  # the best of residual interaction that exact MaxSim re-ranks (at least 2k)
+RESIDUAL_SLICE = 128  # survivors read and scored by residual interaction per step (steps spread over threads)
 STREAM_CHUNK = 8  # survivors scored per exact-MaxSim step: 16 held 4-6 MB more heap with 2 threads, no faster
 CENTROID_BLOCK = 4096  # centroids per piece of the query-centroid product (pieces run in parallel)
 BATCH_TOKENS = 64  # query tokens of a batch sharing one score table: (K, 64) int16 is 4 MB at K=32,768
@@ -63,13 +71,14 @@ class Searcher:
     to keep everything in RAM. What a budget leaves beyond the index (and the
     codes) is the prefetch threads' row cache; without prefetch rows are read
     through and the OS page cache serves repeats.
-    nprobe: centroids probed per query token. ndocs: a quarter of it (at least k)
-    is how many candidates reach exact re-ranking. probe_delta: also probe every
-    centroid whose score is within this of the token's best (at most MAX_PROBE a
-    token): tokens whose best centroids are close calls probe more of them; None
-    turns it off. Defaults: nprobe 8, probe_delta 0.1; ndocs 512 below
-    LARGE_STORE_TOKENS (4e6) tokens, 768 from there on (decided when the
-    Searcher opens; see stats()).
+    nprobe: centroids probed per query token. ndocs (at least k): how many
+    candidates centroid interaction passes on to residual interaction (their
+    rows are read; the best max(EXACT_DOCS, 2k) of them are scored exactly).
+    probe_delta: also probe every centroid whose score is within this of the
+    token's best (at most MAX_PROBE a token): tokens whose best centroids are
+    close calls probe more of them; None turns it off. Defaults: nprobe 8,
+    probe_delta 0.1; ndocs DEFAULT_NDOCS below LARGE_STORE_TOKENS (4e6) tokens,
+    LARGE_NDOCS from there on (decided when the Searcher opens; see stats()).
     device: "cpu" (numpy, no torch import) or a torch device such as "cuda" for
     the re-ranking step. prefetch: background threads read the likely
     survivors' rows while centroid interaction runs (ESPN-style). Measured
@@ -128,6 +137,7 @@ class Searcher:
         self.prefetcher = Prefetcher(corpus.read_rows, placement.cache_bytes or (1 << 20), threads=self._prefetch_threads,
                                      read_concat=corpus.read_concat)
         self._score_scale = _score_scale(corpus.centroids)
+        self._byte_tables = np.ascontiguousarray(corpus.codec.byte_tables(), dtype=np.float32)
 
     def _load(self, store: Store) -> tuple[Corpus, Placement]:
         """The resident corpus of `store`'s generation (holding a lease on it), placed within the budget."""
@@ -300,16 +310,17 @@ class Searcher:
     def _search_group(self, queries: list[np.ndarray], k: int, allowed: np.ndarray | None) -> list[Hits]:
         bounds = np.concatenate([[0], np.cumsum([len(q) for q in queries])])
         table, tokens, probed = self._score_and_probe(np.concatenate(queries))  # once per group
-        cands = []  # candidates for every query first, so all reads are in flight before any re-ranking
+        cands, tables = [], []  # candidates for every query first, so all reads are in flight before any re-ranking
         for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
             mine = (tokens >= a) & (tokens < b)
             own = table[:, a:b] if len(bounds) == 2 else np.ascontiguousarray(table[:, a:b])  # rows of 64 B to gather
             cands.append(self._candidates(own, probed[mine], k, allowed))
+            tables.append(own)
         del table
         if self._reading_ahead():
             for cand in cands:  # the survivors, best first (those not read ahead already)
                 self.prefetcher.prefetch(cand)
-        return [self._rerank(q, cand, k) for q, cand in zip(queries, cands)]
+        return [self._rerank(q, own, cand, k) for q, own, cand in zip(queries, tables, cands)]
 
     def _score_and_probe(self, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Query-centroid scores and the centroids each query token probes, in one pass over C.
@@ -364,7 +375,7 @@ class Searcher:
         the centroids the query's tokens probe. Each candidate's score is MaxSim with
         its tokens replaced by their centroids, computed from its distinct centroid ids
         (the document-major copy of the inverted lists). Returns the best
-        max(k, ndocs/4) candidates, best first: the survivors.
+        max(k, ndocs) candidates, best first: the survivors.
         """
         c = self.corpus
         if allowed is not None and len(allowed) <= max(self.ndocs, k):
@@ -387,7 +398,7 @@ class Searcher:
         return docs[top_k(centroid_interaction(table, c.doc_codes, starts, lens, self.workers), self._survivors(k))]
 
     def _survivors(self, k: int) -> int:
-        return max(k, self.ndocs // 4)
+        return max(k, self.ndocs)
 
     def _reading_ahead(self) -> bool:
         return self.prefetch and not self.placement.residuals_resident
@@ -398,7 +409,8 @@ class Searcher:
         (docs, cents) are the probed (document, centroid) pairs. A cheap guess from
         them alone (sum over query tokens of the best probed centroid each candidate
         has) picks 2 x survivors, so the reads overlap centroid interaction
-        (measured: hit rate 0.97-0.99).
+        (measured before residual interaction, with 96-192 survivors: hit rate
+        0.97-0.99; the row cache must hold 2 x survivors' rows for that).
         """
         order = np.argsort(docs, kind="stable")  # group the pairs by document
         docs, cents = docs[order], cents[order]
@@ -407,8 +419,54 @@ class Searcher:
         likely = docs[first][top_k(guess, 2 * self._survivors(k))]
         self.prefetcher.prefetch(likely[~self.corpus.deleted[likely]])
 
-    def _rerank(self, Q: np.ndarray, final: np.ndarray, k: int) -> Hits:
-        """Stage 4: exact MaxSim over the survivors' decompressed tokens; top k."""
+    def _rows_of(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(codes, residual rows, lengths) of docs, concatenated in their order: from RAM where the
+        residuals are resident, through the prefetcher's cache with prefetch on, else read now."""
+        c, p = self.corpus, self.prefetcher
+        if c.residuals is not None:
+            return c.resident_rows(docs)
+        if self.prefetch:
+            return _stack(p.get(docs))
+        return p.read_through(docs)
+
+    def _rerank(self, Q: np.ndarray, table: np.ndarray, final: np.ndarray, k: int) -> Hits:
+        """Stages 4-5: residual interaction over the survivors, then exact MaxSim over the best of them; top k.
+
+        The survivors are read in RESIDUAL_SLICE-document slices (in document order: sequential
+        reads, no reordering copy) spread over the query's threads; each slice is scored by
+        residual interaction as it arrives (engine/_maxsim.py: centroid score + the residual's
+        score from per-query lookup tables, no decoding), and its rows are kept so the best
+        max(EXACT_DOCS, 2k) are decoded and scored exactly without reading them again.
+        """
+        n_exact = max(EXACT_DOCS, 2 * k)
+        if len(final) <= n_exact:
+            return self._rerank_exact(Q, final, k)
+        docs = np.sort(final)
+        lut = residual_lut(Q, self._byte_tables)
+        cuts = list(range(0, len(docs), RESIDUAL_SLICE))
+        scores = np.empty(len(docs), dtype=np.float32)
+        kept: list = [None] * len(cuts)
+
+        def one(i: int) -> None:
+            a = cuts[i]
+            codes, res, lens = self._rows_of(docs[a : a + RESIDUAL_SLICE])
+            part = scores[a : a + len(lens)]
+            part[...] = residual_interaction(Q, table, self._score_scale, lut, self.corpus.codec, codes, res, lens)
+            # only the slice's own best n_exact can be among the overall best n_exact: keep just their rows
+            local = np.sort(top_k(part, n_exact))
+            kept[i] = (a + local, *_select_docs(codes, res, lens, local))
+
+        self.workers.map(one, len(cuts))
+        best = np.sort(top_k(scores, n_exact))  # positions in docs, ascending
+        pos = np.concatenate([p[0] for p in kept])  # ascending too: slices in order, each sorted
+        codes, res, lens = _select_docs(*(np.concatenate([p[j] for p in kept]) for j in (1, 2, 3)),
+                                        np.searchsorted(pos, best))
+        bounds = np.concatenate([[0], np.cumsum(lens)])
+        return self._exact_chunked(Q, docs[best], k, lambda ds, a: (
+            codes[bounds[a] : bounds[a + len(ds)]], res[bounds[a] : bounds[a + len(ds)]], lens[a : a + len(ds)]))
+
+    def _rerank_exact(self, Q: np.ndarray, final: np.ndarray, k: int) -> Hits:
+        """Exact MaxSim over all of `final`'s decompressed tokens; top k."""
         c = self.corpus
         if len(final) == 0:
             return []
@@ -461,6 +519,15 @@ class Searcher:
 
     def _hits(self, docs: np.ndarray, scores: np.ndarray, k: int) -> Hits:
         return [(self.corpus.doc_id(int(docs[i])), float(scores[i])) for i in top_k(scores, k)]
+
+
+def _select_docs(codes: np.ndarray, res: np.ndarray, lens: np.ndarray, which: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Of documents concatenated as (codes, residual rows, lengths), those numbered `which`, concatenated
+    in that order (copies: the rest can be freed)."""
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])[which]
+    idx = np.repeat(starts, lens[which]) + ramp(lens[which])
+    return np.take(codes, idx), np.take(res, idx, axis=0), lens[which].astype(np.int64)
 
 
 def _stack(rows: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -234,6 +234,13 @@ class ResidualCodec:
         buckets = np.searchsorted(self.bucket_cutoffs, residuals, side="right").astype(np.uint8)
         return codes, pack_bits(buckets, self.nbits)
 
+    def byte_tables(self) -> np.ndarray:
+        """(residual_bytes, 256, 8/nbits): what byte j of a residual row adds to dimensions
+        [j*w, (j+1)*w) for each byte value (every byte uses the same bucket weights): the
+        residual as a sum of per-byte lookups, which residual interaction scores from."""
+        m, w = self.residual_bytes, self._weight_lut.shape[1]
+        return np.broadcast_to(self._weight_lut, (m, 256, w))
+
     def decode(self, codes: np.ndarray, packed: np.ndarray, *, normalize: bool = True) -> np.ndarray:
         """Decode codes + packed residuals -> (n, dim) float32 (unit norm unless normalize=False).
 

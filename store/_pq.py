@@ -220,6 +220,11 @@ class PQCodec:
             rows[s : s + ENCODE_BATCH] = self.encode_residuals(part)
         return codes, rows
 
+    def byte_tables(self) -> np.ndarray:
+        """(m, 256, dim/m): byte j of a row adds codeword codebooks[j, byte] to its subspace's
+        dimensions (the scalar codec's method of the same name, for residual interaction)."""
+        return self.codebooks
+
     def decode(self, codes: np.ndarray, rows: np.ndarray, *, normalize: bool = True) -> np.ndarray:
         """Decode codes + residual rows -> (n, dim) float32 (unit norm unless normalize=False).
 

@@ -138,7 +138,7 @@ def test_sweep_search_prints_one_row_per_setting(bundle, built, capsys):
 
     assert sweep_search.main([str(bundle), str(built), "--grid", "2x16,4x32,2x16d0.1", "--queries", "4"]) == 0
     out = capsys.readouterr().out
-    assert "| 2 | - | 16 | 10 |" in out and "| 4 | - | 32 | 10 |" in out and "| 2 | 0.1 | 16 | 10 |" in out
+    assert "| 2 | - | 16 | 16 |" in out and "| 4 | - | 32 | 32 |" in out and "| 2 | 0.1 | 16 | 16 |" in out
 
 
 def test_bench_dims_runs(tmp_path, capsys):
@@ -272,7 +272,7 @@ def test_profile_stages_accounts_for_the_query_time(bundle, built, capsys):
     # a child process: the tool wraps engine functions in place, which must not leak into other tests
     out = subprocess.run([sys.executable, "-m", "tools.profile_stages", str(built), str(bundle), "--queries", "4"],
                          capture_output=True, text=True, check=True).stdout
-    assert "| 4 exact re-ranking of the survivors |" in out and "ms/q mean" in out
+    assert "| 4-5 residual interaction, then exact MaxSim over its best |" in out and "ms/q mean" in out
 
 
 def test_probe_misses_accounts_for_every_reference_document(bundle, built, capsys):

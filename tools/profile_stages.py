@@ -27,11 +27,12 @@ STAGES = (  # (module or class path, attribute, label)
     ("engine._searcher:Searcher", "_candidates", "2-3 probe + centroid interaction"),
     ("engine._searcher", "_distinct", "  2b distinct candidate documents"),
     ("engine._searcher", "centroid_interaction", "  3b centroid interaction (gather ids + scores, segmented max)"),
-    ("engine._searcher:Searcher", "_rerank", "4 exact re-ranking of the survivors"),
-    ("engine._corpus:Corpus", "read_concat", "  4a read token rows (disk placements: codes + residuals, CRC-checked)"),
-    ("store._codec:ResidualCodec", "decode", "  4b decode (centroid + residual, normalize)"),
-    ("store._pq:PQCodec", "decode", "  4b decode pq (centroid + codebook gathers, normalize)"),
-    ("engine._searcher", "maxsim_concat", "  4c MaxSim (matmul + segmented max)"),
+    ("engine._searcher:Searcher", "_rerank", "4-5 residual interaction, then exact MaxSim over its best"),
+    ("engine._corpus:Corpus", "read_concat", "  4a read the survivors' token rows (disk placements, CRC-checked)"),
+    ("engine._searcher", "residual_interaction", "  4b residual interaction (lookup tables, no decoding)"),
+    ("store._codec:ResidualCodec", "decode", "  5a decode (centroid + residual, normalize)"),
+    ("store._pq:PQCodec", "decode", "  5a decode pq (centroid + codebook gathers, normalize)"),
+    ("engine._searcher", "maxsim_concat", "  5b exact MaxSim (matmul + segmented max)"),
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine._budget import AUTO_CACHE, AUTO_CACHE_NO_PREFETCH, MIN_CACHE, parse_size, place
+from engine._budget import AUTO_CACHE, AUTO_CACHE_NO_PREFETCH, AUTO_CODES, MIN_CACHE, parse_size, place
 
 MB = 1 << 20
 
@@ -13,6 +13,14 @@ def test_auto_keeps_the_index_and_a_small_cache():
     p = place(parse_size("auto"), index_bytes=20 * MB, codes_bytes=10 * MB, residual_bytes=160 * MB)
     assert (p.name, p.codes_resident, p.residuals_resident, p.cache_bytes) == ("disk", False, False, AUTO_CACHE)
     assert p.budget == 20 * MB + AUTO_CACHE
+
+
+def test_auto_keeps_small_per_token_codes():
+    """Up to AUTO_CODES (4e6 tokens) the per-token ids stay in RAM: else each survivor costs a second read."""
+    p = place("auto", index_bytes=20 * MB, codes_bytes=AUTO_CODES, residual_bytes=160 * MB)
+    assert (p.name, p.codes_resident, p.residuals_resident) == ("codes-in-RAM", True, False)
+    assert p.budget == 20 * MB + AUTO_CODES + AUTO_CACHE
+    assert not place("auto", index_bytes=20 * MB, codes_bytes=AUTO_CODES + 1, residual_bytes=160 * MB).codes_resident
 
 
 def test_auto_without_prefetch_keeps_no_cache():
@@ -28,6 +36,7 @@ def test_searcher_auto_cache_follows_prefetch(engine_store, monkeypatch):
     with lodestore.Searcher(engine_store, memory_budget="auto") as small:
         assert small.placement.name == "all-in-RAM"  # the test store's rows (~3 MB) fit in SMALL_STORE
     monkeypatch.setattr(_budget, "SMALL_STORE", 0)
+    monkeypatch.setattr(_budget, "AUTO_CODES", 0)
     with lodestore.Searcher(engine_store, memory_budget="auto") as off, \
             lodestore.Searcher(engine_store, memory_budget="auto", prefetch=True) as on:
         assert off.placement.name == on.placement.name == "disk"

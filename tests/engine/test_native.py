@@ -42,10 +42,10 @@ def test_a_stale_build_falls_back_with_a_warning():
         assert store_native.bind(lib, ("ls_missing_abi", 1), {}, None) is None
     if _native.centroid_interaction is not None:
         kernels = store_native.load_library("engine._kernels")
-        with pytest.warns(RuntimeWarning, match="ABI 2, expected 3"):
-            assert store_native.bind(kernels, ("ls_kernels_abi", 3), {}, None) is None
+        with pytest.warns(RuntimeWarning, match="ABI 3, expected 4"):
+            assert store_native.bind(kernels, ("ls_kernels_abi", 4), {}, None) is None
         with pytest.warns(RuntimeWarning, match="no ls_missing"):
-            assert store_native.bind(kernels, ("ls_kernels_abi", 2), {"ls_missing": []}, None) is None
+            assert store_native.bind(kernels, ("ls_kernels_abi", 3), {"ls_missing": []}, None) is None
     assert store_native.bind(None, ("ls_kernels_abi", 1), {}, None) is None
 
 
@@ -195,6 +195,14 @@ def test_kernel_wrappers_refuse_bad_shapes():
         _native.segment_max_sum(np.zeros((5, 4), np.float32), np.array([2, 2]))
     with pytest.raises(ValueError, match="top_rows"):
         _native.top_rows(np.zeros((3, 4), np.int16), 4)
+    table, lut = np.zeros((5, 4), np.int16), np.zeros((2, 256, 4), np.int16)
+    codes, rows = np.array([0, 4, 1], np.uint16), np.zeros((3, 2), np.uint8)
+    with pytest.raises(ValueError, match="add up"):
+        _native.residual_maxsim(table, 1.0, lut, 1.0, codes, rows, np.array([1, 1]))
+    with pytest.raises(ValueError, match="mismatched"):
+        _native.residual_maxsim(table, 1.0, lut[:, :, :3], 1.0, codes, rows, np.array([3]))
+    with pytest.raises(IndexError, match="centroid id 5 outside the 5"):
+        _native.residual_maxsim(table, 1.0, lut, 1.0, np.array([0, 5, 1], np.uint16), rows, np.array([3]))
 
 
 @needs_kernels

@@ -1,0 +1,132 @@
+"""Residual interaction: candidates scored from per-byte lookup tables instead of decoded tokens.
+
+It must estimate exact MaxSim closely (it only skips the re-normalization of
+decoded tokens and rounds to int16), for both codecs, in C and numpy, with no
+int16 overflow whatever the codebooks; and the Searcher's results must still be
+exact MaxSim scores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine import _native
+from engine._maxsim import maxsim_concat, residual_interaction, residual_lut
+from engine._searcher import SCORE_SCALE
+from store._codec import ResidualCodec
+from store._pq import PQCodec
+
+
+def make_codec(kind: str, dim: int, k: int, rng: np.random.Generator, spread: float = 0.1):
+    cents = rng.standard_normal((k, dim)).astype(np.float32)
+    cents /= np.linalg.norm(cents, axis=1, keepdims=True)
+    if kind.startswith("pq"):
+        m = int(kind[2:])
+        return PQCodec(cents, rng.standard_normal((m, 256, dim // m)).astype(np.float32) * spread)
+    nbits = int(kind[-1])
+    cuts = np.sort(rng.standard_normal((1 << nbits) - 1)).astype(np.float32) * spread
+    return ResidualCodec(cents, cuts, np.sort(rng.standard_normal(1 << nbits)).astype(np.float32) * spread, nbits)
+
+
+KINDS = ["scalar1", "scalar2", "scalar4", "pq16", "pq32"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_byte_tables_rebuild_the_undecoded_residual(kind, seed):
+    """byte_tables is the residual as a sum of per-byte lookups: centroid + those lookups is decode(normalize=False)."""
+    rng = np.random.default_rng(seed)
+    codec = make_codec(kind, 64, 20, rng)
+    codes = rng.integers(0, 20, 50).astype(np.uint16)
+    rows = rng.integers(0, 256, (50, codec.residual_bytes)).astype(np.uint8)
+    tables = codec.byte_tables()
+    m, _, w = tables.shape
+    assert m == codec.residual_bytes and m * w == codec.dim
+    rebuilt = codec.centroids[codes] + tables[np.arange(m), rows].reshape(50, codec.dim)
+    np.testing.assert_allclose(codec.decode(codes, rows, normalize=False), rebuilt, rtol=0, atol=1e-6)
+
+
+def reference(query, codec, codes, rows, lens):
+    """Exact MaxSim over the un-normalized decoded tokens: what residual interaction estimates."""
+    return maxsim_concat(query, codec.decode(codes, rows, normalize=False), lens)
+
+
+@st.composite
+def cases(draw):
+    kind = draw(st.sampled_from(KINDS))
+    q = draw(st.sampled_from([1, 5, 32, 40]))  # 40: a whole block of 32 query tokens and a partial one
+    seed = draw(st.integers(0, 2**32 - 1))
+    spread = draw(st.sampled_from([0.05, 3.0]))  # 3.0: codewords so long the lut scale must shrink
+    lens = np.array(draw(st.lists(st.integers(1, 30), min_size=1, max_size=12)), dtype=np.int64)
+    return kind, q, seed, spread, lens
+
+
+@settings(max_examples=60, deadline=None)
+@given(cases())
+@pytest.mark.parametrize("native", [True, False])
+def test_residual_interaction_matches_undecoded_maxsim(native, case):
+    if native and _native.residual_maxsim is None:
+        pytest.skip("C kernels not built")
+    kernel = _native.residual_maxsim
+    if not native:
+        _native.residual_maxsim = None
+    try:
+        check_against_reference(*case)
+    finally:
+        _native.residual_maxsim = kernel
+
+
+def check_against_reference(kind, q, seed, spread, lens):
+    rng = np.random.default_rng(seed)
+    dim, k = 64, 30
+    codec = make_codec(kind, dim, k, rng, spread)
+    query = rng.standard_normal((q, dim)).astype(np.float32)
+    query /= np.linalg.norm(query, axis=1, keepdims=True)
+    codes = rng.integers(0, k, int(lens.sum())).astype(np.uint16)
+    rows = rng.integers(0, 256, (len(codes), codec.residual_bytes)).astype(np.uint8)
+    table = np.trunc(codec.centroids @ query.T * SCORE_SCALE).astype(np.int16)  # as the Searcher builds it
+    lut = residual_lut(query, np.ascontiguousarray(codec.byte_tables(), dtype=np.float32))
+    got = residual_interaction(query, table, float(SCORE_SCALE), lut, codec, codes, rows, lens)
+    want = reference(query, codec, codes, rows, lens)
+    # per query token: the table truncates (< 1/SCORE_SCALE), each of m lut entries rounds (<= 0.5/scale)
+    tol = q * (1.0 / SCORE_SCALE + codec.residual_bytes * 0.5 / lut[1]) + 1e-4 * np.abs(want) + 1e-5
+    assert got.shape == want.shape == (len(lens),)
+    assert np.all(np.abs(got - want) <= tol), (got - want, tol)
+
+
+def test_lut_scale_leaves_no_room_for_int16_overflow():
+    """Codewords long enough to overflow at the default scale: the scale shrinks so that the extreme row
+    (every byte at its largest entry for a query token) still sums inside int16, and scores stay right."""
+    rng = np.random.default_rng(3)
+    codec = make_codec("pq16", 64, 4, rng, spread=5.0)
+    query = np.ones((3, 64), np.float32) / 8.0
+    tables = np.ascontiguousarray(codec.byte_tables(), dtype=np.float32)
+    lut, scale = residual_lut(query, tables)
+    assert scale < SCORE_SCALE
+    extreme = np.abs(lut.astype(np.int64)).max(axis=1).sum(axis=0)  # (q,): the largest |sum| any row can make
+    assert extreme.max() <= 32767
+    worst = np.argmax(np.abs(lut.astype(np.int64)), axis=1)[:, 0].astype(np.uint8)  # the bytes of that row
+    rows = np.stack([worst, worst])
+    codes = np.array([0, 1], np.uint16)
+    table = np.trunc(codec.centroids @ query.T * SCORE_SCALE).astype(np.int16)
+    got = residual_interaction(query, table, float(SCORE_SCALE), (lut, scale), codec, codes, rows, np.array([2]))
+    np.testing.assert_allclose(got, reference(query, codec, codes, rows, np.array([2])), rtol=1e-3, atol=1e-2)
+
+
+def test_searcher_hits_carry_exact_scores_and_match_exhaustive(engine_store_path, engine_queries):
+    """Residual interaction only picks whom to score: the hits' scores are exact MaxSim over the decoded
+    tokens, and with every document a candidate the top 10 are exhaustive search's."""
+    import lodestore
+    from engine._exhaustive import exhaustive_search
+
+    with lodestore.Searcher(engine_store_path, nprobe=64, ndocs=100000, probe_delta=None) as s:
+        c = s.corpus
+        for q in engine_queries[:5]:
+            hits = s.search(q, k=10)
+            want = exhaustive_search(s.store, q, k=10)
+            assert [h[0] for h in hits] == [h[0] for h in want]
+            np.testing.assert_allclose([h[1] for h in hits], [h[1] for h in want], rtol=1e-5)
