@@ -64,11 +64,13 @@ def place(budget: int | str | None, index_bytes: int, codes_bytes: int, residual
 
     "auto" is what candidate generation needs (the index: centroids, inverted
     lists and each document's distinct centroid ids) plus `auto_cache` (the
-    Searcher passes 4 MB with prefetch on, none without); token
-    rows, per-token codes included, are read for the survivors only, unless
-    they fit in 4 MB (then everything is resident). Measured at 1e7 tokens (docs/BENCHMARKS.md
-    2.0): index memory x0.166 of all-in-RAM instead of x0.222 with the codes
-    resident, p50 x1.03 instead of x0.87 on a loaded machine.
+    Searcher passes 4 MB with prefetch on, none without); token rows are read
+    for the survivors only, unless they fit in 4 MB (then everything is
+    resident); the per-token codes are resident up to AUTO_CODES (8 MB, 4e6
+    tokens) and read with the rows beyond. Measured (docs/BENCHMARKS.md 2.0,
+    3.3): at 1e7 tokens index memory x0.166 of all-in-RAM instead of x0.222
+    with the codes resident, which bought p50 x0.85-0.88 for 20 MB more; at
+    1.2e6 tokens 2.4 MB of codes bought p50 x0.72-0.77.
     The cache is capped at `max_cache`: past a few hundred candidate documents
     per query a bigger cache buys nothing on a warm page cache.
     """

@@ -53,6 +53,7 @@ LARGE_NDOCS = 256
 DEFAULT_PROBE_DELTA = 0.1
 EXACT_DOCS = 32  # the best of residual interaction that exact MaxSim re-ranks (at least 2k)
 RESIDUAL_SLICE = 128  # survivors read and scored by residual interaction per step (steps spread over threads)
+PREFETCH_SLICE = 16  # the step with prefetch on, so steps whose rows have arrived can go first
 STREAM_CHUNK = 8  # survivors scored per exact-MaxSim step: 16 held 4-6 MB more heap with 2 threads, no faster
 CENTROID_BLOCK = 4096  # centroids per piece of the query-centroid product (pieces run in parallel)
 BATCH_TOKENS = 64  # query tokens of a batch sharing one score table: (K, 64) int16 is 4 MB at K=32,768
@@ -432,31 +433,38 @@ class Searcher:
     def _rerank(self, Q: np.ndarray, table: np.ndarray, final: np.ndarray, k: int) -> Hits:
         """Stages 4-5: residual interaction over the survivors, then exact MaxSim over the best of them; top k.
 
-        The survivors are read in RESIDUAL_SLICE-document slices (in document order: sequential
-        reads, no reordering copy) spread over the query's threads; each slice is scored by
-        residual interaction as it arrives (engine/_maxsim.py: centroid score + the residual's
-        score from per-query lookup tables, no decoding), and its rows are kept so the best
-        max(EXACT_DOCS, 2k) are decoded and scored exactly without reading them again.
+        The survivors (best first) are cut into RESIDUAL_SLICE-document slices, each read in
+        document order (no reordering copy) and spread over the query's threads; with prefetch
+        on, in steps of PREFETCH_SLICE of that order, those whose rows have all arrived first. Each slice is scored by residual
+        interaction (engine/_maxsim.py: centroid score + the residual's score from per-query
+        lookup tables, no decoding), and the rows of its best are kept so the best
+        max(EXACT_DOCS, 2k) overall are decoded and scored exactly without reading them again.
+        The order of the documents never depends on timing or placement: same scores, same ties.
         """
         n_exact = max(EXACT_DOCS, 2 * k)
         if len(final) <= n_exact:
             return self._rerank_exact(Q, final, k)
-        docs = np.sort(final)
+        docs = np.concatenate([np.sort(final[a : a + RESIDUAL_SLICE]) for a in range(0, len(final), RESIDUAL_SLICE)])
+        step = PREFETCH_SLICE if self._reading_ahead() else RESIDUAL_SLICE
+        cuts = list(range(0, len(docs), step))
         lut = residual_lut(Q, self._byte_tables)
-        cuts = list(range(0, len(docs), RESIDUAL_SLICE))
         scores = np.empty(len(docs), dtype=np.float32)
         kept: list = [None] * len(cuts)
+        order = list(range(len(cuts)))
+        if self._reading_ahead():  # small steps, those read ahead already first
+            order.sort(key=lambda i: not self.prefetcher.cached(docs[cuts[i] : cuts[i] + step]))
 
-        def one(i: int) -> None:
+        def one(j: int) -> None:
+            i = order[j]
             a = cuts[i]
-            codes, res, lens = self._rows_of(docs[a : a + RESIDUAL_SLICE])
+            codes, res, lens = self._rows_of(docs[a : a + step])
             part = scores[a : a + len(lens)]
             part[...] = residual_interaction(Q, table, self._score_scale, lut, self.corpus.codec, codes, res, lens)
             # only the slice's own best n_exact can be among the overall best n_exact: keep just their rows
             local = np.sort(top_k(part, n_exact))
             kept[i] = (a + local, *_select_docs(codes, res, lens, local))
 
-        self.workers.map(one, len(cuts))
+        self.workers.map(one, len(order))
         best = np.sort(top_k(scores, n_exact))  # positions in docs, ascending
         pos = np.concatenate([p[0] for p in kept])  # ascending too: slices in order, each sorted
         codes, res, lens = _select_docs(*(np.concatenate([p[j] for p in kept]) for j in (1, 2, 3)),

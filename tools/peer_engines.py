@@ -99,7 +99,7 @@ class Lodestore(Engine):
         import lodestore
 
         self.searcher = lodestore.Searcher(index / "store", memory_budget=options.get("budget", "auto"),
-                                           prefetch=options.get("prefetch", False))
+                                           prefetch=options.get("prefetch", False), ndocs=options.get("ndocs"))
         ids = (index / "ids.txt").read_text().splitlines() if (index / "ids.txt").exists() else None
         self._pos = {s: i for i, s in enumerate(ids)} if ids else None
 

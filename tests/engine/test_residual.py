@@ -58,7 +58,7 @@ def reference(query, codec, codes, rows, lens):
 @st.composite
 def cases(draw):
     kind = draw(st.sampled_from(KINDS))
-    q = draw(st.sampled_from([1, 5, 32, 40]))  # 40: a whole block of 32 query tokens and a partial one
+    q = draw(st.sampled_from([1, 5, 32, 40, 300]))  # 40: a whole block of 32 and a partial one; 300: past the stack buffer
     seed = draw(st.integers(0, 2**32 - 1))
     spread = draw(st.sampled_from([0.05, 3.0]))  # 3.0: codewords so long the lut scale must shrink
     lens = np.array(draw(st.lists(st.integers(1, 30), min_size=1, max_size=12)), dtype=np.int64)
