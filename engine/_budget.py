@@ -12,7 +12,7 @@ AUTO = "auto"
 AUTO_CACHE = 4 << 20  # the cache "auto" adds with prefetch on: room for ~2 x the survivors' rows read ahead
 SMALL_STORE = 4 << 20  # "auto" keeps a store whose token rows fit in this all in RAM
 AUTO_CODES = 8 << 20  # "auto" keeps per-token centroid ids up to this (4e6 tokens) resident: reading them cost a
-                      # second read call per survivor (docs/BENCHMARKS.md 3.3: 1.2e6 tokens p50 x0.77 for 2.4 MB)
+                      # second read call per survivor (docs/BENCHMARKS.md 3.3: 1.2e6 tokens p50 x0.72-0.77 for 2.4 MB)
 AUTO_CACHE_NO_PREFETCH = 0  # without prefetch rows are read through, uncached: a cache of earlier queries'
                             # rows had 6-11% hits at 4-8 MB (docs/BENCHMARKS.md 2.0a); the OS page cache serves repeats
 

@@ -45,8 +45,9 @@ MAX_PROBE = 32  # most centroids one query token probes when probe_delta widens 
 # latency, and at 5e6-1e7 tokens, where almost every miss was a document never probed, 0.965 to 0.993.
 # ndocs, how many survivors of centroid interaction residual interaction scores (3.3): 192 below 4e6 tokens
 # (1.2e6: 0.999 at p50 x0.95 of the 128 exactly re-ranked before), 256 above (1e7: 0.995, p50 x1.01 of 192
-# before). scifact's real vectors need 1024 for 0.992 (x1.76 the p50 of 192): centroid interaction ranks
-# documents exact MaxSim keeps as deep as ~1000th there, and no cheap signal told those queries apart.
+# before). scifact's real vectors need 1024 for 0.995 (p50 x2.03 of 192's, x1.39 PLAID k10's; 9.15):
+# centroid interaction ranks documents exact MaxSim keeps as deep as ~1000th there, and no cheap signal
+# told those queries apart.
 LARGE_STORE_TOKENS = 4_000_000
 DEFAULT_NDOCS = 192
 LARGE_NDOCS = 256
@@ -435,10 +436,11 @@ class Searcher:
 
         The survivors (best first) are cut into RESIDUAL_SLICE-document slices, each read in
         document order (no reordering copy) and spread over the query's threads; with prefetch
-        on, in steps of PREFETCH_SLICE of that order, those whose rows have all arrived first. Each slice is scored by residual
-        interaction (engine/_maxsim.py: centroid score + the residual's score from per-query
-        lookup tables, no decoding), and the rows of its best are kept so the best
-        max(EXACT_DOCS, 2k) overall are decoded and scored exactly without reading them again.
+        on, in steps of PREFETCH_SLICE of that order, those whose rows have all arrived first.
+        Each step is scored by residual interaction (engine/_maxsim.py: centroid score + the
+        residual's score from per-query lookup tables, no decoding), and the rows of its best
+        are kept so the best max(EXACT_DOCS, 2k) overall are decoded and scored exactly without
+        reading them again.
         The order of the documents never depends on timing or placement: same scores, same ties.
         """
         n_exact = max(EXACT_DOCS, 2 * k)
