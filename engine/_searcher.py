@@ -229,12 +229,13 @@ class Searcher:
         bytes_read / read_calls: what the store files saw; io_wait_s: time the
         query's threads spent reading or waiting for rows (summed over threads,
         so it can exceed wall time). resident_bytes: index + resident
-        arrays + cache; placement: what the memory budget chose.
+        arrays + cache + residual interaction's byte tables (float32, 0.1-0.4 MB);
+        placement: what the memory budget chose.
         """
         p = self.prefetcher
         requested = p.hits + p.waited + p.misses
         c = self.corpus
-        resident = c.index_bytes() + p.resident_bytes
+        resident = c.index_bytes() + p.resident_bytes + self._byte_tables.nbytes
         resident += c.codes.nbytes if c.codes is not None else 0
         resident += c.residuals.nbytes if c.residuals is not None else 0
         return {
