@@ -117,16 +117,25 @@ def test_lut_scale_leaves_no_room_for_int16_overflow():
     np.testing.assert_allclose(got, reference(query, codec, codes, rows, np.array([2])), rtol=1e-3, atol=1e-2)
 
 
-def test_searcher_hits_carry_exact_scores_and_match_exhaustive(engine_store_path, engine_queries):
+@pytest.mark.parametrize("placement", [{}, {"memory_budget": 1}, {"memory_budget": 1, "prefetch": True}])
+def test_searcher_hits_carry_exact_scores_and_match_exhaustive(engine_store_path, engine_queries, placement):
     """Residual interaction only picks whom to score: the hits' scores are exact MaxSim over the decoded
-    tokens, and with every document a candidate the top 10 are exhaustive search's."""
+    tokens, and with every document a candidate (~1,000: eight slices, and 63 steps with prefetch on) the
+    top 10 are exhaustive search's, whether rows are resident, read through or prefetched."""
     import lodestore
     from engine._exhaustive import exhaustive_search
 
-    with lodestore.Searcher(engine_store_path, nprobe=64, ndocs=100000, probe_delta=None) as s:
-        c = s.corpus
+    with lodestore.Searcher(engine_store_path, nprobe=64, ndocs=100000, probe_delta=None, **placement) as s:
+        assert len(s._candidates(*_table_and_probes(s, engine_queries[0]), 10, None)) > 4 * 128
         for q in engine_queries[:5]:
             hits = s.search(q, k=10)
             want = exhaustive_search(s.store, q, k=10)
             assert [h[0] for h in hits] == [h[0] for h in want]
             np.testing.assert_allclose([h[1] for h in hits], [h[1] for h in want], rtol=1e-5)
+
+
+def _table_and_probes(searcher, query):
+    from engine._searcher import check_queries
+
+    table, _tokens, probed = searcher._score_and_probe(check_queries(searcher.store, [query])[0])
+    return table, probed
