@@ -81,10 +81,11 @@ def residual_lut(query: np.ndarray, byte_tables: np.ndarray) -> tuple[np.ndarray
     m, _, w = byte_tables.shape
     q = len(query)
     qs = np.ascontiguousarray(query.reshape(q, m, w).transpose(1, 2, 0))  # (m, w, q)
-    lut = np.matmul(byte_tables, qs)  # (m, 256, q) float32
-    bound = float(np.abs(lut).max(axis=(1, 2)).sum())
+    lut = np.matmul(byte_tables, qs)  # (m, 256, q) float32; scaled and rounded in place (a query's hot path)
+    bound = float(np.maximum(lut.max(axis=(1, 2)), -lut.min(axis=(1, 2))).sum())
     scale = float(1 << 14) if bound <= 0 else min(float(1 << 14), (32767 - m) / bound)
-    return np.rint(lut * np.float32(scale)).astype(np.int16), scale
+    lut *= np.float32(scale)
+    return np.rint(lut, out=lut).astype(np.int16), scale
 
 
 def residual_interaction(query: np.ndarray, table: np.ndarray, table_scale: float, lut: tuple[np.ndarray, float],
