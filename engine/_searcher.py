@@ -31,7 +31,7 @@ from store import Store, as_numpy
 from ._budget import AUTO_CACHE, AUTO_CACHE_NO_PREFETCH, Placement, parse_size, place
 from ._corpus import Corpus
 from . import _native as native
-from ._maxsim import (centroid_interaction, maxsim_concat, maxsim_torch, ramp, residual_interaction,
+from ._maxsim import (aligned_empty, centroid_interaction, maxsim_concat, maxsim_torch, ramp, residual_interaction,
                       residual_lut, top_k)
 from ._parallel import Workers, default_threads
 from ._prefetch import Prefetcher
@@ -345,7 +345,7 @@ class Searcher:
         """
         C = self.corpus.centroids
         K, q = len(C), len(Q)
-        table = np.empty((K, q), dtype=np.int16)
+        table = aligned_empty((K, q), np.int16)
         blocks = range(0, K, CENTROID_BLOCK)
         n = min(self.nprobe, K)
         scale = self._score_scale

@@ -23,15 +23,14 @@
 #define PREFETCH_AHEAD 4 /* tokens */
 
 /* One token: v = centroid + the m lut entries of its row, widths W known at compile time where a
- * codec uses them (so the inner loop is unrolled and vectorized), w at run time otherwise. */
+ * codec uses them. The entries are first copied side by side into v (fixed-size moves), then the
+ * centroid is added in one pass over dim floats: the same single addition per float as adding
+ * entry by entry, but vectorized whatever W is (entry by entry, W = 6 ran ~300 ns a token at d=384). */
 #define ADD_ROW(W)                                                                       \
-    for (int64_t s = 0; s < m; s++) {                                                    \
-        const float *cw = lut + s * lut_pos_stride + (int64_t)row[s] * (W);              \
-        float *vs = v + s * (W);                                                         \
-        const float *cs = cent + s * (W);                                                \
-        for (int64_t j = 0; j < (W); j++)                                                \
-            vs[j] = cs[j] + cw[j];                                                       \
-    }
+    for (int64_t s = 0; s < m; s++)                                                      \
+        memcpy(v + s * (W), lut + s * lut_pos_stride + (int64_t)row[s] * (W), (W) * sizeof(float)); \
+    for (int64_t j = 0; j < m * (W); j++)                                                \
+        v[j] = cent[j] + v[j];
 
 /* Bumped whenever a signature here changes: store/_native.py refuses a library built from other sources
  * (calling a function with the wrong arguments would crash the process, not raise). */

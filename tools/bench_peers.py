@@ -42,6 +42,7 @@ ROWS: dict[str, tuple[str, dict]] = {
     "lodestore": ("lodestore", {"budget": "auto"}),
     "lodestore_ram": ("lodestore", {"budget": "all"}),
     "lodestore_prefetch": ("lodestore", {"budget": "auto", "prefetch": True}),
+    "lodestore_n768": ("lodestore", {"budget": "auto", "ndocs": 768}),
     "lodestore_n1024": ("lodestore", {"budget": "auto", "ndocs": 1024}),
     "plaid_k10": ("plaid", {"ncells": 1, "centroid_score_threshold": 0.5, "ndocs": 256}),
     "plaid_default": ("plaid", {}),
@@ -54,6 +55,7 @@ ROWS: dict[str, tuple[str, dict]] = {
 LABELS = {
     "lodestore": "lodestore (budget auto)", "lodestore_ram": "lodestore (all-in-RAM)",
     "lodestore_prefetch": "lodestore (budget auto, prefetch on)",
+    "lodestore_n768": "lodestore (budget auto, ndocs 768)",
     "lodestore_n1024": "lodestore (budget auto, ndocs 1024)",
     "plaid_k10": "Stanford PLAID k10 (ncells 1, thr 0.5, ndocs 256)",
     "plaid_default": "Stanford PLAID pylate defaults (ncells 8, thr 0.35, ndocs 8192)",
@@ -61,7 +63,7 @@ LABELS = {
     "lance_ivfpq": "LanceDB multivector IVF_PQ", "brute": "brute-force MaxSim (float32 in RAM)",
     "fast_plaid": "fast-plaid",
 }
-DEFAULT_ROWS = ",".join(r for r in ROWS if r not in ("lodestore_prefetch", "lodestore_n1024"))
+DEFAULT_ROWS = ",".join(r for r in ROWS if r not in ("lodestore_prefetch", "lodestore_n768", "lodestore_n1024"))
 WARMUP = 5
 
 

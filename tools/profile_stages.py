@@ -53,7 +53,8 @@ def _wrap(acc: dict, target: str, attr: str, label: str) -> None:
     setattr(owner, attr, timed)
 
 
-def profile(store: str, bundle: str, n: int, budget: str, threads: int = 1) -> tuple[float, float, dict[str, float]]:
+def profile(store: str, bundle: str, n: int, budget: str, threads: int = 1,
+            ndocs: int | None = None) -> tuple[float, float, dict[str, float]]:
     """(mean ms/q, p50 ms, {stage label: ms/q})."""
     import lodestore
 
@@ -64,7 +65,7 @@ def profile(store: str, bundle: str, n: int, budget: str, threads: int = 1) -> t
 
     memstat.warm([store])  # warm page cache, as the benchmarks' warm rows
     queries = np.load(f"{bundle}/queries.npy")[:n]
-    with lodestore.Searcher(store, memory_budget=budget, threads=threads) as s:
+    with lodestore.Searcher(store, memory_budget=budget, threads=threads, ndocs=ndocs) as s:
         for q in queries[:5]:
             s.search(q, k=10)
         acc.clear()
@@ -89,11 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", default="auto")
     p.add_argument("--threads", type=int, default=1,
                    help="threads per query (default 1: with more, nested stages overlap and shares exceed 100%%)")
+    p.add_argument("--ndocs", type=int, default=None, help="survivors of centroid interaction (default: the Searcher's)")
     args = p.parse_args(argv)
-    mean, p50, stages = profile(args.store, args.bundle, args.queries, args.budget, args.threads)
+    mean, p50, stages = profile(args.store, args.bundle, args.queries, args.budget, args.threads, args.ndocs)
     import os
 
-    print(f"{args.store} budget={args.budget} threads={args.threads}: {mean:.2f} ms/q mean, p50 {p50:.2f} ms, load {os.getloadavg()[0]:.1f}")
+    print(f"{args.store} budget={args.budget} threads={args.threads} ndocs={args.ndocs or 'default'}: {mean:.2f} ms/q mean, p50 {p50:.2f} ms, load {os.getloadavg()[0]:.1f}")
     print("| stage | ms/q | share |\n|---|---|---|")
     for label, ms in stages.items():
         print(f"| {label} | {ms:.2f} | {ms / mean * 100:.0f}% |")
