@@ -1,5 +1,6 @@
-/* Token decoding for both residual codecs, compiled at install time and called through ctypes
- * (store/_native.py), which releases the GIL for the call: a query's threads decode in parallel.
+/* Token decoding for both residual codecs, and reading CRC-checked runs of inner chunks; compiled at
+ * install time and called through ctypes (store/_native.py), which releases the GIL for the call: a
+ * query's threads decode and read in parallel.
  *
  * Both codecs decode a token as   centroid[code] + concat over byte positions s of lut_s[row[s]],
  * each lut entry holding w floats (dims s*w .. s*w+w-1), then re-normalize:
@@ -13,6 +14,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/types.h>
+#include <sys/uio.h>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define HOT __attribute__((target_clones("avx2", "default")))
@@ -34,7 +38,7 @@
 
 /* Bumped whenever a signature here changes: store/_native.py refuses a library built from other sources
  * (calling a function with the wrong arguments would crash the process, not raise). */
-int ls_decode_abi(void) { return 2; }
+int ls_decode_abi(void) { return 3; }
 
 /* Returns 0, or -1 (nothing decoded past the bad token) when a code is not below k, the number of
  * centroids: codes come from disk, and a wrong one must be an error, never a read out of bounds. */
@@ -79,6 +83,110 @@ HOT int ls_decode(const float *centroids, int64_t k, int64_t dim, const uint16_t
                 norm = 1e-12f;
             for (j = 0; j < dim; j++)
                 v[j] /= norm;
+        }
+    }
+    return 0;
+}
+
+/* CRC32C (Castagnoli, reflected, init and final xor ~0: what zarr's crc32c codec stores), with the
+ * SSE 4.2 instruction where the CPU has it, else a byte table. */
+static uint32_t crc_table[256];
+
+static void crc_table_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+static uint32_t crc32c_soft(const uint8_t *p, size_t n)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    while (n--)
+        c = crc_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
+    return ~c;
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(const uint8_t *p, size_t n)
+{
+    uint64_t c = 0xFFFFFFFFu;
+    for (; n >= 8; n -= 8, p += 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        c = __builtin_ia32_crc32di(c, w);
+    }
+    uint32_t c32 = (uint32_t)c;
+    for (; n; n--)
+        c32 = __builtin_ia32_crc32qi(c32, *p++);
+    return ~c32;
+}
+#endif
+
+static uint32_t (*crc32c_fn)(const uint8_t *, size_t) = crc32c_soft;
+
+/* Picked once when the library loads, before any thread can call in. */
+__attribute__((constructor)) static void crc32c_pick(void)
+{
+    crc_table_init();
+#if defined(__GNUC__) && defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("sse4.2"))
+        crc32c_fn = crc32c_hw;
+#endif
+}
+
+uint32_t ls_crc32c(const uint8_t *p, int64_t n) { return crc32c_fn(p, (size_t)n); }
+
+#define RUN_IOV 512 /* chunks per preadv: 2 buffers each, IOV_MAX is 1024 on Linux */
+
+/* Runs of inner chunks: run r is nchunks[r] chunks lying back to back in file fds[r] from byte
+ * offs[r], each chunk_bytes of data followed by its 4-byte little-endian CRC32C (FORMAT.md 8). The
+ * data goes to out, every chunk in order and contiguous (the CRCs aside); each chunk's CRC is checked.
+ * Returns 0; 1 when run *bad fell short (file truncated); 2 on a read error in run *bad (errno set);
+ * 3 when chunk *bad (counted over all runs) does not match its CRC. */
+int ls_read_chunks(const int32_t *fds, const int64_t *offs, const int64_t *nchunks, int64_t nruns,
+                   int64_t chunk_bytes, uint8_t *out, int64_t *bad)
+{
+    struct iovec iov[2 * RUN_IOV];
+    uint32_t crcs[RUN_IOV];
+    int64_t done = 0; /* chunks read so far, over all runs */
+    for (int64_t r = 0; r < nruns; r++) {
+        int64_t off = offs[r];
+        for (int64_t a = 0; a < nchunks[r]; a += RUN_IOV) {
+            int64_t n = nchunks[r] - a < RUN_IOV ? nchunks[r] - a : RUN_IOV;
+            for (int64_t k = 0; k < n; k++) {
+                iov[2 * k].iov_base = out + (done + k) * chunk_bytes;
+                iov[2 * k].iov_len = (size_t)chunk_bytes;
+                iov[2 * k + 1].iov_base = &crcs[k];
+                iov[2 * k + 1].iov_len = 4;
+            }
+            ssize_t want = (ssize_t)(n * (chunk_bytes + 4)), got;
+            do
+                got = preadv(fds[r], iov, (int)(2 * n), (off_t)off);
+            while (got < 0 && errno == EINTR);
+            if (got < 0) {
+                *bad = r;
+                return 2;
+            }
+            if (got != want) { /* regular files read short only at their end */
+                *bad = r;
+                return 1;
+            }
+            for (int64_t k = 0; k < n; k++) {
+                uint8_t le[4];
+                uint32_t c = ls_crc32c(out + (done + k) * chunk_bytes, chunk_bytes);
+                le[0] = (uint8_t)c, le[1] = (uint8_t)(c >> 8), le[2] = (uint8_t)(c >> 16), le[3] = (uint8_t)(c >> 24);
+                if (memcmp(le, &crcs[k], 4) != 0) {
+                    *bad = done + k;
+                    return 3;
+                }
+            }
+            off += want;
+            done += n;
         }
     }
     return 0;

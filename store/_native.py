@@ -1,10 +1,14 @@
-"""The optional C decode kernel (store/_decode.c), loaded through ctypes.
+"""The optional C kernels of the store (store/_decode.c), loaded through ctypes: decode, and
+reading CRC-checked runs of inner chunks.
 
-ctypes releases the GIL for the call, so a Searcher's threads decode in parallel;
-numpy's decode holds it between its five array operations. Built by setup.py at
+ctypes releases the GIL for the call, so a Searcher's threads decode and read in
+parallel; numpy's decode holds it between its five array operations, and the
+Python reader between its hundreds of per-chunk calls. Built by setup.py at
 install time; where it is missing (no C compiler) or LODESTORE_NATIVE=0 is set,
 `decode` is None and the codecs use their numpy code, which gives the same
-values to ~1 ulp (the norm's sum of squares is accumulated in another order).
+values to ~1 ulp (the norm's sum of squares is accumulated in another order),
+and `read_chunks` is None and store/_rawarray.py reads with os.preadv and
+google_crc32c (the same bytes, the same checks).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ def load_library(module: str) -> ctypes.CDLL | None:
     if spec is None or not spec.origin or not spec.origin.endswith((".so", ".pyd", ".dylib")):
         return None
     try:
-        return ctypes.CDLL(spec.origin)
+        return ctypes.CDLL(spec.origin, use_errno=True)  # errno: for the reader's error messages
     except OSError:
         return None
 
@@ -63,8 +67,11 @@ def bind(lib: ctypes.CDLL | None, abi: tuple[str, int], signatures: dict[str, li
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
-_LIB = bind(load_library("store._decode"), ("ls_decode_abi", 2), {"ls_decode": [_P, _I, _I, _P, _I, _P, _I, _I, _P, _I, ctypes.c_int, _P]},
-            ctypes.c_int)
+_LIB = bind(load_library("store._decode"), ("ls_decode_abi", 3),
+            {"ls_decode": [_P, _I, _I, _P, _I, _P, _I, _I, _P, _I, ctypes.c_int, _P],
+             "ls_read_chunks": [_P, _P, _P, _I, _I, _P, _P]}, ctypes.c_int)
+if _LIB is not None:
+    _LIB.ls_crc32c.argtypes, _LIB.ls_crc32c.restype = [_P, _I], ctypes.c_uint32
 
 
 def ptr(a: np.ndarray) -> int:
@@ -91,3 +98,32 @@ def _decode(centroids: np.ndarray, codes: np.ndarray, lut: np.ndarray, lut_pos_s
 
 
 decode = _decode if _LIB is not None else None
+
+READ_SHORT, READ_ERROR, READ_BAD_CRC = 1, 2, 3
+RUN_CHUNKS = 512  # chunks per preadv in the kernel (its RUN_IOV)
+
+
+def _read_chunks(fds: np.ndarray, offsets: np.ndarray, counts: np.ndarray, chunk_bytes: int,
+                 out: np.ndarray) -> tuple[int, int, int]:
+    """Read runs of chunks into out (C-contiguous, counts.sum() * chunk_bytes bytes): run r is counts[r]
+    chunks back to back in file descriptor fds[r] from byte offsets[r], each followed by its CRC32C.
+    Returns (status, which, errno): status 0, or READ_SHORT / READ_ERROR (which = the run) or
+    READ_BAD_CRC (which = the chunk, counted over all runs)."""
+    fds = np.ascontiguousarray(fds, dtype=np.int32)
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    counts = np.ascontiguousarray(counts, dtype=np.int64)
+    if not out.flags["C_CONTIGUOUS"] or out.nbytes != int(counts.sum()) * chunk_bytes:
+        raise ValueError(f"output of {out.nbytes} bytes does not hold {int(counts.sum())} chunks of {chunk_bytes}")
+    bad = np.zeros(1, dtype=np.int64)
+    status = _LIB.ls_read_chunks(ptr(fds), ptr(offsets), ptr(counts), len(counts), chunk_bytes, ptr(out), ptr(bad))
+    return int(status), int(bad[0]), ctypes.get_errno() if status == READ_ERROR else 0
+
+
+def _crc32c(data) -> int:
+    """CRC32C of a C-contiguous buffer (the kernel read_chunks checks with: for the tests)."""
+    a = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
+    return int(_LIB.ls_crc32c(ptr(a), a.nbytes))
+
+
+read_chunks = _read_chunks if _LIB is not None else None
+crc32c = _crc32c if _LIB is not None else None

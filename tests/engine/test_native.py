@@ -31,7 +31,7 @@ def test_kernels_are_built_where_a_compiler_exists():
     if os.environ.get("LODESTORE_NATIVE") == "0" or not sys.platform.startswith("linux") or not shutil.which("cc"):
         pytest.skip("kernels disabled, or no C compiler on this machine")
     assert _native.centroid_interaction is not None and _native.segment_max_sum is not None
-    assert _native.top_rows is not None and store_native.decode is not None
+    assert _native.top_rows is not None and store_native.decode is not None and store_native.read_chunks is not None
 
 
 def test_a_stale_build_falls_back_with_a_warning():

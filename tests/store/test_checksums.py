@@ -11,7 +11,19 @@ from hypothesis import strategies as st
 
 import store
 from store import CorruptStoreError, StoreError
+from store import _native
 from store._manifest import MANIFEST_NAME
+
+
+@pytest.fixture(params=["C reader", "Python reader"])
+def reader(request, monkeypatch):
+    """Every read check runs through both readers: the C kernel (one call, GIL released) and os.preadv."""
+    if request.param == "C reader":
+        if _native.read_chunks is None:
+            pytest.skip("C kernels not built")
+    else:
+        monkeypatch.setattr(_native, "read_chunks", None)
+    return request.param
 
 
 def flip(path: Path, offset: int, mask: int = 0x01) -> None:
@@ -44,7 +56,7 @@ def docs_in_chunk(s: store.Store, seg: int, inner_rows: int, chunk: int) -> tupl
 
 
 @pytest.mark.parametrize("where", ["payload", "crc trailer"])
-def test_flipped_residual_byte_is_reported_and_refused(store_copy, where):
+def test_flipped_residual_byte_is_reported_and_refused(store_copy, where, reader):
     s, raw, chunks = chunk_layout(store_copy, 0, "residuals")
     assert len(chunks) >= 2, "the template segment should span two inner chunks"
     chunk, offset = chunks[1]
@@ -71,7 +83,7 @@ def test_flipped_residual_byte_is_reported_and_refused(store_copy, where):
             np.testing.assert_array_equal(s.get(doc_id), tokens)
 
 
-def test_flipped_code_byte_is_reported_and_refused(store_copy):
+def test_flipped_code_byte_is_reported_and_refused(store_copy, reader):
     s, raw, chunks = chunk_layout(store_copy, 1, "codes")
     shard = raw.shard_file(0)
     victim = s.segments[1].ids()[3]
@@ -100,7 +112,7 @@ def test_shard_index_corruption_is_reported(store_copy):
             s.get(victim)
 
 
-def test_truncated_shard_is_reported(store_copy):
+def test_truncated_shard_is_reported(store_copy, reader):
     s, raw, _ = chunk_layout(store_copy, 1, "residuals")
     shard = raw.shard_file(0)
     s.close()
@@ -111,7 +123,7 @@ def test_truncated_shard_is_reported(store_copy):
         assert failures and all(str(shard) in f for f in failures), failures
 
 
-def test_missing_shard_file_is_reported(store_copy):
+def test_missing_shard_file_is_reported(store_copy, reader):
     s, raw, _ = chunk_layout(store_copy, 1, "codes")
     shard = raw.shard_file(0)
     victim = s.segments[1].ids()[0]
@@ -122,6 +134,54 @@ def test_missing_shard_file_is_reported(store_copy):
         assert any(str(shard) in f and "missing" in f for f in failures), failures
         with pytest.raises(CorruptStoreError, match="missing"):
             s.get(victim)
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_c_reader_reads_the_same_rows_as_the_python_reader(template_store, data):
+    if _native.read_chunks is None:
+        pytest.skip("C kernels not built")
+    with store.Store.open(template_store) as s:
+        raw = s.segments[data.draw(st.integers(0, len(s.segments) - 1))].residuals
+        total = -(-raw.shape[0] // raw.inner_rows)
+        ids = np.array(sorted(data.draw(st.sets(st.integers(0, total - 1), min_size=1))), dtype=np.int64)
+        fast, nbytes, _ = raw.read_chunks(ids)
+        kernel, _native.read_chunks = _native.read_chunks, None
+        try:
+            slow, nbytes_slow, _ = raw.read_chunks(ids)
+        finally:
+            _native.read_chunks = kernel
+    np.testing.assert_array_equal(fast, slow)
+    assert nbytes == nbytes_slow == len(ids) * (raw.chunk_bytes + 4)
+
+
+def test_c_reader_reports_read_errors_with_errno(tmp_path):
+    if _native.read_chunks is None:
+        pytest.skip("C kernels not built")
+    import errno
+    import os
+
+    import google_crc32c
+
+    body = np.arange(64, dtype=np.uint8).tobytes()
+    f = tmp_path / "chunks"
+    f.write_bytes((body + google_crc32c.value(body).to_bytes(4, "little")) * 3)
+    assert _native.crc32c(body) == google_crc32c.value(body)
+    out = np.empty(3 * 64, dtype=np.uint8)
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        assert _native.read_chunks(np.array([fd]), np.array([0]), np.array([3]), 64, out) == (0, 0, 0)
+        assert out.tobytes() == body * 3
+        assert _native.read_chunks(np.array([fd, fd]), np.array([0, 68]), np.array([1, 3]), 64,
+                                   np.empty(4 * 64, np.uint8))[:2] == (_native.READ_SHORT, 1)
+        assert _native.read_chunks(np.array([fd]), np.array([1]), np.array([1]), 64, out[:64])[:2] == (
+            _native.READ_BAD_CRC, 0)
+        with pytest.raises(ValueError, match="does not hold"):
+            _native.read_chunks(np.array([fd]), np.array([0]), np.array([2]), 64, out)
+    finally:
+        os.close(fd)
+    assert _native.read_chunks(np.array([-1]), np.array([0]), np.array([1]), 64, out[:64]) == (
+        _native.READ_ERROR, 0, errno.EBADF)
 
 
 # --------------------------------------------------------------------------- compressed arrays
