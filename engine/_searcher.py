@@ -43,14 +43,17 @@ MAX_PROBE = 32  # most centroids one query token probes when probe_delta widens 
 # against exhaustive search over the store (search loss): 8 probes plus the close calls (probe_delta 0.1:
 # every centroid within 0.1 of a token's best) take 1.2e6 from 0.980 to 0.990 (200 queries) for x1.2
 # latency, and at 5e6-1e7 tokens, where almost every miss was a document never probed, 0.965 to 0.993.
-# ndocs, how many survivors of centroid interaction residual interaction scores (3.3): 192 below 4e6 tokens
-# (1.2e6: 0.999 at p50 x0.95 of the 128 exactly re-ranked before), 256 above (1e7: 0.995, p50 x1.01 of 192
-# before). scifact's real vectors need 1024 for 0.995 (p50 x2.03 of 192's, x1.39 PLAID k10's; 9.15):
-# centroid interaction ranks documents exact MaxSim keeps as deep as ~1000th there, and no cheap signal
-# told those queries apart.
+# ndocs, how many survivors of centroid interaction residual interaction may score (3.3, 3.4): it scores them
+# in waves in centroid-interaction order and stops once the next could not reach the best 32 (_stop). Below 4e6
+# tokens at most 1024: scifact's real vectors need ~1000 for search loss 0.995 (centroid interaction ranks
+# documents exact MaxSim keeps as deep as ~1000th there), and the stop ends most queries far earlier (mean
+# ~700 on scifact, ~450 on the 1.2e6 bundle). From 4e6 on 256, one wave (1e7: 0.995).
 LARGE_STORE_TOKENS = 4_000_000
-DEFAULT_NDOCS = 192
+DEFAULT_NDOCS = 1024
 LARGE_NDOCS = 256
+FIRST_WAVE = 256  # survivors residual interaction scores before the first stop test (2 slices)
+WAVE = 256  # survivors scored between stop tests: fixed, so results never depend on the thread count
+STOP_MARGIN = 0.5  # _stop's allowance over the largest gain seen (BENCHMARKS 3.4)
 DEFAULT_PROBE_DELTA = 0.1
 EXACT_DOCS = 32  # the best of residual interaction that exact MaxSim re-ranks (at least 2k)
 RESIDUAL_SLICE = 128  # survivors read and scored by residual interaction per step (steps spread over threads)
@@ -73,9 +76,11 @@ class Searcher:
     to keep everything in RAM. What a budget leaves beyond the index (and the
     codes) is the prefetch threads' row cache; without prefetch rows are read
     through and the OS page cache serves repeats.
-    nprobe: centroids probed per query token. ndocs (at least k): how many
-    candidates centroid interaction passes on to residual interaction (their
-    rows are read; the best max(EXACT_DOCS, 2k) of them are scored exactly).
+    nprobe: centroids probed per query token. ndocs (at least k): at most how
+    many candidates centroid interaction passes on to residual interaction,
+    best first; their rows are read and scored in waves of 256, stopping once
+    the next could not reach the best max(EXACT_DOCS, 2k), which are then
+    scored exactly (stats()["scored_per_query"] says how many were scored).
     probe_delta: also probe every centroid whose score is within this of the
     token's best (at most MAX_PROBE a token): tokens whose best centroids are
     close calls probe more of them; None turns it off. Defaults: nprobe 8,
@@ -131,6 +136,7 @@ class Searcher:
             raise
         _release_free_memory()
         self.queries = 0
+        self._scored = 0  # survivors residual interaction scored, over all queries (stats)
         self.query_time_s = 0.0
 
     def _use(self, corpus: Corpus, placement: Placement) -> None:
@@ -254,6 +260,7 @@ class Searcher:
             "prefetch": self.prefetch,
             "nprobe": self.nprobe,
             "ndocs": self.ndocs,
+            "scored_per_query": self._scored / self.queries if self.queries else 0.0,
             "probe_delta": self.probe_delta,
             "threads": self.workers.threads,
         }
@@ -261,6 +268,8 @@ class Searcher:
     def reset_stats(self) -> None:
         self.prefetcher.reset_stats()
         self.queries = 0
+        self._scored = 0
+        self._scored = 0  # survivors residual interaction scored, over all queries (stats)
         self.query_time_s = 0.0
 
     def close(self) -> None:
@@ -321,9 +330,9 @@ class Searcher:
             tables.append(own)
         del table
         if self._reading_ahead():
-            for cand in cands:  # the survivors, best first (those not read ahead already)
+            for cand, _ in cands:  # the survivors, best first (those not read ahead already)
                 self.prefetcher.prefetch(cand)
-        return [self._rerank(q, own, cand, k) for q, own, cand in zip(queries, tables, cands)]
+        return [self._rerank(q, own, cand, ci, k) for q, own, (cand, ci) in zip(queries, tables, cands)]
 
     def _score_and_probe(self, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Query-centroid scores and the centroids each query token probes, in one pass over C.
@@ -378,7 +387,8 @@ class Searcher:
         the centroids the query's tokens probe. Each candidate's score is MaxSim with
         its tokens replaced by their centroids, computed from its distinct centroid ids
         (the document-major copy of the inverted lists). Returns the best
-        max(k, ndocs) candidates, best first: the survivors.
+        max(k, ndocs) candidates, best first: the survivors, and their centroid-interaction
+        scores (in score units).
         """
         c = self.corpus
         if allowed is not None and len(allowed) <= max(self.ndocs, k):
@@ -396,9 +406,11 @@ class Searcher:
             if allowed is not None:
                 docs = docs[np.isin(docs, allowed, assume_unique=True)]
         if len(docs) == 0:
-            return docs
+            return docs, np.zeros(0, dtype=np.float32)
         starts, lens = c.distinct_code_spans(docs)
-        return docs[top_k(centroid_interaction(table, c.doc_codes, starts, lens, self.workers), self._survivors(k))]
+        ci = centroid_interaction(table, c.doc_codes, starts, lens, self.workers)
+        best = top_k(ci, self._survivors(k))
+        return docs[best], ci[best] / np.float32(self._score_scale)
 
     def _survivors(self, k: int) -> int:
         return max(k, self.ndocs)
@@ -432,44 +444,54 @@ class Searcher:
             return _stack(p.get(docs))
         return p.read_through(docs)
 
-    def _rerank(self, Q: np.ndarray, table: np.ndarray, final: np.ndarray, k: int) -> Hits:
+    def _rerank(self, Q: np.ndarray, table: np.ndarray, final: np.ndarray, ci: np.ndarray, k: int) -> Hits:
         """Stages 4-5: residual interaction over the survivors, then exact MaxSim over the best of them; top k.
 
-        The survivors (best first) are cut into RESIDUAL_SLICE-document slices, each read in
-        document order (no reordering copy) and spread over the query's threads; with prefetch
-        on, in steps of PREFETCH_SLICE of that order, those whose rows have all arrived first.
-        Each step is scored by residual interaction (engine/_maxsim.py: centroid score + the
-        residual's score from per-query lookup tables, no decoding), and the rows of its best
-        are kept so the best max(EXACT_DOCS, 2k) overall are decoded and scored exactly without
-        reading them again.
-        The order of the documents never depends on timing or placement: same scores, same ties.
+        final: the survivors, best first by centroid interaction, whose scores are ci. They are
+        scored in waves (the first FIRST_WAVE, then WAVE at a time) until the next survivor could
+        not reach the best n_exact = max(EXACT_DOCS, 2k) so far (_stop), or none are left.
+        A wave is cut into RESIDUAL_SLICE-document slices, each read in document order (no
+        reordering copy) and spread over the query's threads; with prefetch on, in steps of
+        PREFETCH_SLICE, those whose rows have all arrived first. Each step is scored by residual
+        interaction (engine/_maxsim.py: centroid score + the residual's score from per-query
+        lookup tables, no decoding), and the rows of its best are kept so the best n_exact
+        overall are decoded and scored exactly without reading them again.
+        Which documents are scored, and their order, never depend on timing, placement or the
+        number of threads: same scores, same ties.
         """
         n_exact = max(EXACT_DOCS, 2 * k)
         if len(final) <= n_exact:
             return self._rerank_exact(Q, final, k)
-        docs = np.concatenate([np.sort(final[a : a + RESIDUAL_SLICE]) for a in range(0, len(final), RESIDUAL_SLICE)])
+        slices = [np.argsort(final[a : a + RESIDUAL_SLICE], kind="stable") + a for a in range(0, len(final), RESIDUAL_SLICE)]
+        at = np.concatenate(slices)  # docs[j] = final[at[j]]: each slice in document order
+        docs = final[at]
         step = PREFETCH_SLICE if self._reading_ahead() else RESIDUAL_SLICE
-        cuts = list(range(0, len(docs), step))
         lut = residual_lut(Q, self._byte_tables)
-        scores = np.empty(len(docs), dtype=np.float32)
-        kept: list = [None] * len(cuts)
-        order = list(range(len(cuts)))
-        if self._reading_ahead():  # small steps, those read ahead already first
-            order.sort(key=lambda i: not self.prefetcher.cached(docs[cuts[i] : cuts[i] + step]))
+        scores = np.full(len(docs), -np.inf, dtype=np.float32)
+        kept: list = []
 
-        def one(j: int) -> None:
-            i = order[j]
-            a = cuts[i]
+        def one(a: int) -> tuple:
             codes, res, lens = self._rows_of(docs[a : a + step])
             part = scores[a : a + len(lens)]
             part[...] = residual_interaction(Q, table, self._score_scale, lut, self.corpus.codec, codes, res, lens)
-            # only the slice's own best n_exact can be among the overall best n_exact: keep just their rows
+            # only the step's own best n_exact can be among the overall best n_exact: keep just their rows
             local = np.sort(top_k(part, n_exact))
-            kept[i] = (a + local, *_select_docs(codes, res, lens, local))
+            return (a + local, *_select_docs(codes, res, lens, local))
 
-        self.workers.map(one, len(order))
-        best = np.sort(top_k(scores, n_exact))  # positions in docs, ascending
-        pos = np.concatenate([p[0] for p in kept])  # ascending too: slices in order, each sorted
+        done = 0
+        while done < len(docs):
+            end = min(len(docs), FIRST_WAVE if done == 0 else done + WAVE)
+            cuts = list(range(done, end, step))
+            if self._reading_ahead():  # small steps, those read ahead already first
+                cuts.sort(key=lambda a: not self.prefetcher.cached(docs[a : a + step]))
+            kept += self.workers.map(lambda j: one(cuts[j]), len(cuts))
+            done = end
+            if done < len(docs) and _stop(scores[:done], ci[at[:done]], float(ci[done]), n_exact):
+                break
+        self._scored += done
+        kept.sort(key=lambda p: int(p[0][0]) if len(p[0]) else -1)
+        best = np.sort(top_k(scores[:done], n_exact))  # positions in docs, ascending
+        pos = np.concatenate([p[0] for p in kept])  # ascending: steps in order, each sorted
         codes, res, lens = _select_docs(*(np.concatenate([p[j] for p in kept]) for j in (1, 2, 3)),
                                         np.searchsorted(pos, best))
         bounds = np.concatenate([[0], np.cumsum(lens)])
@@ -530,6 +552,18 @@ class Searcher:
 
     def _hits(self, docs: np.ndarray, scores: np.ndarray, k: int) -> Hits:
         return [(self.corpus.doc_id(int(docs[i])), float(scores[i])) for i in top_k(scores, k)]
+
+
+def _stop(scores: np.ndarray, ci: np.ndarray, next_ci: float, n_exact: int) -> bool:
+    """Whether to stop scoring survivors: scores are residual interaction's and ci centroid interaction's
+    for those scored so far; next_ci is the next survivor's (no later one has more). Residual
+    interaction adds to centroid interaction what the residuals add; if the next survivor gained
+    the most any survivor has gained so far, plus STOP_MARGIN of it, it would still fall short of
+    the n_exact-th best score: stop. An estimate, not a bound; docs/BENCHMARKS.md 3.4 measures it."""
+    if len(scores) < n_exact:
+        return False
+    gain = float((scores - ci).max())
+    return next_ci + gain + STOP_MARGIN * abs(gain) < float(np.partition(scores, len(scores) - n_exact)[len(scores) - n_exact])
 
 
 def _select_docs(codes: np.ndarray, res: np.ndarray, lens: np.ndarray, which: np.ndarray

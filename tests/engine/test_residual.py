@@ -118,15 +118,22 @@ def test_lut_scale_leaves_no_room_for_int16_overflow():
 
 
 @pytest.mark.parametrize("placement", [{}, {"memory_budget": 1}, {"memory_budget": 1, "prefetch": True}])
-def test_searcher_hits_carry_exact_scores_and_match_exhaustive(engine_store_path, engine_queries, placement):
+def test_searcher_hits_carry_exact_scores_and_match_exhaustive(engine_store_path, engine_queries, placement,
+                                                               monkeypatch):
     """Residual interaction only picks whom to score: the hits' scores are exact MaxSim over the decoded
-    tokens, and with every document a candidate (~1,000: eight slices, and 63 steps with prefetch on) the
-    top 10 are exhaustive search's, whether rows are resident, read through or prefetched."""
+    tokens, and with every document a candidate (~1,000: eight slices in four waves, and 63 steps with
+    prefetch on) and no early stop, the top 10 are exhaustive search's, whether rows are resident, read
+    through or prefetched."""
     import lodestore
+    from engine import _searcher
     from engine._exhaustive import exhaustive_search
 
+    monkeypatch.setattr(_searcher, "STOP_MARGIN", float("inf"))  # never stop early: every survivor is scored
     with lodestore.Searcher(engine_store_path, nprobe=64, ndocs=100000, probe_delta=None, **placement) as s:
-        assert len(s._candidates(*_table_and_probes(s, engine_queries[0]), 10, None)) > 4 * 128
+        n = len(s._candidates(*_table_and_probes(s, engine_queries[0]), 10, None)[0])
+        assert n > 4 * 128
+        s.search(engine_queries[0], k=10)
+        assert s.stats()["scored_per_query"] == n
         for q in engine_queries[:5]:
             hits = s.search(q, k=10)
             want = exhaustive_search(s.store, q, k=10)
@@ -161,3 +168,41 @@ def test_lookup_tables_are_aligned_and_equal_the_rounded_products():
     assert lut.dtype == np.int16 and lut.ctypes.data % 64 == 0
     want = np.einsum("jvw,ijw->jvi", codec.byte_tables().astype(np.float64), q.reshape(32, 32, 4).astype(np.float64))
     assert np.abs(lut - want * scale).max() <= 0.5 + 1e-3 * scale
+
+
+def test_stop_rule():
+    """Stop once the next survivor, gaining the most any has gained (plus STOP_MARGIN of it), falls short
+    of the n_exact-th best; never before n_exact are scored."""
+    from engine._searcher import STOP_MARGIN, _stop
+
+    scores = np.array([10.0, 9.0, 8.0, 7.0], dtype=np.float32)
+    ci = np.array([9.0, 8.5, 7.0, 6.0], dtype=np.float32)  # gains 1.0, 0.5, 1.0, 1.0: the largest is 1.0
+    assert not _stop(scores, ci, 0.0, 5)  # fewer than n_exact scored
+    theta = 8.0  # the 3rd best
+    edge = theta - 1.0 - STOP_MARGIN * 1.0
+    assert _stop(scores, ci, edge - 0.01, 3)
+    assert not _stop(scores, ci, edge + 0.01, 3)
+    # a negative largest gain (residuals only took away) still gets its margin: a looser test, not a tighter one
+    assert not _stop(scores, ci + 2.0, theta + 2.0 - 2.0 * STOP_MARGIN + 0.01, 3)
+
+
+def test_early_stop_is_deterministic_and_counted(engine_store_path, engine_queries):
+    """With the stop on, one or two threads score the same survivors and return the same hits; the stats
+    count the survivors scored, whole waves (or all survivors), never more than ndocs."""
+    import lodestore
+    from engine._searcher import FIRST_WAVE, WAVE
+
+    runs = []
+    for threads in (1, 2):
+        with lodestore.Searcher(engine_store_path, nprobe=64, ndocs=900, probe_delta=None, threads=threads) as s:
+            hits = [s.search(q, k=10) for q in engine_queries[:8]]
+            counts = []
+            for q in engine_queries[:8]:
+                s.reset_stats()
+                s.search(q, k=10)
+                counts.append(s.stats()["scored_per_query"])
+            runs.append((hits, counts))
+    assert runs[0] == runs[1]
+    assert min(runs[0][1]) < 900, "no query stopped early: the test exercises nothing"
+    for n in runs[0][1]:
+        assert n <= 900 and (n == 900 or (n - FIRST_WAVE) % WAVE == 0)
