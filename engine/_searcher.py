@@ -269,7 +269,6 @@ class Searcher:
         self.prefetcher.reset_stats()
         self.queries = 0
         self._scored = 0
-        self._scored = 0  # survivors residual interaction scored, over all queries (stats)
         self.query_time_s = 0.0
 
     def close(self) -> None:
@@ -462,8 +461,8 @@ class Searcher:
         n_exact = max(EXACT_DOCS, 2 * k)
         if len(final) <= n_exact:
             return self._rerank_exact(Q, final, k)
-        slices = [np.argsort(final[a : a + RESIDUAL_SLICE], kind="stable") + a for a in range(0, len(final), RESIDUAL_SLICE)]
-        at = np.concatenate(slices)  # docs[j] = final[at[j]]: each slice in document order
+        at = np.concatenate([np.argsort(final[a : a + RESIDUAL_SLICE], kind="stable") + a
+                             for a in range(0, len(final), RESIDUAL_SLICE)])  # docs[j] = final[at[j]]: slices in doc order
         docs = final[at]
         step = PREFETCH_SLICE if self._reading_ahead() else RESIDUAL_SLICE
         lut = residual_lut(Q, self._byte_tables)
@@ -489,7 +488,7 @@ class Searcher:
             if done < len(docs) and _stop(scores[:done], ci[at[:done]], float(ci[done]), n_exact):
                 break
         self._scored += done
-        kept.sort(key=lambda p: int(p[0][0]) if len(p[0]) else -1)
+        kept.sort(key=lambda p: int(p[0][0]))  # by position: ready-first order may have scored them out of order
         best = np.sort(top_k(scores[:done], n_exact))  # positions in docs, ascending
         pos = np.concatenate([p[0] for p in kept])  # ascending: steps in order, each sorted
         codes, res, lens = _select_docs(*(np.concatenate([p[j] for p in kept]) for j in (1, 2, 3)),
@@ -563,7 +562,8 @@ def _stop(scores: np.ndarray, ci: np.ndarray, next_ci: float, n_exact: int) -> b
     if len(scores) < n_exact:
         return False
     gain = float((scores - ci).max())
-    return next_ci + gain + STOP_MARGIN * abs(gain) < float(np.partition(scores, len(scores) - n_exact)[len(scores) - n_exact])
+    nth_best = float(np.partition(scores, len(scores) - n_exact)[len(scores) - n_exact])
+    return next_ci + gain + STOP_MARGIN * abs(gain) < nth_best
 
 
 def _select_docs(codes: np.ndarray, res: np.ndarray, lens: np.ndarray, which: np.ndarray

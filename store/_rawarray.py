@@ -190,12 +190,13 @@ class RawShardedArray:
         got_crc = np.fromiter(map(crc, flat), dtype=np.uint32, count=n)
         bad = np.flatnonzero(got_crc != stored.view("<u4").ravel())
         if len(bad):
-            k = int(bad[0])
-            raise CorruptStoreError(
-                f"{self.shard_file(int(shards[k]))}: checksum mismatch in inner chunk {int(pos[k])} "
-                f"(rows {int(chunk_ids[k]) * self.inner_rows}..{(int(chunk_ids[k]) + 1) * self.inner_rows - 1})"
-            )
+            raise self._checksum_mismatch(chunk_ids, shards, pos, int(bad[0]))
         return out, nbytes, calls
+
+    def _checksum_mismatch(self, chunk_ids, shards, pos, k: int) -> CorruptStoreError:
+        first = int(chunk_ids[k]) * self.inner_rows
+        return CorruptStoreError(f"{self.shard_file(int(shards[k]))}: checksum mismatch in inner chunk {int(pos[k])} "
+                                 f"(rows {first}..{first + self.inner_rows - 1})")
 
     def _read_native(self, chunk_ids, shards, pos, offs, missing, starts, flat) -> tuple[int, int]:
         """read_chunks' runs in one call of the C reader -> (bytes read, read calls)."""
@@ -210,10 +211,7 @@ class RawShardedArray:
         fds = np.array([fd_of[s] for s in shards[first].tolist()], dtype=np.int32)
         status, which, err = native.read_chunks(fds, offs[first].astype(np.int64), counts, self.chunk_bytes, flat)
         if status == native.READ_BAD_CRC:
-            raise CorruptStoreError(
-                f"{self.shard_file(int(shards[which]))}: checksum mismatch in inner chunk {int(pos[which])} "
-                f"(rows {int(chunk_ids[which]) * self.inner_rows}..{(int(chunk_ids[which]) + 1) * self.inner_rows - 1})"
-            )
+            raise self._checksum_mismatch(chunk_ids, shards, pos, which)
         if status == native.READ_SHORT:
             raise CorruptStoreError(f"{self.shard_file(int(shards[first[which]]))}: short read (file truncated?)")
         if status == native.READ_ERROR:
