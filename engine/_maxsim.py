@@ -75,8 +75,9 @@ CACHE_LINE = 64
 
 def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     """np.empty whose data starts on a 64-byte boundary. The kernels gather 32-lane int16 rows
-    (64 bytes) from the score table and the lookup tables; numpy's allocations start 16 bytes
-    past a boundary, so every such row straddled two cache lines (measured 20-30% slower)."""
+    (64 bytes) from the score table and the lookup tables; numpy's large allocations typically
+    start 16 bytes past a boundary (glibc), so every such row straddled two cache lines
+    (measured 20-30% slower)."""
     dtype = np.dtype(dtype)
     n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     buf = np.empty(n + CACHE_LINE, dtype=np.uint8)

@@ -59,6 +59,9 @@ EXACT_DOCS = 32  # the best of residual interaction that exact MaxSim re-ranks (
 RESIDUAL_SLICE = 128  # survivors read and scored by residual interaction per step (steps spread over threads)
 PREFETCH_SLICE = 16  # the step with prefetch on, so steps whose rows have arrived can go first
 STREAM_CHUNK = 8  # survivors scored per exact-MaxSim step: 16 held 4-6 MB more heap with 2 threads, no faster
+# waves are whole slices and slices whole prefetch steps: then the survivors scored so far are exactly the first
+# ones in centroid-interaction order, and the next one's score bounds every later one's (_stop relies on it)
+assert FIRST_WAVE % RESIDUAL_SLICE == 0 and WAVE % RESIDUAL_SLICE == 0 and RESIDUAL_SLICE % PREFETCH_SLICE == 0
 CENTROID_BLOCK = 4096  # centroids per piece of the query-centroid product (pieces run in parallel)
 BATCH_TOKENS = 64  # query tokens of a batch sharing one score table: (K, 64) int16 is 4 MB at K=32,768
 SCORE_SCALE = 1 << 14  # query-centroid scores are kept as int16 multiples of 1/16384 (|score| <= ~1)
@@ -324,13 +327,17 @@ class Searcher:
         cands, tables = [], []  # candidates for every query first, so all reads are in flight before any re-ranking
         for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
             mine = (tokens >= a) & (tokens < b)
-            own = table[:, a:b] if len(bounds) == 2 else np.ascontiguousarray(table[:, a:b])  # rows of 64 B to gather
+            if len(bounds) == 2:
+                own = table
+            else:  # its own rows of 64 B to gather, on cache lines as the whole table's
+                own = aligned_empty((len(table), b - a), np.int16)
+                own[...] = table[:, a:b]
             cands.append(self._candidates(own, probed[mine], k, allowed))
             tables.append(own)
         del table
         if self._reading_ahead():
-            for cand, _ in cands:  # the survivors, best first (those not read ahead already)
-                self.prefetcher.prefetch(cand)
+            for cand, _ in cands:  # the first wave, best first (those not read ahead already); _rerank asks for the next
+                self.prefetcher.prefetch(cand[:FIRST_WAVE])
         return [self._rerank(q, own, cand, ci, k) for q, own, (cand, ci) in zip(queries, tables, cands)]
 
     def _score_and_probe(self, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -379,7 +386,8 @@ class Searcher:
             tokens, cents = np.concatenate([tokens, t2]), np.concatenate([cents, c2])
         return table, tokens, cents
 
-    def _candidates(self, table: np.ndarray, probed: np.ndarray, k: int, allowed: np.ndarray | None) -> np.ndarray:
+    def _candidates(self, table: np.ndarray, probed: np.ndarray, k: int, allowed: np.ndarray | None
+                    ) -> tuple[np.ndarray, np.ndarray]:
         """Stages 2-3: the documents of the probed inverted lists, ranked by centroid interaction.
 
         table is (K, q): query-centroid scores (int16, see _score_and_probe); probed
@@ -422,7 +430,7 @@ class Searcher:
 
         (docs, cents) are the probed (document, centroid) pairs. A cheap guess from
         them alone (sum over query tokens of the best probed centroid each candidate
-        has) picks 2 x survivors, so the reads overlap centroid interaction
+        has) picks 2 x the first wave's survivors, so the reads overlap centroid interaction
         (measured before residual interaction, with 96-192 survivors: hit rate
         0.97-0.99; the row cache must hold 2 x survivors' rows for that).
         """
@@ -430,7 +438,7 @@ class Searcher:
         docs, cents = docs[order], cents[order]
         first = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]])  # group starts
         guess = np.maximum.reduceat(np.take(table, cents, axis=0), first, axis=0).sum(axis=1)
-        likely = docs[first][top_k(guess, 2 * self._survivors(k))]
+        likely = docs[first][top_k(guess, 2 * min(self._survivors(k), FIRST_WAVE))]
         self.prefetcher.prefetch(likely[~self.corpus.deleted[likely]])
 
     def _rows_of(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -460,6 +468,7 @@ class Searcher:
         """
         n_exact = max(EXACT_DOCS, 2 * k)
         if len(final) <= n_exact:
+            self._scored += len(final)
             return self._rerank_exact(Q, final, k)
         at = np.concatenate([np.argsort(final[a : a + RESIDUAL_SLICE], kind="stable") + a
                              for a in range(0, len(final), RESIDUAL_SLICE)])  # docs[j] = final[at[j]]: slices in doc order
@@ -483,6 +492,8 @@ class Searcher:
             cuts = list(range(done, end, step))
             if self._reading_ahead():  # small steps, those read ahead already first
                 cuts.sort(key=lambda a: not self.prefetcher.cached(docs[a : a + step]))
+            if self._reading_ahead() and end < len(docs):  # the next wave, while this one is scored
+                self.prefetcher.prefetch(final[end : end + WAVE])
             kept += self.workers.map(lambda j: one(cuts[j]), len(cuts))
             done = end
             if done < len(docs) and _stop(scores[:done], ci[at[:done]], float(ci[done]), n_exact):

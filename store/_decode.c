@@ -141,11 +141,16 @@ __attribute__((constructor)) static void crc32c_pick(void)
 
 uint32_t ls_crc32c(const uint8_t *p, int64_t n) { return crc32c_fn(p, (size_t)n); }
 
-#define RUN_IOV 512 /* chunks per preadv: 2 buffers each, IOV_MAX is 1024 on Linux */
+/* The table version whatever the CPU, so the tests check it on machines that have the instruction. */
+uint32_t ls_crc32c_table(const uint8_t *p, int64_t n) { return crc32c_soft(p, (size_t)n); }
+
+#define RUN_IOV 512 /* chunks per preadv: 2 buffers each, IOV_MAX is 1024 on Linux (store/_rawarray.py
+                       * already cuts runs at 256 chunks, for its Python reader; this keeps the kernel safe alone) */
 
 /* Runs of inner chunks: run r is nchunks[r] chunks lying back to back in file fds[r] from byte
  * offs[r], each chunk_bytes of data followed by its 4-byte little-endian CRC32C (FORMAT.md 8). The
  * data goes to out, every chunk in order and contiguous (the CRCs aside); each chunk's CRC is checked.
+ * A read that stops early is continued; only the end of the file counts as short.
  * Returns 0; 1 when run *bad fell short (file truncated); 2 on a read error in run *bad (errno set);
  * 3 when chunk *bad (counted over all runs) does not match its CRC. */
 int ls_read_chunks(const int32_t *fds, const int64_t *offs, const int64_t *nchunks, int64_t nruns,
@@ -164,17 +169,33 @@ int ls_read_chunks(const int32_t *fds, const int64_t *offs, const int64_t *nchun
                 iov[2 * k + 1].iov_base = &crcs[k];
                 iov[2 * k + 1].iov_len = 4;
             }
-            ssize_t want = (ssize_t)(n * (chunk_bytes + 4)), got;
-            do
-                got = preadv(fds[r], iov, (int)(2 * n), (off_t)off);
-            while (got < 0 && errno == EINTR);
-            if (got < 0) {
-                *bad = r;
-                return 2;
-            }
-            if (got != want) { /* regular files read short only at their end */
-                *bad = r;
-                return 1;
+            ssize_t want = (ssize_t)(n * (chunk_bytes + 4));
+            struct iovec *iv = iov;
+            int left = (int)(2 * n);
+            off_t at = (off_t)off;
+            for (ssize_t need = want; need > 0;) { /* a read may stop early (a signal, a network file): go on */
+                ssize_t got = preadv(fds[r], iv, left, at);
+                if (got < 0 && errno == EINTR)
+                    continue;
+                if (got < 0) {
+                    *bad = r;
+                    return 2;
+                }
+                if (got == 0) { /* end of file before the run's end: the file is truncated */
+                    *bad = r;
+                    return 1;
+                }
+                need -= got;
+                at += got;
+                while (left > 0 && (size_t)got >= iv->iov_len) {
+                    got -= (ssize_t)iv->iov_len;
+                    iv++;
+                    left--;
+                }
+                if (left > 0 && got > 0) {
+                    iv->iov_base = (uint8_t *)iv->iov_base + got;
+                    iv->iov_len -= (size_t)got;
+                }
             }
             for (int64_t k = 0; k < n; k++) {
                 uint8_t le[4];

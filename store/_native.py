@@ -71,7 +71,8 @@ _LIB = bind(load_library("store._decode"), ("ls_decode_abi", 3),
             {"ls_decode": [_P, _I, _I, _P, _I, _P, _I, _I, _P, _I, ctypes.c_int, _P],
              "ls_read_chunks": [_P, _P, _P, _I, _I, _P, _P]}, ctypes.c_int)
 if _LIB is not None:
-    _LIB.ls_crc32c.argtypes, _LIB.ls_crc32c.restype = [_P, _I], ctypes.c_uint32
+    for _name in ("ls_crc32c", "ls_crc32c_table"):
+        getattr(_LIB, _name).argtypes, getattr(_LIB, _name).restype = [_P, _I], ctypes.c_uint32
 
 
 def ptr(a: np.ndarray) -> int:
@@ -112,17 +113,21 @@ def _read_chunks(fds: np.ndarray, offsets: np.ndarray, counts: np.ndarray, chunk
     fds = np.ascontiguousarray(fds, dtype=np.int32)
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     counts = np.ascontiguousarray(counts, dtype=np.int64)
-    if not out.flags["C_CONTIGUOUS"] or out.nbytes != int(counts.sum()) * chunk_bytes:
+    if not len(fds) == len(offsets) == len(counts) or (counts < 0).any() or chunk_bytes <= 0:
+        raise ValueError(f"runs disagree: {len(fds)} files, {len(offsets)} offsets, {len(counts)} counts (>= 0), "
+                         f"chunks of {chunk_bytes} bytes")
+    if not out.flags["C_CONTIGUOUS"] or not out.flags["WRITEABLE"] or out.nbytes != int(counts.sum()) * chunk_bytes:
         raise ValueError(f"output of {out.nbytes} bytes does not hold {int(counts.sum())} chunks of {chunk_bytes}")
     bad = np.zeros(1, dtype=np.int64)
     status = _LIB.ls_read_chunks(ptr(fds), ptr(offsets), ptr(counts), len(counts), chunk_bytes, ptr(out), ptr(bad))
     return int(status), int(bad[0]), ctypes.get_errno() if status == READ_ERROR else 0
 
 
-def _crc32c(data) -> int:
-    """CRC32C of a C-contiguous buffer (the kernel read_chunks checks with: for the tests)."""
-    a = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
-    return int(_LIB.ls_crc32c(ptr(a), a.nbytes))
+def _crc32c(data, table: bool = False) -> int:
+    """CRC32C of a buffer as read_chunks computes it (SSE 4.2 where the CPU has it; table=True: the
+    byte-table version other CPUs use). For the tests."""
+    a = np.ascontiguousarray(np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data)
+    return int((_LIB.ls_crc32c_table if table else _LIB.ls_crc32c)(ptr(a), a.nbytes))
 
 
 read_chunks = _read_chunks if _LIB is not None else None

@@ -151,7 +151,10 @@ class RawShardedArray:
         Chunks that lie back to back in one shard file are read with one preadv,
         straight into the output (no intermediate copy). Every chunk's CRC32C is checked.
         With the C kernel (store/_native.py) all the runs are read and checked in one call
-        that releases the GIL; else os.preadv and google_crc32c, run by run.
+        that releases the GIL; else os.preadv and google_crc32c, run by run. Both raise
+        CorruptStoreError for a missing chunk, a truncated file or a CRC mismatch; where one
+        read meets several, which one they name may differ (the C reader checks each run's
+        CRCs as it goes, and continues a read that stops early where Python reports it).
         """
         chunk_ids = np.asarray(chunk_ids, dtype=np.int64)
         n = len(chunk_ids)

@@ -155,6 +155,45 @@ def test_c_reader_reads_the_same_rows_as_the_python_reader(template_store, data)
     assert nbytes == nbytes_slow == len(ids) * (raw.chunk_bytes + 4)
 
 
+def test_c_reader_reads_runs_across_shards_like_the_python_reader(tmp_path, monkeypatch):
+    """Shards of 4,096 rows (inner chunks of 1,024-2,048): one read spans several shard files, runs
+    broken at shard edges and at gaps."""
+    if _native.read_chunks is None:
+        pytest.skip("C kernels not built")
+    from store import _segment
+    from store.testing.synthetic import make_corpus
+
+    monkeypatch.setattr(_segment, "SHARD_ROWS", 4096)
+    tokens, lens = make_corpus(260, 16, n_clusters=4, mean_len=100, min_len=50, max_len=150, seed=5)
+    bounds = np.concatenate([[0], np.cumsum(lens)])
+    with store.Store.create(tmp_path / "s", dim=16, nbits=2, num_centroids=16, seed=1) as s:
+        s.add([f"d{i}" for i in range(260)], [tokens[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+    with store.Store.open(tmp_path / "s") as s:
+        for raw in (s.segments[0].residuals, s.segments[0].codes):
+            assert raw.n_shards >= 5
+            total = -(-raw.shape[0] // raw.inner_rows)
+            rng = np.random.default_rng(0)
+            for ids in (np.arange(total), np.sort(rng.choice(total, total // 2, replace=False))):
+                fast = raw.read_chunks(ids)
+                monkeypatch.setattr(_native, "read_chunks", None)
+                slow = raw.read_chunks(ids)
+                monkeypatch.undo()
+                np.testing.assert_array_equal(fast[0], slow[0])
+                assert fast[1] == slow[1]
+            np.testing.assert_array_equal(raw.read_all()[:, ...], raw.read_ranges(np.array([0]), np.array([raw.shape[0]]))[0])
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(max_size=300), st.integers(0, 7))
+def test_crc32c_instruction_and_table_agree_with_google_crc32c(data, skip):
+    if _native.crc32c is None:
+        pytest.skip("C kernels not built")
+    import google_crc32c
+
+    want = google_crc32c.value(data[skip:])
+    assert _native.crc32c(data[skip:]) == want and _native.crc32c(data[skip:], table=True) == want
+
+
 def test_c_reader_reports_read_errors_with_errno(tmp_path):
     if _native.read_chunks is None:
         pytest.skip("C kernels not built")
