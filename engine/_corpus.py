@@ -11,7 +11,7 @@ import numpy as np
 
 from store import Store
 
-from ._maxsim import ramp
+from ._maxsim import int8_centroids, ramp
 
 IVF_BLOCK = 1 << 16  # documents per block of the resident inverted lists (uint16 offsets inside a block)
 
@@ -28,7 +28,9 @@ class Corpus:
         except BaseException:
             self.lease.release()
             raise
-        self.centroids = self.codec.centroids  # (K, d) float32 for BLAS
+        self.centroids = self.codec.centroids  # (K, d) float32: decoding for exact MaxSim
+        # int8 copies for the query-centroid product (rows, byte sums, scales): a quarter of the float32 bytes
+        self.centroids_i8 = int8_centroids(self.centroids)
         sizes = [s.n_docs for s in self.segments]
         self.seg_base = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.n_docs = int(self.seg_base[-1])
@@ -120,8 +122,8 @@ class Corpus:
 
     # ------------------------------------------------------------------ residency
     def index_bytes(self) -> int:
-        return sum(a.nbytes for a in (self.centroids, self.ivf_docs, self.ivf_offsets, self.doc_codes,
-                                      self.doc_code_offsets, self.deleted, self.id_offsets,
+        return sum(a.nbytes for a in (self.centroids, *self.centroids_i8, self.ivf_docs, self.ivf_offsets,
+                                      self.doc_codes, self.doc_code_offsets, self.deleted, self.id_offsets,
                                       self.id_bytes, self.seg_base))
 
     def tokens(self) -> int:

@@ -27,7 +27,7 @@ typedef int16_t v32s __attribute__((vector_size(64))); /* one 32-lane int16 row:
 #define QB 32 /* query tokens per block: fixed-size inner loops the compiler turns into a few vector ops */
 
 /* Bumped whenever a signature here changes: engine/_native.py refuses a library built from other sources. */
-int ls_kernels_abi(void) { return 3; }
+int ls_kernels_abi(void) { return 4; }
 
 /* Centroid interaction: table is (K, q) int16, row c = centroid c's scores against the q query
  * tokens. Document i's centroid ids are ids[starts[i] .. starts[i] + lens[i]) (lens[i] >= 1).
@@ -224,6 +224,121 @@ HOT int ls_residual_maxsim(const int16_t *table, int64_t q, const int16_t *lut, 
     if (best != best_stack)
         free(best);
     return 0;
+}
+
+/* Query-centroid scores from int8 copies of both (engine/_searcher.py _score_and_probe):
+ * out[c * q + i] = (int16) trunc(((double)dot_c_i * cscale[c]) * qscale[i]) for c < k, i < q, where dot_c_i is
+ * the exact int32 dot product of cent[c] (int8, d of them) and query token i. The query comes as qt: its int8
+ * values + 128 (so unsigned), d/4 groups of 4 bytes for each of qp tokens (qp = q rounded up to 16, padding
+ * 128s): qt[(g * qp + i) * 4 + j] = qry[i][4g + j] + 128. csum[c] = the sum of cent[c]'s bytes, which the +128
+ * adds 128 times over. d is a multiple of 4. With AVX-512 VNNI one instruction multiplies and adds 64 byte
+ * pairs (4x the float32 product's rate); elsewhere plain loops give the same integers. numpy's fallback
+ * computes the same: the int8 values' product in float32 is exact (|sums| < 2^24 for d <= 1040). */
+static inline void score_row_out(const int32_t *dot, int64_t n, double cs, const double *qscale, int16_t *out)
+{
+    for (int64_t l = 0; l < n; l++)
+        out[l] = (int16_t)trunc(((double)dot[l] * cs) * qscale[l]);
+}
+
+static void score_i8_plain(const int8_t *cent, const int32_t *csum, const double *cscale, int64_t k, int64_t d,
+                           const uint8_t *qt, int64_t qp, const double *qscale, int64_t q, int16_t *out)
+{
+    int32_t dot[16];
+    for (int64_t c = 0; c < k; c++) {
+        const int8_t *row = cent + c * d;
+        for (int64_t i0 = 0; i0 < q; i0 += 16) {
+            int64_t nb = q - i0 < 16 ? q - i0 : 16;
+            for (int64_t l = 0; l < nb; l++) {
+                int32_t acc = 0;
+                for (int64_t g = 0; g < d / 4; g++)
+                    for (int j = 0; j < 4; j++)
+                        acc += (int32_t)row[4 * g + j] * ((int32_t)qt[(g * qp + i0 + l) * 4 + j] - 128);
+                dot[l] = acc;
+            }
+            score_row_out(dot, nb, cscale[c], qscale + i0, out + c * q + i0);
+        }
+    }
+    (void)csum;
+}
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 10
+#include <immintrin.h>
+#define LS_VNNI 1
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static void score_i8_vnni(
+    const int8_t *cent, const int32_t *csum, const double *cscale, int64_t k, int64_t d, const uint8_t *qt,
+    int64_t qp, const double *qscale, int64_t q, int16_t *out)
+{
+    const int64_t G = d / 4;
+    int32_t dot[4][16];
+    for (int64_t i0 = 0; i0 < qp; i0 += 16) {
+        int64_t nb = q - i0 < 16 ? q - i0 : 16;
+        if (nb <= 0)
+            break;
+        int64_t c = 0;
+        for (; c < k; c += 4) { /* four centroids share each load of the query group */
+            int64_t nc = k - c < 4 ? k - c : 4;
+            const int8_t *r[4];
+            for (int u = 0; u < 4; u++)
+                r[u] = cent + (c + (u < nc ? u : 0)) * d;
+            __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t g = 0; g < G; g++) {
+                __m512i qv = _mm512_loadu_si512((const void *)(qt + (g * qp + i0) * 4));
+                int32_t w0, w1, w2, w3;
+                memcpy(&w0, r[0] + 4 * g, 4);
+                memcpy(&w1, r[1] + 4 * g, 4);
+                memcpy(&w2, r[2] + 4 * g, 4);
+                memcpy(&w3, r[3] + 4 * g, 4);
+                a0 = _mm512_dpbusd_epi32(a0, qv, _mm512_set1_epi32(w0));
+                a1 = _mm512_dpbusd_epi32(a1, qv, _mm512_set1_epi32(w1));
+                a2 = _mm512_dpbusd_epi32(a2, qv, _mm512_set1_epi32(w2));
+                a3 = _mm512_dpbusd_epi32(a3, qv, _mm512_set1_epi32(w3));
+            }
+            _mm512_storeu_si512((void *)dot[0], a0);
+            _mm512_storeu_si512((void *)dot[1], a1);
+            _mm512_storeu_si512((void *)dot[2], a2);
+            _mm512_storeu_si512((void *)dot[3], a3);
+            for (int u = 0; u < nc; u++) {
+                for (int l = 0; l < 16; l++)
+                    dot[u][l] -= 128 * csum[c + u];
+                score_row_out(dot[u], nb, cscale[c + u], qscale + i0, out + (c + u) * q + i0);
+            }
+        }
+    }
+}
+#endif
+
+HOT int ls_score_table_i8(const int8_t *cent, const int32_t *csum, const double *cscale, int64_t k, int64_t d,
+                          const uint8_t *qt, int64_t qp, const double *qscale, int64_t q, int16_t *out)
+{
+    if (d % 4 != 0 || qp % 16 != 0 || qp < q)
+        return -2;
+#ifdef LS_VNNI
+    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw")) {
+        score_i8_vnni(cent, csum, cscale, k, d, qt, qp, qscale, q, out);
+        return 0;
+    }
+#endif
+    score_i8_plain(cent, csum, cscale, k, d, qt, qp, qscale, q, out);
+    return 0;
+}
+
+/* The plain loops whatever the CPU, so the tests check them on machines with VNNI. */
+int ls_score_table_i8_plain(const int8_t *cent, const int32_t *csum, const double *cscale, int64_t k, int64_t d,
+                            const uint8_t *qt, int64_t qp, const double *qscale, int64_t q, int16_t *out)
+{
+    if (d % 4 != 0 || qp % 16 != 0 || qp < q)
+        return -2;
+    score_i8_plain(cent, csum, cscale, k, d, qt, qp, qscale, q, out);
+    return 0;
+}
+
+int ls_score_table_has_vnni(void)
+{
+#ifdef LS_VNNI
+    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+#else
+    return 0;
+#endif
 }
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "lodestore search kernels (used through ctypes)", -1, NULL};

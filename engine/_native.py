@@ -26,8 +26,11 @@ _SIGNATURES = {
     "ls_segment_max_sum": [_P, _I, _P, _I, _P],
     "ls_top_rows": [_P, _I, _I, _I, _P, _P, _P],
     "ls_residual_maxsim": [_P, _I, _P, _I, _P, _P, _P, _I, ctypes.c_float, ctypes.c_float, _P],
+    "ls_score_table_i8": [_P, _P, _P, _I, _I, _P, _I, _P, _I, _P],
+    "ls_score_table_i8_plain": [_P, _P, _P, _I, _I, _P, _I, _P, _I, _P],
+    "ls_score_table_has_vnni": [],
 }
-_LIB = bind(load_library("engine._kernels"), ("ls_kernels_abi", 3), _SIGNATURES, ctypes.c_int)
+_LIB = bind(load_library("engine._kernels"), ("ls_kernels_abi", 4), _SIGNATURES, ctypes.c_int)
 
 
 def _check(rc: int) -> None:
@@ -100,7 +103,32 @@ def _residual_maxsim(table: np.ndarray, table_scale: float, lut: np.ndarray, lut
     return out
 
 
+def _score_table_i8(cent: np.ndarray, csum: np.ndarray, cscale: np.ndarray, qt: np.ndarray, qscale: np.ndarray,
+                    q: int, out: np.ndarray, plain: bool = False) -> None:
+    """engine/_maxsim.py score_table_i8 into out ((k, q) int16, C-contiguous): cent (k, d) int8, csum (k,) int32,
+    cscale (k,) float64; qt (d/4, qp, 4) uint8 and qscale (>= q,) float64 from int8_query. AVX-512 VNNI where
+    the CPU has it (has_vnni()); plain=True: the portable loops (for the tests)."""
+    k, d = cent.shape
+    qp = qt.shape[1]
+    if cent.dtype != np.int8 or csum.dtype != np.int32 or cscale.dtype != np.float64 or qt.dtype != np.uint8 \
+            or qscale.dtype != np.float64 or out.dtype != np.int16 or out.shape != (k, q) or len(csum) != k \
+            or len(cscale) != k or qt.shape != (d // 4, qp, 4) or len(qscale) < q or d % 4 or qp % 16 or qp < q \
+            or not all(a.flags["C_CONTIGUOUS"] for a in (cent, csum, cscale, qt, qscale, out)):
+        raise ValueError(f"score_table_i8: mismatched inputs: cent {cent.shape} {cent.dtype}, qt {qt.shape} {qt.dtype}, "
+                         f"out {out.shape} {out.dtype}, q {q}")
+    if k and q:
+        fn = _LIB.ls_score_table_i8_plain if plain else _LIB.ls_score_table_i8
+        if fn(ptr(cent), ptr(csum), ptr(cscale), k, d, ptr(qt), qp, ptr(qscale), q, ptr(out)) != 0:
+            raise ValueError("score_table_i8: d must be a multiple of 4 and qp of 16, qp >= q")
+
+
+def has_vnni() -> bool:
+    """Whether score_table_i8 runs on AVX-512 VNNI here."""
+    return _LIB is not None and bool(_LIB.ls_score_table_has_vnni())
+
+
 centroid_interaction = _centroid_interaction if _LIB is not None else None
 segment_max_sum = _segment_max_sum if _LIB is not None else None
 top_rows = _top_rows if _LIB is not None else None
 residual_maxsim = _residual_maxsim if _LIB is not None else None
+score_table_i8 = _score_table_i8 if _LIB is not None else None

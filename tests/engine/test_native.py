@@ -42,10 +42,10 @@ def test_a_stale_build_falls_back_with_a_warning():
         assert store_native.bind(lib, ("ls_missing_abi", 1), {}, None) is None
     if _native.centroid_interaction is not None:
         kernels = store_native.load_library("engine._kernels")
-        with pytest.warns(RuntimeWarning, match="ABI 3, expected 4"):
-            assert store_native.bind(kernels, ("ls_kernels_abi", 4), {}, None) is None
+        with pytest.warns(RuntimeWarning, match="ABI 4, expected 5"):
+            assert store_native.bind(kernels, ("ls_kernels_abi", 5), {}, None) is None
         with pytest.warns(RuntimeWarning, match="no ls_missing"):
-            assert store_native.bind(kernels, ("ls_kernels_abi", 3), {"ls_missing": []}, None) is None
+            assert store_native.bind(kernels, ("ls_kernels_abi", 4), {"ls_missing": []}, None) is None
     assert store_native.bind(None, ("ls_kernels_abi", 1), {}, None) is None
 
 
@@ -230,3 +230,43 @@ def test_search_without_the_kernels_returns_the_same_hits(engine_store_path, eng
         fast = s.search(engine_queries[:10], k=10)
     assert [[h[0] for h in r] for r in fast] == [[h[0] for h in r] for r in slow]
     np.testing.assert_allclose([[h[1] for h in r] for r in fast], [[h[1] for h in r] for r in slow], rtol=1e-5)
+
+
+@needs_kernels
+@settings(max_examples=40, deadline=None)
+@given(k=st.integers(1, 300), d=st.sampled_from([3, 4, 17, 128, 384]), q=st.sampled_from([1, 5, 16, 17, 32, 64, 300]),
+       zero_rows=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_int8_score_table_kernel_equals_numpy_bit_for_bit(k, d, q, zero_rows, seed):
+    """The query-centroid product of int8 copies: VNNI, the portable C loops and numpy's float32 product
+    give the same int16 table, within a few thousandths of the float product."""
+    rng = np.random.default_rng(seed)
+    C = rng.standard_normal((k, d)).astype(np.float32)
+    Q = rng.standard_normal((q, d)).astype(np.float32)
+    if zero_rows:
+        C[0] = 0.0
+        Q[-1] = 0.0
+    C /= np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
+    Q /= np.maximum(np.linalg.norm(Q, axis=1, keepdims=True), 1e-12)
+    cent = _maxsim.int8_centroids(C)
+    query = _maxsim.int8_query(Q * np.float32(_searcher.SCORE_SCALE), cent[0].shape[1])
+    fast = np.empty((k, q), dtype=np.int16)
+    _maxsim.score_table_i8(cent, query, fast)
+    plain = np.empty((k, q), dtype=np.int16)
+    _native.score_table_i8(*cent, query[2], query[1], q, plain, plain=True)
+    kernel, _native.score_table_i8 = _native.score_table_i8, None
+    try:
+        slow = np.empty((k, q), dtype=np.int16)
+        _maxsim.score_table_i8(cent, query, slow)
+    finally:
+        _native.score_table_i8 = kernel
+    np.testing.assert_array_equal(fast, slow)
+    np.testing.assert_array_equal(plain, slow)
+    exact = C.astype(np.float64) @ Q.T.astype(np.float64) * _searcher.SCORE_SCALE
+    assert np.abs(fast - exact).max() <= 0.01 * _searcher.SCORE_SCALE
+
+
+def test_vnni_is_used_where_the_cpu_has_it():
+    if _native.score_table_i8 is None:
+        pytest.skip("C kernels not built")
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    assert _native.has_vnni() == ("avx512_vnni" in flags and "avx512bw" in flags)
