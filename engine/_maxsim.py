@@ -89,10 +89,14 @@ def int8_centroids(centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     """The centroids as int8 for the query-centroid product: (rows (K, d4) int8, their byte sums (K,) int32,
     scales (K,) float64), each row scaled so its largest |value| is 127 (d4: d rounded up to 4, zero-padded)."""
     k, d = centroids.shape
-    scale = np.abs(centroids).max(axis=1).astype(np.float64) / 127.0
-    scale[scale == 0] = 1.0
+    scale = np.empty(k, dtype=np.float64)
     rows = np.zeros((k, -(-d // 4) * 4), dtype=np.int8)
-    rows[:, :d] = np.clip(np.rint(centroids / scale[:, None]), -127, 127)
+    for a in range(0, k, 4096):  # in blocks: float temporaries of the whole table would double a Searcher's peak
+        part = centroids[a : a + 4096]
+        s = np.maximum(part, -part).max(axis=1).astype(np.float64) / 127.0
+        s[s == 0] = 1.0
+        scale[a : a + 4096] = s
+        rows[a : a + 4096, :d] = np.clip(np.rint(part / s[:, None]), -127, 127)
     return rows, rows.sum(axis=1, dtype=np.int32), scale
 
 
