@@ -307,13 +307,23 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void score_i8_vnni
 }
 #endif
 
+/* Whether this CPU (and this build) runs the VNNI path. */
+int ls_score_table_has_vnni(void)
+{
+#ifdef LS_VNNI
+    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+#else
+    return 0;
+#endif
+}
+
 HOT int ls_score_table_i8(const int8_t *cent, const int32_t *csum, const double *cscale, int64_t k, int64_t d,
                           const uint8_t *qt, int64_t qp, const double *qscale, int64_t q, int16_t *out)
 {
     if (d % 4 != 0 || qp % 16 != 0 || qp < q)
         return -2;
 #ifdef LS_VNNI
-    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw")) {
+    if (ls_score_table_has_vnni()) {
         score_i8_vnni(cent, csum, cscale, k, d, qt, qp, qscale, q, out);
         return 0;
     }
@@ -332,14 +342,6 @@ int ls_score_table_i8_plain(const int8_t *cent, const int32_t *csum, const doubl
     return 0;
 }
 
-int ls_score_table_has_vnni(void)
-{
-#ifdef LS_VNNI
-    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
-#else
-    return 0;
-#endif
-}
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "lodestore search kernels (used through ctypes)", -1, NULL};
 PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
