@@ -9,6 +9,6 @@ from setuptools import Extension, setup
 FLAGS = ["-O3", "-fno-math-errno"]
 
 setup(ext_modules=[
-    Extension("store._decode", ["store/_decode.c"], extra_compile_args=FLAGS, optional=True),
-    Extension("engine._kernels", ["engine/_kernels.c"], extra_compile_args=FLAGS, optional=True),
+    Extension("lodestore.store._decode", ["store/_decode.c"], extra_compile_args=FLAGS, optional=True),
+    Extension("lodestore.engine._kernels", ["engine/_kernels.c"], extra_compile_args=FLAGS, optional=True),
 ])

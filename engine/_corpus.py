@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from store import Store
+from lodestore.store import Store
 
 from ._maxsim import int8_centroids, ramp
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from store import Store, as_numpy
+from lodestore.store import Store, as_numpy
 
 from ._maxsim import maxsim_concat, top_k
 from ._searcher import check_queries

@@ -17,7 +17,7 @@ import ctypes
 
 import numpy as np
 
-from store._native import bind, load_library, ptr
+from lodestore._cabi import bind, load_library, ptr
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
@@ -30,7 +30,7 @@ _SIGNATURES = {
     "ls_score_table_i8_plain": [_P, _P, _P, _I, _I, _P, _I, _P, _I, _P],
     "ls_score_table_has_vnni": [],
 }
-_LIB = bind(load_library("engine._kernels"), ("ls_kernels_abi", 4), _SIGNATURES, ctypes.c_int)
+_LIB = bind(load_library("lodestore.engine._kernels"), ("ls_kernels_abi", 4), _SIGNATURES, ctypes.c_int)
 
 
 def _check(rc: int) -> None:

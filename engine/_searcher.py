@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from store import Store, as_numpy
+from lodestore.store import Store, as_numpy
 
 from ._budget import AUTO_CACHE, AUTO_CACHE_NO_PREFETCH, Placement, parse_size, place
 from ._corpus import Corpus

@@ -140,7 +140,7 @@ class Encoder:
     def default(cls, *, intra_op_num_threads: int | None = None, **overrides: Any) -> Encoder:
         """The packaged all-MiniLM-L6-v2 (int8 ONNX, dim 384); ``overrides`` are EncoderConfig fields."""
         config = EncoderConfig.from_dict(overrides)
-        text = (resources.files("engine").joinpath(*DEFAULT_TOKENIZER_DIR) / TOKENIZER_FILE).read_text("utf-8")
+        text = (resources.files("lodestore.engine").joinpath(*DEFAULT_TOKENIZER_DIR) / TOKENIZER_FILE).read_text("utf-8")
         tokenizer = _tokenizer_from_str(text)
         with resources.as_file(_default_model_resource()) as model_path:
             return cls(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from store import CorruptStoreError, Store, StoreError, VerifyReport
+from lodestore.store import CorruptStoreError, Store, StoreError, VerifyReport
 
 
 def _human(n: float) -> str:
@@ -60,7 +60,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def _bundle_dim(path: Path) -> int:
-    from store import open_source
+    from lodestore.store import open_source
 
     return open_source(path, None).dim
 
@@ -116,7 +116,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from engine import Searcher
+    from lodestore.engine import Searcher
 
     queries = np.load(args.queries)
     if queries.ndim == 2:
@@ -136,7 +136,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     from .collection import Collection
     from .index import DEFAULT_DIM, Index
-    from engine import Encoder
+    from lodestore.engine import Encoder
 
     col = Collection.load(args.collection, args.max_docs)
     if col.skipped_empty:

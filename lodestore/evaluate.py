@@ -20,7 +20,7 @@ RUN_DEPTH = 100
 def evaluate(index: Index, collection: Collection, *, exhaustive: bool = True, max_queries: int | None = None
              ) -> dict[str, dict[str, Any]]:
     """{"engine": {...}, "exhaustive": {...}}: each the MEASURES, queries, ms/query."""
-    from engine import exhaustive_search
+    from lodestore.engine import exhaustive_search
 
     qids = list(collection.queries)[:max_queries]
     if not qids:

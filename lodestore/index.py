@@ -18,8 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from engine import Encoder, Searcher
-from store import Store
+from lodestore.engine import Encoder, Searcher
+from lodestore.store import Store
 
 #: Documents encoded per slice while adding: bounds the float32 vectors held in RAM.
 ENCODE_SLICE = 256

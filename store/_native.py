@@ -14,60 +14,15 @@ google_crc32c (the same bytes, the same checks).
 from __future__ import annotations
 
 import ctypes
-import importlib.util
-import os
-import warnings
 
 import numpy as np
 
-
-def load_library(module: str) -> ctypes.CDLL | None:
-    """The shared library an optional extension module was built into, or None (not built, or disabled)."""
-    if os.environ.get("LODESTORE_NATIVE", "1") == "0":
-        return None
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.origin or not spec.origin.endswith((".so", ".pyd", ".dylib")):
-        return None
-    try:
-        return ctypes.CDLL(spec.origin, use_errno=True)  # errno: for the reader's error messages
-    except OSError:
-        return None
-
-
-def bind(lib: ctypes.CDLL | None, abi: tuple[str, int], signatures: dict[str, list], restype) -> ctypes.CDLL | None:
-    """Set each function's argument and result types. None when the library was built from other
-    sources (a stale build of an editable install: its ABI function, abi = (name, version), returns
-    another version, or a function is missing): warn, and let the numpy code run, since calling a
-    function with the wrong arguments would crash the process."""
-    if lib is None:
-        return None
-    try:
-        version = getattr(lib, abi[0])
-        version.argtypes, version.restype = [], ctypes.c_int
-        built = int(version())
-    except AttributeError:
-        built = None
-    if built != abi[1]:
-        warnings.warn(f"{lib._name}: built from other sources (ABI {built}, expected {abi[1]}; reinstall to "
-                      "rebuild): using the numpy code", RuntimeWarning, stacklevel=2)
-        return None
-    for name, argtypes in signatures.items():
-        try:
-            fn = getattr(lib, name)
-        except AttributeError:
-            warnings.warn(f"{lib._name}: no {name} (built from older sources; reinstall to rebuild): "
-                          "using the numpy code", RuntimeWarning, stacklevel=2)
-            return None
-        fn.argtypes, fn.restype = argtypes, restype
-    return lib
+from lodestore._cabi import bind, load_library, ptr
 
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
-_LIB = bind(load_library("store._decode"), ("ls_decode_abi", 3),
+_LIB = bind(load_library("lodestore.store._decode"), ("ls_decode_abi", 3),
             {"ls_decode": [_P, _I, _I, _P, _I, _P, _I, _I, _P, _I, ctypes.c_int, _P],
              "ls_read_chunks": [_P, _P, _P, _I, _I, _P, _P]}, ctypes.c_int)
 if _LIB is not None:
@@ -75,8 +30,6 @@ if _LIB is not None:
         getattr(_LIB, _name).argtypes, getattr(_LIB, _name).restype = [_P, _I], ctypes.c_uint32
 
 
-def ptr(a: np.ndarray) -> int:
-    return a.ctypes.data
 
 
 def _decode(centroids: np.ndarray, codes: np.ndarray, lut: np.ndarray, lut_pos_stride: int, width: int,

@@ -82,7 +82,7 @@ def make_small_corpus(
     min_len: int = 1, max_len: int = 48, prefix: str = "doc",
 ) -> Corpus:
     """A clustered corpus from store.testing.synthetic (ColBERT-like token clusters)."""
-    from store.testing.synthetic import make_corpus
+    from lodestore.store.testing.synthetic import make_corpus
 
     tokens, doclens = make_corpus(
         n_docs, dim, n_clusters=n_clusters, mean_len=mean_len, min_len=min_len, max_len=max_len, seed=seed,
@@ -124,7 +124,7 @@ def template_corpus() -> Corpus:
 @pytest.fixture(scope="session")
 def template_store(tmp_path_factory, template_corpus) -> Path:
     """A committed two-segment store built once per session. Copy it (store_copy) before changing it."""
-    import store
+    from lodestore import store
 
     path = tmp_path_factory.mktemp("template") / "store"
     with store.Store.create(path, dim=TEMPLATE_DIM, nbits=TEMPLATE_NBITS, num_centroids=TEMPLATE_K, seed=3) as s:

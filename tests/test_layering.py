@@ -1,10 +1,13 @@
-"""The layering rule of DESIGN.md: `store` (the on-disk format) never depends on `engine`,
-and importing it stays light (no torch, no onnxruntime)."""
+"""The layering rules of DESIGN.md and ARCHITECTURE.md: one installed namespace (`lodestore`);
+`lodestore.store` (the on-disk format) never depends on the engine or the text layer, and
+importing it stays light (no torch, no onnxruntime); `lodestore.engine` reads the store only
+through `lodestore.store.__all__`."""
 
 from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +16,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STORE = ROOT / "store"
-FORBIDDEN_AT_IMPORT = ("torch", "onnxruntime", "engine", "lodestore")
+ENGINE = ROOT / "engine"
+FORBIDDEN_AT_IMPORT = ("torch", "onnxruntime", "lodestore.engine", "lodestore.index", "lodestore.cli")
+#: what store/ may import from the lodestore namespace: itself, and the neutral ctypes loader.
+STORE_MAY_IMPORT = ("lodestore.store", "lodestore._cabi")
 
 
 def _imported_modules(path: Path) -> list[tuple[int, str]]:
@@ -33,20 +39,50 @@ def _imported_modules(path: Path) -> list[tuple[int, str]]:
     return found
 
 
-def _store_sources() -> list[Path]:
-    files = sorted(STORE.rglob("*.py"))
-    assert files, f"no sources found under {STORE}"
+def _sources(folder: Path) -> list[Path]:
+    files = sorted(folder.rglob("*.py"))
+    assert files, f"no sources found under {folder}"
     return files
 
 
-@pytest.mark.parametrize("path", _store_sources(), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", _sources(STORE), ids=lambda p: str(p.relative_to(ROOT)))
 def test_store_never_imports_engine(path: Path) -> None:
     bad = [
         f"{path.relative_to(ROOT)}:{line}: imports {name}"
         for line, name in _imported_modules(path)
-        if name.split(".")[0] in ("engine", "lodestore")
+        if name.split(".")[0] in ("engine", "store")
+        or (name.split(".")[0] == "lodestore" and not name.startswith(STORE_MAY_IMPORT))
     ]
-    assert not bad, "store/ must not import engine (or lodestore, which re-exports it):\n" + "\n".join(bad)
+    assert not bad, "store/ imports only itself and lodestore._cabi from lodestore:\n" + "\n".join(bad)
+
+
+def _public_store_names() -> set[str]:
+    tree = ast.parse((STORE / "__init__.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            return set(ast.literal_eval(node.value))
+    raise AssertionError("store/__init__.py has no __all__")
+
+
+@pytest.mark.parametrize("path", _sources(ENGINE), ids=lambda p: str(p.relative_to(ROOT)))
+def test_engine_uses_only_the_public_store_api(path: Path) -> None:
+    """engine/ imports `lodestore.store` and names in its __all__, never a private module of it."""
+    public = _public_store_names()
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module.startswith("lodestore.store."):
+                bad.append(f"{node.lineno}: from {node.module} import ...")
+            elif node.module == "lodestore.store":
+                bad += [f"{node.lineno}: {a.name} is not in lodestore.store.__all__" for a in node.names
+                        if a.name not in public]
+            elif node.module.split(".")[0] in ("store", "engine"):
+                bad.append(f"{node.lineno}: from {node.module} (not under the lodestore namespace)")
+        elif isinstance(node, ast.Import):
+            bad += [f"{node.lineno}: import {a.name}" for a in node.names
+                    if a.name.startswith("lodestore.store.") or a.name.split(".")[0] in ("store", "engine")]
+    assert not bad, f"{path.relative_to(ROOT)} reaches past lodestore.store's public API:\n" + "\n".join(bad)
 
 
 def test_import_checker_sees_imports(tmp_path: Path) -> None:
@@ -63,16 +99,43 @@ def test_import_checker_sees_imports(tmp_path: Path) -> None:
 
 
 def test_import_store_is_light() -> None:
-    """`import store` in a fresh interpreter loads neither torch, onnxruntime nor engine."""
+    """`import lodestore.store` in a fresh interpreter loads neither torch, onnxruntime nor the engine."""
     code = (
         "import json, sys\n"
-        "import store\n"
+        "import lodestore.store as store\n"
         "s = store.Store\n"
-        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {list(FORBIDDEN_AT_IMPORT)!r})))\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({FORBIDDEN_AT_IMPORT!r}))))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )
     assert out.returncode == 0, out.stderr
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
-    assert loaded == [], f"`import store` pulled in {loaded}"
+    assert loaded == [], f"`import lodestore.store` pulled in {loaded}"
+
+
+def test_one_installed_namespace() -> None:
+    """The distribution installs only `lodestore`: `store` and `engine` are not top-level packages.
+
+    Run outside the source tree (cwd=/) so the checkout's own folders are not on sys.path."""
+    code = (
+        "import importlib.util, json\n"
+        "import lodestore, lodestore.store, lodestore.engine\n"
+        "print(json.dumps([importlib.util.find_spec(n) is not None for n in ('store', 'engine')]\n"
+        "                 + [lodestore.store.Store.__module__, lodestore.engine.Searcher.__module__]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=120,
+                         check=False, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert out.returncode == 0, out.stderr
+    store_found, engine_found, store_mod, engine_mod = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not store_found and not engine_found, "a top-level `store` or `engine` package is installed"
+    assert store_mod.startswith("lodestore.store.") and engine_mod.startswith("lodestore.engine.")
+
+
+def test_pyproject_installs_only_lodestore() -> None:
+    import tomllib
+
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    assert all(p == "lodestore" or p.startswith("lodestore.") for p in tool["packages"]), tool["packages"]
+    assert tool["package-dir"]["lodestore.store"] == "store"
+    assert tool["package-dir"]["lodestore.engine"] == "engine"

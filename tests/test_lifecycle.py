@@ -9,7 +9,7 @@ import pytest
 
 import lodestore
 from lodestore import cli
-from store.testing.synthetic import make_corpus
+from lodestore.store.testing.synthetic import make_corpus
 
 DIM = 16
 

@@ -90,7 +90,7 @@ def raw_truth(bundle: Path, x: np.ndarray, doclens: np.ndarray, queries: np.ndar
 
 def scalar_from_centroids(centroids, heldout: np.ndarray, nbits: int, coarse):
     """The scalar codec on given centroids: bucket cutoffs/weights from held-out residuals, as ResidualCodec.train."""
-    from store import ResidualCodec
+    from lodestore.store import ResidualCodec
 
     r = heldout - coarse.centroids[coarse.assign(heldout)]
     levels = 1 << nbits
@@ -151,9 +151,9 @@ def parse_codecs(spec: str) -> list[tuple[str, int]]:
 def codec_table(args, x, doclens, queries, truth) -> list[dict]:
     from threadpoolctl import threadpool_limits
 
-    from store import ResidualCodec, default_num_centroids
-    from store._codec import training_sample_size
-    from store._pq import PQ_TRAINING_SAMPLE, PQCodec
+    from lodestore.store import ResidualCodec, default_num_centroids
+    from lodestore.store._codec import training_sample_size
+    from lodestore.store._pq import PQ_TRAINING_SAMPLE, PQCodec
 
     n = len(x)
     k = args.num_centroids or default_num_centroids(n)

@@ -33,7 +33,7 @@ def projected_bundle(src: Path, out: Path, matrix: np.ndarray | None) -> None:
     docs = np.load(src / "docs.npy", mmap_mode="r")
     dim = docs.shape[1] if matrix is None else matrix.shape[1]
     dst = np.lib.format.open_memmap(out / "docs.npy", mode="w+", dtype=np.float16, shape=(len(docs), dim))
-    from store._projection import project
+    from lodestore.store._projection import project
 
     for s in range(0, len(docs), 1 << 17):
         block = np.asarray(docs[s : s + (1 << 17)], dtype=np.float32)
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import lodestore
-    from store._projection import fit_projection, project
+    from lodestore.store._projection import fit_projection, project
 
     queries = np.load(args.bundle / "queries.npy")[: args.queries]
     qids = (args.bundle / "query_ids.txt").read_text(encoding="utf-8").splitlines()[: len(queries)]
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             row = {"variant": name, "dim": dim, "build_s": build_s, **evaluate(store_path, q, qids, args.bundle / "qrels.tsv")}
             rows.append(row)
             if matrix is None and args.collection is not None:
-                from engine import Encoder
+                from lodestore.engine import Encoder
                 from lodestore.collection import Collection
 
                 texts = Collection.load(args.collection).queries

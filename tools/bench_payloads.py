@@ -27,7 +27,7 @@ import numpy as np
 
 def _open(args: argparse.Namespace, tmp: Path):
     """The store to measure: the one given, or one built from --collection's payloads."""
-    from store import Store
+    from lodestore.store import Store
 
     if args.store is not None:
         return Store.open(args.store)
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=10)
     args = p.parse_args(argv)
 
-    from store import Store
+    from lodestore.store import Store
 
     if (args.store is None) == (args.collection is None):
         p.error("give a STORE or --collection DIR")

@@ -47,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    import store
-    from engine import Searcher
-    from store import _drift
-    from store._ingest import normalize_document
+    from lodestore import store
+    from lodestore.engine import Searcher
+    from lodestore.store import _drift
+    from lodestore.store._ingest import normalize_document
 
     ids, docs = _docs(args.bundle)
     dim = docs[0].shape[1]

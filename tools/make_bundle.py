@@ -30,7 +30,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
-from store.testing import synthetic
+from lodestore.store.testing import synthetic
 
 FORMAT = "lodestore-embedding-bundle"
 FORMAT_VERSION = 1
@@ -142,7 +142,7 @@ def bundle_meta(args: argparse.Namespace, doclens: np.ndarray, n_clusters: int) 
     return {
         "format": FORMAT,
         "version": FORMAT_VERSION,
-        "generator": "store.testing.synthetic",
+        "generator": "lodestore.store.testing.synthetic",
         "n_docs": len(doclens),
         "n_tokens": int(doclens.sum()),
         "dim": args.dim,

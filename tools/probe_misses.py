@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import lodestore
-    from engine._searcher import check_queries
+    from lodestore.engine._searcher import check_queries
     from tools.bench_search import truth
 
     queries = np.load(args.bundle / "queries.npy")[: args.queries]

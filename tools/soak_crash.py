@@ -39,8 +39,8 @@ OPS = ("first-add", "add", "delete", "compact", "upsert")
 WRITER = textwrap.dedent("""
     import sys
     import numpy as np
-    import store
-    from store import _compact, _fs, _ingest
+    from lodestore import store
+    from lodestore.store import _compact, _fs, _ingest
     _ingest.BATCH_TOKENS = 64   # several encode batches per add: kill points between them
     _compact.COPY_TOKENS = 64   # several copy steps per compaction
     path, op, dim = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -64,8 +64,8 @@ WRITER = textwrap.dedent("""
 
 def build_base(path: Path, dim: int, n_docs: int, seed: int) -> None:
     """Two segments and a deletion in each: every operation has real work to do."""
-    import store
-    from store.testing.synthetic import make_corpus
+    from lodestore import store
+    from lodestore.store.testing.synthetic import make_corpus
 
     tokens, lens = make_corpus(n_docs, dim, seed=seed, mean_len=20, min_len=4, max_len=48)
     bounds = np.concatenate([[0], np.cumsum(lens)])
@@ -80,7 +80,7 @@ def build_base(path: Path, dim: int, n_docs: int, seed: int) -> None:
 
 def snapshot(path: Path) -> tuple[int, dict[str, np.ndarray]]:
     """(generation, id -> decoded tokens in store order) of a store that must verify."""
-    import store
+    from lodestore import store
 
     with store.Store.open(path) as s:
         report = s.verify()
@@ -111,8 +111,8 @@ def run_writer(path: Path, op: str, dim: int, kill_at: int | None, *, kill_after
 
 def check_point(work: Path, base: Path, op: str, dim: int, before, after, *, kill_at=None, kill_after_s=None) -> str:
     """One kill: 'before', 'after', 'finished' (the writer completed first), or 'FAIL: ...'."""
-    import store
-    from store._store import SEGMENTS_DIR, manifest_files
+    from lodestore import store
+    from lodestore.store._store import SEGMENTS_DIR, manifest_files
 
     path = work / "s"
     shutil.rmtree(path, ignore_errors=True)
@@ -144,7 +144,7 @@ def check_point(work: Path, base: Path, op: str, dim: int, before, after, *, kil
 
 def soak(workdir: Path, ops: list[str], dim: int, n_docs: int, points: int | None, n_random: int, seed: int,
          log=print) -> list[dict]:
-    import store
+    from lodestore import store
 
     bases = {"base": workdir / "base", "empty": workdir / "empty"}
     for b in bases.values():

@@ -59,7 +59,7 @@ def one_blas_thread():
 
 @pytest.fixture(scope="session")
 def engine_corpus() -> EngineCorpus:
-    from store.testing.synthetic import make_corpus
+    from lodestore.store.testing.synthetic import make_corpus
 
     tokens, doclens = make_corpus(ENGINE_N_DOCS, ENGINE_DIM, mean_len=90, min_len=16, max_len=250, seed=7)
     return EngineCorpus([f"d{i:04d}" for i in range(ENGINE_N_DOCS)], tokens, doclens)
@@ -100,7 +100,7 @@ def engine_store_copy(engine_store_path, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def engine_queries(engine_corpus) -> np.ndarray:
     """(30, 32, dim) float32 unit queries aimed at random documents of the corpus."""
-    from store.testing.synthetic import make_queries
+    from lodestore.store.testing.synthetic import make_queries
 
     c = engine_corpus
     queries, _targets = make_queries(c.tokens, c.doclens, ENGINE_N_QUERIES, ENGINE_Q_LEN, seed=3)
@@ -187,7 +187,7 @@ def exact_maxsim():
 def budgets(engine_store) -> dict[str, int | str]:
     """Memory budgets giving each placement, computed from the sizes the engine reports for this store."""
     import lodestore
-    from engine._budget import MIN_CACHE
+    from lodestore.engine._budget import MIN_CACHE
 
     with lodestore.Searcher(engine_store, memory_budget="all") as s:
         index = s.placement.index_bytes

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import lodestore
-from engine import parse_size
+from lodestore.engine import parse_size
 
 DIM = 128
 

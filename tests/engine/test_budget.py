@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine._budget import AUTO_CACHE, AUTO_CACHE_NO_PREFETCH, AUTO_CODES, MIN_CACHE, parse_size, place
+from lodestore.engine._budget import AUTO_CACHE, AUTO_CACHE_NO_PREFETCH, AUTO_CODES, MIN_CACHE, parse_size, place
 
 MB = 1 << 20
 
@@ -31,7 +31,7 @@ def test_auto_without_prefetch_keeps_no_cache():
 
 def test_searcher_auto_cache_follows_prefetch(engine_store, monkeypatch):
     import lodestore
-    from engine import _budget
+    from lodestore.engine import _budget
 
     with lodestore.Searcher(engine_store, memory_budget="auto") as small:
         assert small.placement.name == "all-in-RAM"  # the test store's rows (~3 MB) fit in SMALL_STORE

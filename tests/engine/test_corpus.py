@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import lodestore
-from engine import _corpus
+from lodestore.engine import _corpus
 
 
 def _lists_by_hand(store) -> dict[int, set[int]]:
@@ -72,7 +72,7 @@ def test_read_concat_returns_rows_in_the_given_order(engine_store):
 
 
 def test_search_without_prefetch_reads_through(engine_store, engine_queries, monkeypatch):
-    from engine import _budget
+    from lodestore.engine import _budget
 
     monkeypatch.setattr(_budget, "SMALL_STORE", 0)  # the test store would otherwise be all-in-RAM
     monkeypatch.setattr(_budget, "AUTO_CODES", 0)  # and its codes resident

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.encoder import (
+from lodestore.engine.encoder import (
     CONFIG_FILE,
     MODEL_FILE,
     PROJECTION_FILE,

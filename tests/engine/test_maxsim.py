@@ -1,4 +1,4 @@
-"""engine._maxsim against naive per-document numpy references: MaxSim, centroid interaction, top_k."""
+"""lodestore.engine._maxsim against naive per-document numpy references: MaxSim, centroid interaction, top_k."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine._maxsim import centroid_interaction, maxsim_concat, maxsim_torch, top_k
+from lodestore.engine._maxsim import centroid_interaction, maxsim_concat, maxsim_torch, top_k
 
 
 def centroid_scores_concat(scores: np.ndarray, codes: np.ndarray, doclens: np.ndarray) -> np.ndarray:
@@ -77,7 +77,7 @@ def test_maxsim_concat_accepts_int32_doclens(case, int32):
 )
 def test_centroid_scores_concat_matches_naive_reference(doclens, q_len, n_centroids, wide, seed, chunk):
     """Also when the tokens are processed in slices of whole documents (chunk = slice size)."""
-    import engine._maxsim as maxsim_mod
+    import lodestore.engine._maxsim as maxsim_mod
 
     maxsim_mod.CI_CHUNK_TOKENS, saved = chunk, maxsim_mod.CI_CHUNK_TOKENS
     try:

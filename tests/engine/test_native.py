@@ -19,10 +19,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import _maxsim, _native, _searcher
-from store import _native as store_native
-from store._codec import ResidualCodec
-from store._pq import PQCodec
+from lodestore.engine import _maxsim, _native, _searcher
+from lodestore.store import _native as store_native
+from lodestore.store._codec import ResidualCodec
+from lodestore.store._pq import PQCodec
 
 needs_kernels = pytest.mark.skipif(_native.centroid_interaction is None, reason="C kernels not built")
 
@@ -41,7 +41,7 @@ def test_a_stale_build_falls_back_with_a_warning():
     with pytest.warns(RuntimeWarning, match="ABI None, expected 1"):
         assert store_native.bind(lib, ("ls_missing_abi", 1), {}, None) is None
     if _native.centroid_interaction is not None:
-        kernels = store_native.load_library("engine._kernels")
+        kernels = store_native.load_library("lodestore.engine._kernels")
         with pytest.warns(RuntimeWarning, match="ABI 4, expected 5"):
             assert store_native.bind(kernels, ("ls_kernels_abi", 5), {}, None) is None
         with pytest.warns(RuntimeWarning, match="no ls_missing"):
@@ -170,7 +170,8 @@ def test_decode_kernel_agrees_with_numpy(codec_kind, normalize, monkeypatch):
     codes = rng.integers(0, k, 300).astype(np.uint16)
     rows = rng.integers(0, 256, (300, codec.residual_bytes)).astype(np.uint8)
     fast = codec.decode(codes, rows, normalize=normalize)
-    import store._codec, store._pq
+    import lodestore.store._codec, lodestore.store._pq
+    from lodestore import store
 
     monkeypatch.setattr(store._codec, "native_decode", None)
     monkeypatch.setattr(store._pq, "native_decode", None)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import lodestore
-from engine import _maxsim, _searcher
-from engine._parallel import Workers, default_threads
+from lodestore.engine import _maxsim, _searcher
+from lodestore.engine._parallel import Workers, default_threads
 
 
 def test_map_keeps_order_and_runs_pieces_at_the_same_time():
@@ -95,7 +95,7 @@ def test_centroid_interaction_slices_match_one_gather(monkeypatch):
 
 
 def test_within_keeps_close_calls_and_caps_each_row():
-    from engine._searcher import _within
+    from lodestore.engine._searcher import _within
 
     S = np.array([[100, 95, 10, 99, 50], [7, 7, 7, 7, 7], [0, -5, 1, 2, 3]], dtype=np.int16)
     rows, cols = _within(S, 5, cap=10)
@@ -111,7 +111,7 @@ def _probes(searcher, q):
 
 def test_probing_in_blocks_equals_probing_whole_rows(engine_store, engine_queries, monkeypatch):
     """Each token's top nprobe (and within-delta) centroids, merged from blocks, are those of the whole row."""
-    from engine._searcher import MAX_PROBE, SCORE_SCALE, _top_columns, _within
+    from lodestore.engine._searcher import MAX_PROBE, SCORE_SCALE, _top_columns, _within
 
     monkeypatch.setattr(_searcher, "CENTROID_BLOCK", 40)  # 256 centroids -> 7 blocks
     with lodestore.Searcher(engine_store, nprobe=5, probe_delta=0.05) as s:
@@ -143,7 +143,7 @@ def test_bad_probe_delta(engine_store, bad):
 
 
 def test_search_settings_follow_store_size(engine_store, monkeypatch):
-    from engine import _searcher as srch
+    from lodestore.engine import _searcher as srch
 
     with lodestore.Searcher(engine_store) as small:
         st = small.stats()
@@ -155,7 +155,7 @@ def test_search_settings_follow_store_size(engine_store, monkeypatch):
 
 
 def test_within_does_not_wrap_around_below_int16():
-    from engine._searcher import _within
+    from lodestore.engine._searcher import _within
 
     S = np.array([[-20000, -20500, -30000]], dtype=np.int16)
     rows, cols = _within(S, int(1.5 * 16384), cap=10)
@@ -163,7 +163,7 @@ def test_within_does_not_wrap_around_below_int16():
 
 
 def test_long_centroids_lower_the_score_scale():
-    from engine._searcher import SCORE_SCALE, _score_scale
+    from lodestore.engine._searcher import SCORE_SCALE, _score_scale
 
     unit = np.eye(4, dtype=np.float32)
     assert _score_scale(unit) == SCORE_SCALE

@@ -1,4 +1,4 @@
-"""engine._prefetch.Prefetcher with a fake disk: injected latency, gated reads, injected failures.
+"""lodestore.engine._prefetch.Prefetcher with a fake disk: injected latency, gated reads, injected failures.
 
 No test asserts a duration: waits are on events (with a generous timeout that only
 a hung prefetcher reaches), and the fake disk's own latency just widens the
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import lodestore
-from engine._prefetch import Prefetcher
+from lodestore.engine._prefetch import Prefetcher
 
 ROWS = 10  # tokens per fake document
 RES = 4  # residual bytes per token

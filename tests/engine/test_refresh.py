@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import store
-from engine import Searcher, exhaustive_search
+from lodestore import store
+from lodestore.engine import Searcher, exhaustive_search
 
 ROOT = Path(__file__).resolve().parents[2]
 DIM, K = 16, 16
@@ -37,7 +37,7 @@ N_STEPS = 12
 
 WRITER = STEPS + textwrap.dedent("""
     import sys, time
-    import store
+    from lodestore import store
     with store.Store.open(sys.argv[1], writable=True) as s:
         print("ready", flush=True)
         sys.stdin.readline()

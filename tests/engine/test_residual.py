@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import _native
-from engine._maxsim import aligned_empty, maxsim_concat, residual_interaction, residual_lut
-from engine._searcher import SCORE_SCALE
-from store._codec import ResidualCodec
-from store._pq import PQCodec
+from lodestore.engine import _native
+from lodestore.engine._maxsim import aligned_empty, maxsim_concat, residual_interaction, residual_lut
+from lodestore.engine._searcher import SCORE_SCALE
+from lodestore.store._codec import ResidualCodec
+from lodestore.store._pq import PQCodec
 
 
 def make_codec(kind: str, dim: int, k: int, rng: np.random.Generator, spread: float = 0.1):
@@ -125,8 +125,8 @@ def test_searcher_hits_carry_exact_scores_and_match_exhaustive(engine_store_path
     prefetch on) and no early stop, the top 10 are exhaustive search's, whether rows are resident, read
     through or prefetched."""
     import lodestore
-    from engine import _searcher
-    from engine._exhaustive import exhaustive_search
+    from lodestore.engine import _searcher
+    from lodestore.engine._exhaustive import exhaustive_search
 
     monkeypatch.setattr(_searcher, "STOP_MARGIN", float("inf"))  # never stop early: every survivor is scored
     with lodestore.Searcher(engine_store_path, nprobe=64, ndocs=100000, probe_delta=None, **placement) as s:
@@ -142,7 +142,7 @@ def test_searcher_hits_carry_exact_scores_and_match_exhaustive(engine_store_path
 
 
 def _table_and_probes(searcher, query):
-    from engine._searcher import check_queries
+    from lodestore.engine._searcher import check_queries
 
     table, _tokens, probed = searcher._score_and_probe(check_queries(searcher.store, [query])[0])
     return table, probed
@@ -173,7 +173,7 @@ def test_lookup_tables_are_aligned_and_equal_the_rounded_products():
 def test_stop_rule():
     """Stop once the next survivor, gaining the most any has gained (plus STOP_MARGIN of it), falls short
     of the n_exact-th best; never before n_exact are scored."""
-    from engine._searcher import STOP_MARGIN, _stop
+    from lodestore.engine._searcher import STOP_MARGIN, _stop
 
     scores = np.array([10.0, 9.0, 8.0, 7.0], dtype=np.float32)
     ci = np.array([9.0, 8.5, 7.0, 6.0], dtype=np.float32)  # gains 1.0, 0.5, 1.0, 1.0: the largest is 1.0
@@ -192,7 +192,7 @@ def test_early_stop_is_deterministic_and_counted(engine_store_path, engine_queri
     """With the stop on, one or two threads score the same survivors and return the same hits; the stats
     count the survivors scored, whole waves (or all survivors), never more than ndocs."""
     import lodestore
-    from engine._searcher import FIRST_WAVE, WAVE
+    from lodestore.engine._searcher import FIRST_WAVE, WAVE
 
     runs = []
     for threads in (1, 2):

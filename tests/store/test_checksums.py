@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import store
-from store import CorruptStoreError, StoreError
-from store import _native
-from store._manifest import MANIFEST_NAME
+from lodestore import store
+from lodestore.store import CorruptStoreError, StoreError
+from lodestore.store import _native
+from lodestore.store._manifest import MANIFEST_NAME
 
 
 @pytest.fixture(params=["C reader", "Python reader"])
@@ -160,8 +160,8 @@ def test_c_reader_reads_runs_across_shards_like_the_python_reader(tmp_path, monk
     broken at shard edges and at gaps."""
     if _native.read_chunks is None:
         pytest.skip("C kernels not built")
-    from store import _segment
-    from store.testing.synthetic import make_corpus
+    from lodestore.store import _segment
+    from lodestore.store.testing.synthetic import make_corpus
 
     monkeypatch.setattr(_segment, "SHARD_ROWS", 4096)
     tokens, lens = make_corpus(260, 16, n_clusters=4, mean_len=100, min_len=50, max_len=150, seed=5)

@@ -10,10 +10,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import store
-from store import ResidualCodec, default_num_centroids, pack_bits, unpack_bits
-from store._codec import MAX_CENTROIDS, MIN_CENTROIDS
-from store._codec_io import read_codec, write_codec
+from lodestore import store
+from lodestore.store import ResidualCodec, default_num_centroids, pack_bits, unpack_bits
+from lodestore.store._codec import MAX_CENTROIDS, MIN_CENTROIDS
+from lodestore.store._codec_io import read_codec, write_codec
 
 NBITS = (1, 2, 4)
 # properties whose every example trains a codec: scale with the hypothesis profile

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import store
-from store import _compact as compact_mod
-from store import _fs
-from store._manifest import MANIFEST_NAME
+from lodestore import store
+from lodestore.store import _compact as compact_mod
+from lodestore.store import _fs
+from lodestore.store._manifest import MANIFEST_NAME
 
 
 class Injected(Exception):
@@ -85,7 +85,7 @@ def make_op(tmp_path, template_store, new_docs, monkeypatch):
     """factory(op) -> (writable handle at the starting state, callable running the op)."""
     import shutil
 
-    import store._ingest as ingest
+    import lodestore.store._ingest as ingest
 
     def make(op: Op):
         path = tmp_path / "store"

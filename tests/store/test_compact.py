@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import store
-from store import _compact
-from store._leases import READERS_DIR, live_leases
-from store._payloads import PAYLOAD_ARRAYS
-from store._segment import SMALL_ARRAYS, TOKEN_ARRAYS, SegmentWriter
+from lodestore import store
+from lodestore.store import _compact
+from lodestore.store._leases import READERS_DIR, live_leases
+from lodestore.store._payloads import PAYLOAD_ARRAYS
+from lodestore.store._segment import SMALL_ARRAYS, TOKEN_ARRAYS, SegmentWriter
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -221,7 +221,7 @@ def test_a_killed_readers_lease_is_stale_and_removed(store_copy, template_corpus
 def test_an_unstamped_lease_pins_everything_but_crash_leftovers(store_copy, template_corpus):
     """A reader between making its lease visible and reading the manifest: nothing it might
     read may go, but a half-written segment of a commit that never happened may."""
-    from store._leases import Lease
+    from lodestore.store._leases import Lease
 
     lease = Lease.acquire(store_copy)  # visible, locked, no generation yet
     try:

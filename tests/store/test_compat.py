@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import store
+from lodestore import store
 
 FIXTURES = Path(__file__).resolve().parent.parent / "data"
 V1 = FIXTURES / "format_v1"

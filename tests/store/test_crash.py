@@ -17,15 +17,15 @@ import textwrap
 import numpy as np
 import pytest
 
-import store
+from lodestore import store
 
 DIM = 16
 
 WRITER = textwrap.dedent("""
     import sys
     import numpy as np
-    import store
-    from store import _compact
+    from lodestore import store
+    from lodestore.store import _compact
     _compact.COPY_TOKENS = 16  # several copy steps
     path, op, prefix = sys.argv[1], sys.argv[2], sys.argv[3]
     with store.Store.open(path, writable=True) as s:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import store
-from store import StoreLockedError
+from lodestore import store
+from lodestore.store import StoreLockedError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,7 +56,7 @@ def test_readers_do_not_need_the_lock(store_copy, template_corpus):
 HOLDER = textwrap.dedent(
     """
     import sys
-    import store
+    from lodestore import store
     s = store.Store.open(sys.argv[1], writable=True)
     print("locked", flush=True)
     sys.stdin.readline()

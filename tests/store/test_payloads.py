@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from store import CorruptStoreError, Store
-from store._payloads import PAYLOAD_CHUNK
+from lodestore.store import CorruptStoreError, Store
+from lodestore.store._payloads import PAYLOAD_CHUNK
 
 DIM = 8
 

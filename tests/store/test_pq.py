@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import store
-from store import UnsupportedFormatError
-from store._manifest import MANIFEST_NAME, Manifest
-from store._pq import PQ_CODES, PQCodec
+from lodestore import store
+from lodestore.store import UnsupportedFormatError
+from lodestore.store._manifest import MANIFEST_NAME, Manifest
+from lodestore.store._pq import PQ_CODES, PQCodec
 
 pytestmark = pytest.mark.filterwarnings("ignore:the first add has only")
 
@@ -268,7 +268,7 @@ def test_unknown_codec_is_refused(pq_store, writable):
 
 def test_a_reader_without_pq_refuses_a_pq_store(pq_store, monkeypatch):
     """What a v1 reader that predates the pq codec does: the reader feature stops it, clearly."""
-    import store._manifest as manifest
+    import lodestore.store._manifest as manifest
 
     monkeypatch.setattr(manifest, "KNOWN_READER_FEATURES", frozenset())
     with pytest.raises(UnsupportedFormatError, match="codec-pq"):
@@ -293,7 +293,7 @@ def test_verify_checks_the_codebooks(pq_store):
 
 def test_format_worked_example(monkeypatch):
     """FORMAT.md 7.5's worked example (dim 4, m 2: m outside {16, 32, 64} only for its size)."""
-    import store._pq as pq
+    import lodestore.store._pq as pq
 
     monkeypatch.setattr(pq, "PQ_SUBSPACES_ALLOWED", (2,))
     codebooks = np.full((2, 256, 2), 10.0, dtype=np.float32)  # the codewords the example leaves out: far away

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from engine import Searcher, exhaustive_search
-from store import CorruptStoreError, Store
-from store._projection import fit_projection, project
+from lodestore.engine import Searcher, exhaustive_search
+from lodestore.store import CorruptStoreError, Store
+from lodestore.store._projection import fit_projection, project
 
 
 def _docs(n: int, dim: int, seed: int = 0) -> list[np.ndarray]:
@@ -84,7 +84,7 @@ def test_bad_reduction_settings(tmp_path: Path, kwargs: dict, message: str) -> N
 
 
 def test_failed_first_add_leaves_no_projection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import store._store as store_mod
+    import lodestore.store._store as store_mod
 
     def boom(*a, **k):
         raise OSError("disk full")

@@ -20,8 +20,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-import store
-from engine import exhaustive_search
+from lodestore import store
+from lodestore.engine import exhaustive_search
 
 DIM = 16
 

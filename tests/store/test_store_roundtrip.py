@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import store
-from store import StoreError
+from lodestore import store
+from lodestore.store import StoreError
 
 # Tiny corpora on purpose: the warning that a small first add fixes K is tested in tests/test_lifecycle.py.
 pytestmark = pytest.mark.filterwarnings("ignore:the first add has only")
@@ -257,8 +257,8 @@ def test_add_embeddings_from_a_bundle(tmp_path, clustered_corpus, row_cosines, d
 
 def test_bundle_is_streamed_in_batches(tmp_path, clustered_corpus, row_cosines, monkeypatch):
     """Bundles larger than one encode batch still land whole and in order."""
-    import store._ingest as ingest
-    from store._segment import SegmentWriter
+    import lodestore.store._ingest as ingest
+    from lodestore.store._segment import SegmentWriter
 
     monkeypatch.setattr(ingest, "BATCH_TOKENS", 37)
     calls = []

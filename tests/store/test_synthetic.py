@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from store.testing.synthetic import (
+from lodestore.store.testing.synthetic import (
     BLOCK_DOCS,
     cluster_centres,
     corpus_doclens,

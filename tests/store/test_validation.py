@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import store
+from lodestore import store
 
 DIM = 32
 

@@ -10,9 +10,9 @@ import google_crc32c
 import numpy as np
 import pytest
 
-import store
-from store import FORMAT_VERSION, OLDEST_READABLE_VERSION, Manifest, UnsupportedFormatError
-from store._manifest import MANIFEST_NAME
+from lodestore import store
+from lodestore.store import FORMAT_VERSION, OLDEST_READABLE_VERSION, Manifest, UnsupportedFormatError
+from lodestore.store._manifest import MANIFEST_NAME
 
 
 def read_manifest(root: Path) -> Manifest:

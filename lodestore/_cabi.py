@@ -1,0 +1,65 @@
+"""Loading lodestore's optional C libraries through ctypes: shared by lodestore.store and
+lodestore.engine (neither imports the other's internals for it).
+
+A library is an optional extension module built by setup.py; where it was not built (no C
+compiler), was built from other sources (its ABI version differs) or LODESTORE_NATIVE=0 is
+set, the loaders here return None and the callers run their numpy code.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import warnings
+
+import numpy as np
+
+
+def load_library(module: str) -> ctypes.CDLL | None:
+    """The shared library an optional extension module was built into, or None (not built, or disabled)."""
+    if os.environ.get("LODESTORE_NATIVE", "1") == "0":
+        return None
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith((".so", ".pyd", ".dylib")):
+        return None
+    try:
+        return ctypes.CDLL(spec.origin, use_errno=True)  # errno: for the reader's error messages
+    except OSError:
+        return None
+
+
+def bind(lib: ctypes.CDLL | None, abi: tuple[str, int], signatures: dict[str, list], restype) -> ctypes.CDLL | None:
+    """Set each function's argument and result types. None when the library was built from other
+    sources (a stale build of an editable install: its ABI function, abi = (name, version), returns
+    another version, or a function is missing): warn, and let the numpy code run, since calling a
+    function with the wrong arguments would crash the process."""
+    if lib is None:
+        return None
+    try:
+        version = getattr(lib, abi[0])
+        version.argtypes, version.restype = [], ctypes.c_int
+        built = int(version())
+    except AttributeError:
+        built = None
+    if built != abi[1]:
+        warnings.warn(f"{lib._name}: built from other sources (ABI {built}, expected {abi[1]}; reinstall to "
+                      "rebuild): using the numpy code", RuntimeWarning, stacklevel=2)
+        return None
+    for name, argtypes in signatures.items():
+        try:
+            fn = getattr(lib, name)
+        except AttributeError:
+            warnings.warn(f"{lib._name}: no {name} (built from older sources; reinstall to rebuild): "
+                          "using the numpy code", RuntimeWarning, stacklevel=2)
+            return None
+        fn.argtypes, fn.restype = argtypes, restype
+    return lib
+
+
+def ptr(a: np.ndarray) -> int:
+    """The address of an array's first byte, for a ctypes call."""
+    return a.ctypes.data
