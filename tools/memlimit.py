@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from pathlib import Path
 
 MEMORY_ROOT = Path("/sys/fs/cgroup/memory")
@@ -112,16 +113,36 @@ class MemoryLimit:
                 (self.parent / "cgroup.procs").write_text(pid)
             except OSError:
                 pass  # the process has exited meanwhile
-        try:
-            self.path.rmdir()
-        except OSError:
-            pass  # a process still inside (cannot be moved): the kernel removes nothing, nor do we
+        _rmdir(self.path)
 
     def __enter__(self) -> "MemoryLimit":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _rmdir(path: Path, tries: int = 50) -> bool:
+    """Remove an empty child cgroup; exiting threads can keep it busy for a few milliseconds."""
+    for _ in range(tries):
+        try:
+            path.rmdir()
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            time.sleep(0.02)
+    return False
+
+
+def remove_leftovers(pid: int) -> int:
+    """Remove the empty child cgroups a process `pid` made and could not remove (it was killed, say
+    by the OOM killer at its limit). Returns how many were removed."""
+    n = 0
+    for root, controller in ((MEMORY_ROOT, "memory"), (BLKIO_ROOT, "blkio")):
+        if unavailable(controller) is None:
+            n += sum(_rmdir(p, tries=5) for p in _controller_dir(root, controller).glob(f"lodestore-{pid}-*"))
+    return n
 
 
 def device_of(path: str | os.PathLike) -> str:
@@ -166,10 +187,7 @@ class ReadThrottle:
                 (self.parent / "cgroup.procs").write_text(pid)
             except OSError:
                 pass
-        try:
-            self.path.rmdir()
-        except OSError:
-            pass
+        _rmdir(self.path)
 
     def __enter__(self) -> "ReadThrottle":
         return self

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tools.memlimit import unavailable
+from tools.memlimit import remove_leftovers, unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,8 +60,14 @@ def test_search_under_a_memory_limit_equals_unlimited_search(engine_store_path, 
     np.save(qfile, engine_queries[:12])
     with lodestore.Searcher(engine_store_path) as s:
         expected = [[[i, float(v)] for i, v in s.search(q, k=10)] for q in engine_queries[:12]]
-    run = subprocess.run([sys.executable, "-c", CHILD, str(engine_store_path), str(qfile), str(ROOT)],
-                         capture_output=True, text=True, timeout=300, check=False)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(engine_store_path), str(qfile), str(ROOT)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = child.communicate(timeout=300)
+    finally:
+        child.kill()
+        remove_leftovers(child.pid)
+    run = subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
     assert run.returncode == 0, run.stderr[-3000:]
     got = json.loads(run.stdout.strip().splitlines()[-1])
     for prefetch in ("False", "True"):
