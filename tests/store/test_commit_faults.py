@@ -1,6 +1,6 @@
 """A commit that fails part way leaves the store exactly at its previous generation.
 
-Every named failpoint of the commit protocol (store/_store.py, store/_fs.py) is made
+Every named failpoint of the commit protocol (store/_writer.py, store/_commit.py, store/_fs.py) is made
 to raise, and os.fsync / os.replace / zarr's chunk writes fail with ENOSPC at chosen steps. After
 the failure: the handle and a fresh reader see the previous generation with the
 previous documents bit for bit, verify() passes, nothing the failed commit wrote
