@@ -28,17 +28,20 @@ After a failure before the rename (step 6) the writer removes what it wrote
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import os
 import re
 import shutil
+import stat
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from ._errors import StoreError, StoreLockedError
 from ._fs import failpoint
-from ._leases import live_leases
+from ._leases import READERS_DIR, UNKNOWN, live_leases
 from ._manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
 
 if TYPE_CHECKING:
@@ -91,19 +94,45 @@ def committed(store: "Store", generation: int) -> bool:
 
 
 def roll_back(store: "Store", error: BaseException, what: str, generation: int, *,
-              trees: Iterable[Path] = (), segment_files: Iterable[str] = ()) -> None:
+              trees: Iterable[str] = (), segment_files: Iterable[str] = ()) -> None:
     """After `what` failed: remove what commit `generation` wrote unless its rename happened, and say on
     `error` (a note: its type and errno stay as they were) where the store stands.
 
-    trees: directories the commit created (its segment, a new codec/); segment_files: the
-    names under segments/ it created (bitmaps). Invariant 4: a commit's names are its own.
+    trees: directories the commit created, relative to the root ("segments/seg-{G}", a new
+    "codec"); segment_files: the names under segments/ it created (bitmaps). Invariant 4: a
+    commit's names are its own, so nothing else goes; nothing is removed through a symlink.
     """
     if not committed(store, generation):  # not committed: leave no trace
         for tree in trees:
-            shutil.rmtree(tree, ignore_errors=True)
+            _remove_own(store.root, tree, "dir")
         for name in segment_files:
-            (store.root / SEGMENTS_DIR / name).unlink(missing_ok=True)
+            _remove_own(store.root, f"{SEGMENTS_DIR}/{name}", "file")
     note_failure(store, error, what, generation)
+
+
+def _remove_own(root: Path, relative: str, kind: str) -> None:
+    """Remove root/relative (a "dir" tree or a "file") if it is of that kind, without following a link
+    on the way; errors are ignored (a roll-back must not hide the error that caused it)."""
+    *parents, name = relative.split("/")
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        for part in parents:
+            sub = _open_own_dir(fd, part)
+            os.close(fd)
+            if sub is None:
+                return
+            fd = sub
+        if kind == "dir":
+            shutil.rmtree(name, dir_fd=fd, ignore_errors=True)
+        elif _kind(fd, name) == "file":
+            os.unlink(name, dir_fd=fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def note_failure(store: "Store", error: BaseException, what: str, generation: int) -> None:
@@ -122,6 +151,11 @@ def manifest_files(manifest: Manifest) -> set[str]:
 
 
 _GENERATION_IN_NAME = re.compile(r"^seg-(\d+)(?:\.(\d+)\.del)?$")
+# Entries of segments/ this writer creates, and of what type: segment directories, deletion
+# bitmaps, and the Index's encoding spill (lodestore/index.py: `.spill-{pid}-{generation}`).
+# Nothing else there is ever removed (FORMAT.md section 13: garbage is what a writer made).
+_OWN_DIR = re.compile(r"^(?:seg-\d+|\.spill-\d+-\d+)$")
+_OWN_FILE = re.compile(r"^seg-\d+\.\d+\.del$")
 
 
 def name_generation(name: str) -> int | None:
@@ -135,25 +169,80 @@ def name_generation(name: str) -> int | None:
 def collect_garbage(root: Path, manifest: Manifest) -> None:
     """Remove what the current manifest does not name and no reader can need (FORMAT.md section 13).
 
-    Writer lock held, after `manifest` is durable. Files an older generation named
-    (superseded bitmaps, compacted segments) stay while a live reader lease names them;
-    a later commit or writable open removes them. While a lease is unreadable (being
-    stamped) only crash leftovers of commits that never happened (a generation above the
+    Writer lock held, after `manifest` is durable (invariant 3: nothing a committed manifest
+    still names goes). Files an older generation named (superseded bitmaps, compacted
+    segments) stay while a live reader lease names them; a later commit or writable open
+    removes them. While a lease is unreadable (being stamped), or readers/ is not a plain
+    directory, only crash leftovers of commits that never happened (a generation above the
     current one in the name) go.
+
+    Only what this writer creates is ever removed, and never through a symbolic link: the
+    store's directories are opened with O_NOFOLLOW and every removal is relative to their
+    file descriptors; an entry of segments/ goes only when its name has one of the writer's
+    own forms and its type (lstat) is the one that form is written as. A segments/ that is a
+    symlink is not entered; codec/ and projection/ go only when they are real directories.
     """
-    (root / (MANIFEST_NAME + ".tmp")).unlink(missing_ok=True)
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with contextlib.suppress(FileNotFoundError):  # the writer's own temp name: a link goes, not its target
+            os.unlink(MANIFEST_NAME + ".tmp", dir_fd=root_fd)
+        seg_fd = _open_own_dir(root_fd, SEGMENTS_DIR)
+        if seg_fd is not None:
+            try:
+                _collect_segments(root, root_fd, seg_fd, manifest)
+            finally:
+                os.close(seg_fd)
+        if manifest.codec is None:
+            for name in (CODEC_DIR, PROJECTION_DIR):
+                if _kind(root_fd, name) == "dir":
+                    shutil.rmtree(name, dir_fd=root_fd, ignore_errors=True)
+    finally:
+        os.close(root_fd)
+
+
+def _collect_segments(root: Path, root_fd: int, seg_fd: int, manifest: Manifest) -> None:
+    """Step 3 of FORMAT.md section 13 on the open segments/ directory `seg_fd`."""
     named = manifest_files(manifest)
-    seg_dir = root / SEGMENTS_DIR
-    garbage = [p for p in (seg_dir.iterdir() if seg_dir.is_dir() else []) if p.name not in named]
+    garbage: list[tuple[str, str]] = []  # (name, "dir" | "file")
+    with os.scandir(seg_fd) as entries:
+        for e in entries:
+            if e.name in named:
+                continue
+            if _OWN_DIR.match(e.name) and e.is_dir(follow_symlinks=False):
+                garbage.append((e.name, "dir"))
+            elif _OWN_FILE.match(e.name) and e.is_file(follow_symlinks=False):
+                garbage.append((e.name, "file"))
     if garbage:
-        leases = live_leases(root)
+        readers = _kind(root_fd, READERS_DIR)
+        leases = live_leases(root) if readers in ("dir", None) else [(UNKNOWN, None)]  # never a linked readers/
         if any(files is None for _, files in leases):
-            garbage = [p for p in garbage if (name_generation(p.name) or 0) > manifest.generation]
+            garbage = [(n, k) for n, k in garbage if (name_generation(n) or 0) > manifest.generation]
         pinned = set().union(*[files for _, files in leases if files is not None])
-        garbage = [p for p in garbage if p.name not in pinned]
-    for p in garbage:
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    if manifest.codec is None:
-        for name in (CODEC_DIR, PROJECTION_DIR):
-            if (root / name).exists():
-                shutil.rmtree(root / name, ignore_errors=True)
+        garbage = [(n, k) for n, k in garbage if n not in pinned]
+    for name, kind in garbage:
+        if kind == "dir":
+            shutil.rmtree(name, dir_fd=seg_fd, ignore_errors=True)  # fd-based: refuses a link, never follows one
+        elif _kind(seg_fd, name) == "file":  # still a regular file: unlink the entry itself
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=seg_fd)
+
+
+def _open_own_dir(dir_fd: int, name: str) -> int | None:
+    """An fd of directory `name` under `dir_fd`; None when it is missing, a symlink or not a directory."""
+    try:
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # a symlink
+            return None
+        raise
+
+
+def _kind(dir_fd: int, name: str) -> str | None:
+    """What `name` under `dir_fd` is, without following a link: "dir", "file", "other" or None (absent)."""
+    try:
+        mode = os.lstat(name, dir_fd=dir_fd).st_mode
+    except FileNotFoundError:
+        return None
+    return "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"

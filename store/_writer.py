@@ -85,7 +85,7 @@ def add_source(store: "Store", source: DocSource, replaced: list[str], *, progre
                                             codec.num_centroids, pq_subspaces=pq_subspaces)
         commit(store, replace(m, generation=generation, codec=codec_entry, segments=tuple(entries)))
     except BaseException as e:
-        trees = [seg_path] + ([codec_path, projection_path] if new_codec else [])
+        trees = [f"{SEGMENTS_DIR}/{name}"] + ([CODEC_DIR, PROJECTION_DIR] if new_codec else [])
         roll_back(store, e, "add", generation, trees=trees, segment_files=written)
         raise
     store._codec, store._projection = codec, projection
@@ -122,7 +122,11 @@ def write_deletes(store: "Store", generation: int, ids: list[str], written: list
     for si, mask in masks.items():
         fname = f"{entries[si].name}.{generation:06d}.del"
         written.append(fname)  # before the write: a failed fsync leaves the file behind
-        write_durable(store.root / SEGMENTS_DIR / fname, encode_deletes(mask))
+        try:
+            write_durable(store.root / SEGMENTS_DIR / fname, encode_deletes(mask))
+        except FileExistsError:  # the exclusive create failed: the file there is not this commit's
+            written.pop()
+            raise
         entries[si] = replace(entries[si], deletes=fname, deleted=int(mask.sum()))
     return entries
 
@@ -160,7 +164,7 @@ def compact(store: "Store") -> int:
         failpoint("compact.before_commit")
         commit(store, replace(m, generation=generation, segments=entries))
     except BaseException as e:
-        roll_back(store, e, "compact", generation, trees=[seg_path])
+        roll_back(store, e, "compact", generation, trees=[f"{SEGMENTS_DIR}/{name}"])
         raise
     return generation
 
