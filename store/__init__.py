@@ -8,7 +8,8 @@ from ._errors import CorruptStoreError, StoreError, StoreLockedError, Unsupporte
 from ._ingest import BundleSource, DocSource, as_numpy, open_source
 from ._manifest import FORMAT_VERSION, OLDEST_READABLE_VERSION, Manifest, SegmentEntry
 from ._segment import SegmentReader
-from ._store import Store, VerifyReport
+from ._report import VerifyReport
+from ._store import Store
 
 __all__ = [
     "BundleSource",

@@ -16,7 +16,11 @@ so ||x - c||^2 = 2 - 2<x, c>), and two integers in metadata. Nothing is decoded.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from ._smallarray import read_attributes
 
 DRIFT_QUANTILE = 0.99
 THRESHOLD_SAMPLE = 1 << 14  # tokens of the training sample used to set the threshold
@@ -58,3 +62,15 @@ def summarize(segments: list[tuple[str, int, int | None]], limit: float | None) 
         "far_fraction": far / tokens if tokens else None,
         "segments": {n: (f / t if t else 0.0) for n, t, f in known},
     }
+
+
+def segment_far_tokens(path: Path) -> int | None:
+    """The far-token count a segment recorded at write time (None when it has none)."""
+    value = read_attributes(path).get(FAR_ATTR)
+    return int(value) if isinstance(value, int) else None
+
+
+def codec_threshold(codec_path: Path) -> float | None:
+    """The residual-norm threshold recorded in the codec group at the first add (None for older stores)."""
+    value = read_attributes(codec_path).get(THRESHOLD_ATTR)
+    return float(value) if isinstance(value, (int, float)) else None

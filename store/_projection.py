@@ -10,7 +10,13 @@ a third. docs/BENCHMARKS.md section 7.3 measures what that does to nDCG@10.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from ._errors import StoreError
+from ._segment import write_small_array
+from ._smallarray import read_small
 
 REDUCTIONS = ("pca", "random")
 
@@ -45,3 +51,20 @@ def project(x: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     y = np.asarray(x, dtype=np.float32) @ matrix
     norms = np.linalg.norm(y, axis=-1, keepdims=True)
     return y / np.maximum(norms, 1e-12)
+
+
+def write_projection(path: Path, matrix: np.ndarray, kind: str) -> None:
+    """The reduction matrix as a Zarr group: attributes + one flat float32 array (FORMAT.md 7.6)."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    group.attrs.update({"kind": kind, "input_dim": int(matrix.shape[0]), "dim": int(matrix.shape[1])})
+    write_small_array(group, "matrix", np.ascontiguousarray(matrix, dtype=np.float32).ravel())
+
+
+def read_projection(path: Path, input_dim: int, dim: int) -> np.ndarray:
+    """The (input_dim, dim) matrix write_projection wrote at `path` (StoreError if its size disagrees)."""
+    flat = read_small(path / "matrix")
+    if flat.size != input_dim * dim:
+        raise StoreError(f"{path}: matrix has {flat.size} values, expected {input_dim}x{dim}")
+    return flat.reshape(input_dim, dim)

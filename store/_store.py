@@ -7,55 +7,28 @@ lease on it (store/_leases.py) so no writer collects the files it names.
 
 from __future__ import annotations
 
-import fcntl
 import os
-import re
-import shutil
-import warnings
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from . import _drift
-from ._codec import ensure_trained, training_sample_size, default_num_centroids
-from ._codec_io import read_store_codec, verify_codec, write_codec
-from ._codecs import (MANIFEST_KIND, Codec, creation_settings, reader_features, resolve_codec, settings_codec,
-                      train_codec)
-from ._compact import copy_documents, far_tokens_estimate
-from ._pq import PQ_TRAINING_SAMPLE
-from ._deletes import encode_deletes, read_deletes
-from ._errors import StoreError, StoreLockedError
-from ._fs import failpoint, fsync_dir, fsync_tree, write_durable
+from . import _drift, _report, _writer
+from ._codec import ensure_trained
+from ._codec_io import read_store_codec
+from ._codecs import Codec, creation_settings, reader_features, resolve_codec
+from ._commit import (PROJECTION_DIR, SEGMENTS_DIR, acquire_lock, collect_garbage,
+                      manifest_files)
+from ._deletes import read_deletes
+from ._errors import StoreError
+from ._fs import fsync_dir
 from ._ingest import DocSource, InMemorySource, open_source
-from ._leases import READERS_DIR, Lease, live_leases
-from ._manifest import MANIFEST_NAME, CodecEntry, Manifest, SegmentEntry, read_manifest, write_manifest
+from ._leases import Lease
+from ._manifest import Manifest, read_manifest, write_manifest
 from ._payloads import check_payloads
-from ._projection import REDUCTIONS, fit_projection, project
-from ._segment import SegmentReader, SegmentWriter, segment_disk_usage, write_small_array
-from ._smallarray import read_attributes, read_small, verify_small
-
-SEGMENTS_DIR = "segments"
-CODEC_DIR = "codec"
-PROJECTION_DIR = "projection"
-LOCK_NAME = ".lock"
-
-
-@dataclass
-class VerifyReport:
-    """What `Store.verify` checked: every chunk of every array, the manifest, the bitmaps."""
-
-    checked: int = 0
-    failures: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    def __str__(self) -> str:
-        head = f"{self.checked} chunks checked, {len(self.failures)} failures"
-        return "\n".join([head] + [f"  CORRUPT {f}" for f in self.failures])
+from ._projection import REDUCTIONS, project, read_projection
+from ._report import VerifyReport
+from ._segment import SegmentReader
 
 
 class Store:
@@ -110,7 +83,7 @@ class Store:
             raise FileExistsError(f"{root}: exists and is not an empty directory; refusing to create a store there")
         root.mkdir(parents=True, exist_ok=True)
         (root / SEGMENTS_DIR).mkdir()
-        lock_fd = _acquire_lock(root)
+        lock_fd = acquire_lock(root)
         manifest = Manifest(generation=0, dim=int(dim), nbits=int(nbits),
                             settings={**settings, **creation_settings(codec, pq_subspaces)}, encoder=encoder,
                             reader_features=reader_features(codec),
@@ -125,7 +98,7 @@ class Store:
         root = Path(path)
         if not root.is_dir():
             raise StoreError(f"{root}: no such store directory")
-        lock_fd = _acquire_lock(root) if writable else None
+        lock_fd = acquire_lock(root) if writable else None
         lease = None
         try:
             if not writable:
@@ -135,7 +108,7 @@ class Store:
                 lease.stamp(manifest.generation, manifest_files(manifest))
             if writable:
                 manifest.check_writable()
-                _collect_garbage(root, manifest)
+                collect_garbage(root, manifest)
             return cls(root, manifest, writable=writable, lock_fd=lock_fd, lease=lease)  # loads the deletion bitmaps
         except BaseException:
             if lock_fd is not None:
@@ -191,10 +164,7 @@ class Store:
         if self._projection is None:
             if self.manifest.codec is None:
                 raise StoreError(f"{self.root}: the reduction is fitted at the first add; nothing was added yet")
-            flat = read_small(self.root / PROJECTION_DIR / "matrix")
-            if flat.size != self.input_dim * self.dim:
-                raise StoreError(f"{self.root}/{PROJECTION_DIR}: matrix has {flat.size} values, expected {self.input_dim}x{self.dim}")
-            self._projection = flat.reshape(self.input_dim, self.dim)
+            self._projection = read_projection(self.root / PROJECTION_DIR, self.input_dim, self.dim)
         return self._projection
 
     def project(self, x: np.ndarray) -> np.ndarray:
@@ -346,117 +316,13 @@ class Store:
         if replaced and not upsert:
             raise ValueError(f"document id {replaced[0]!r} is already in the store "
                              f"({len(replaced)} such ids); pass upsert=True to replace them")
-        m = self.manifest
-        new_codec = m.codec is None
-        if new_codec:
-            projection, codec, limit = self._train_codec(source)
-        else:
-            projection, codec, limit = self.projection, self.codec, self._drift_threshold()
-        generation = m.generation + 1
-        name = f"seg-{generation:06d}"
-        seg_path = self.root / SEGMENTS_DIR / name
-        codec_path = self.root / CODEC_DIR
-        projection_path = self.root / PROJECTION_DIR
-        written: list[str] = []
-        try:
-            if new_codec:
-                if projection is not None:
-                    write_projection(projection_path, projection, self.manifest.settings["reduction"])
-                write_codec(codec_path, codec)
-                if limit is not None:
-                    _set_attributes(codec_path, {_drift.THRESHOLD_ATTR: limit})
-                failpoint("add.codec_written")
-            payloads = source.payloads
-            writer = SegmentWriter(seg_path, codec, source.n_docs, source.n_tokens, payloads=payloads is not None)
-            bar = _progress(progress, source.n_tokens, f"encoding {name}")
-            done = far = 0
-            for batch_ids, doclens, tokens in source.batches():
-                if projection is not None:
-                    tokens = project(tokens, projection)
-                codes, residuals = codec.encode(tokens)
-                far += _drift.count_far(codec.centroids, tokens, codes, limit)
-                part = None if payloads is None else payloads[done : done + len(batch_ids)]
-                writer.append(batch_ids, doclens, codes, residuals, part)
-                done += len(batch_ids)
-                bar.update(len(tokens))
-                failpoint("add.batch_written")
-            bar.close()
-            if limit is not None:
-                writer.attrs[_drift.FAR_ATTR] = far
-            writer.finish()
-            failpoint("add.segment_written")
-            fsync_tree(seg_path)
-            if new_codec:
-                fsync_tree(codec_path)
-                if projection is not None:
-                    fsync_tree(projection_path)
-            entries = self._write_deletes(generation, replaced, written) if replaced else list(m.segments)
-            fsync_dir(self.root / SEGMENTS_DIR)
-            fsync_dir(self.root)
-            failpoint("add.before_commit")
-            entries.append(SegmentEntry(name=name, documents=source.n_docs, tokens=source.n_tokens))
-            kind, pq_subspaces = settings_codec(m.settings)
-            codec_entry = m.codec or CodecEntry(MANIFEST_KIND[kind], CODEC_DIR, self.dim, self.nbits,
-                                                codec.num_centroids, pq_subspaces=pq_subspaces)
-            self._commit(replace(m, generation=generation, codec=codec_entry, segments=tuple(entries)))
-        except BaseException as e:
-            if not self._committed(generation):  # not committed: leave no trace
-                shutil.rmtree(seg_path, ignore_errors=True)
-                self._unlink_segment_files(written)
-                if new_codec:
-                    shutil.rmtree(codec_path, ignore_errors=True)
-                    shutil.rmtree(projection_path, ignore_errors=True)
-            self._note_failure(e, "add", generation)
-            raise
-        self._codec, self._projection = codec, projection
-        return generation
-
-    def _train_codec(self, source: DocSource) -> tuple[np.ndarray | None, Codec, float | None]:
-        """(reduction matrix or None, codec, drift threshold), all fitted on token samples of the first add.
-
-        The drift threshold (store/_drift.py) comes from up to 2^14 tokens k-means did not
-        see, when the source has more tokens than the training sample; otherwise from the
-        training sample itself (small first adds: later segments of the same data then
-        read above 1%).
-        """
-        settings = self.manifest.settings
-        kind, pq_subspaces = settings_codec(settings)
-        k = settings.get("num_centroids") or default_num_centroids(source.n_tokens)
-        seed = int(settings.get("seed", 0))
-        n_train = training_sample_size(source.n_tokens, k)
-        n_probe = min(_drift.THRESHOLD_SAMPLE, source.n_tokens - n_train)
-        if n_probe > 0:
-            both = source.sample(n_train + n_probe, seed)
-            order = np.random.default_rng(seed + 1).permutation(len(both))  # bundle samples come in file order
-            sample, probe = both[order[:n_train]], both[order[n_train:]]
-        else:
-            sample = source.sample(n_train, seed)
-            probe = sample[np.random.default_rng(seed + 1).permutation(len(sample))[: _drift.THRESHOLD_SAMPLE]]
-        # pq: its codebooks learn from a second draw (residuals of tokens k-means did not fit)
-        residual_sample = source.sample(PQ_TRAINING_SAMPLE, seed + 1) if kind == "pq" else None
-        projection = None
-        if self.input_dim != self.dim:
-            projection = fit_projection(settings["reduction"], sample, self.dim, seed)
-            sample, probe = project(sample, projection), project(probe, projection)
-            if residual_sample is not None:
-                residual_sample = project(residual_sample, projection)
-        codec = train_codec(sample, kind, nbits=self.nbits, pq_subspaces=pq_subspaces, num_centroids=k,
-                            n_tokens=source.n_tokens, seed=seed, residual_sample=residual_sample)
-        limit = _drift.threshold(codec.centroids, probe, codec.assign(probe)) if len(probe) else None
-        if codec.num_centroids < k:
-            warnings.warn(
-                f"the first add has only {source.n_tokens} tokens: the codec gets {codec.num_centroids} centroids "
-                f"instead of {k}, for the life of this store; add a representative first batch for better compression",
-                stacklevel=3,
-            )
-        return projection, codec, limit
+        return _writer.add_source(self, source, replaced, progress=progress)
 
     def _drift_threshold(self) -> float | None:
         """The residual-norm threshold recorded at the first add; None for stores written before it was."""
         if self.manifest.codec is None:
             return None
-        value = read_attributes(self.root / self.manifest.codec.path).get(_drift.THRESHOLD_ATTR)
-        return float(value) if isinstance(value, (int, float)) else None
+        return _drift.codec_threshold(self.root / self.manifest.codec.path)
 
     def delete(self, ids: Sequence[str]) -> int:
         """Mark documents deleted in one commit (new bitmap files; segments are never edited).
@@ -474,42 +340,7 @@ class Store:
         if missing:
             raise KeyError(f"cannot delete unknown document ids: {missing[:5]}{' ...' if len(missing) > 5 else ''}"
                            " (nothing was deleted)")
-        m = self.manifest
-        generation = m.generation + 1
-        written: list[str] = []
-        try:
-            entries = self._write_deletes(generation, ids, written)
-            fsync_dir(self.root / SEGMENTS_DIR)
-            failpoint("delete.before_commit")
-            self._commit(replace(m, generation=generation, segments=tuple(entries)))
-        except BaseException as e:
-            if not self._committed(generation):
-                self._unlink_segment_files(written)
-            self._note_failure(e, "delete", generation)
-            raise
-        return generation
-
-    def _write_deletes(self, generation: int, ids: list[str], written: list[str]) -> list[SegmentEntry]:
-        """Write (and fsync) the bitmaps of commit `generation` deleting live `ids`; the new segment entries.
-
-        Each file name is appended to `written` before its write, so a failed commit can remove it.
-        """
-        index = self._ids_index()
-        masks = {si: self.deleted(si).copy() for si in {index[i][0] for i in ids}}
-        for i in ids:
-            si, local = index[i]
-            masks[si][local] = True
-        entries = list(self.manifest.segments)
-        for si, mask in masks.items():
-            fname = f"{entries[si].name}.{generation:06d}.del"
-            written.append(fname)  # before the write: a failed fsync leaves the file behind
-            write_durable(self.root / SEGMENTS_DIR / fname, encode_deletes(mask))
-            entries[si] = replace(entries[si], deletes=fname, deleted=int(mask.sum()))
-        return entries
-
-    def _unlink_segment_files(self, names: list[str]) -> None:
-        for fname in names:
-            (self.root / SEGMENTS_DIR / fname).unlink(missing_ok=True)
+        return _writer.delete(self, ids)
 
     def compact(self) -> int:
         """Merge every segment into one without the deleted documents, in one commit. Returns the generation.
@@ -524,76 +355,7 @@ class Store:
         m = self.manifest
         if len(m.segments) <= 1 and not any(e.deleted for e in m.segments):
             return m.generation
-        generation = m.generation + 1
-        name = f"seg-{generation:06d}"
-        seg_path = self.root / SEGMENTS_DIR / name
-        keep = [np.flatnonzero(~self.deleted(si)) for si in range(len(m.segments))]
-        n_docs = sum(len(k) for k in keep)
-        n_tokens = sum(int(np.diff(seg.doc_offsets)[k].sum()) for seg, k in zip(self.segments, keep))
-        try:
-            entries: tuple[SegmentEntry, ...] = ()
-            if n_docs:  # all deleted: the store keeps its codec and has no segment
-                with_payloads = any(seg.has_payloads for seg, k in zip(self.segments, keep) if len(k))
-                writer = SegmentWriter(seg_path, self.codec, n_docs, n_tokens, payloads=with_payloads)
-                drift_parts = []
-                for e, seg, k in zip(m.segments, self.segments, keep):
-                    if len(k):
-                        copy_documents(seg, k, seg.ids(), writer)
-                        live_tokens = int(np.diff(seg.doc_offsets)[k].sum())
-                        drift_parts.append((_segment_far_tokens(seg.path), e.tokens, live_tokens))
-                        failpoint("compact.batch_written")
-                far = far_tokens_estimate(drift_parts)
-                if far is not None:
-                    writer.attrs[_drift.FAR_ATTR] = far
-                writer.finish()
-                failpoint("compact.segment_written")
-                fsync_tree(seg_path)
-                fsync_dir(self.root / SEGMENTS_DIR)
-                fsync_dir(self.root)
-                entries = (SegmentEntry(name=name, documents=n_docs, tokens=n_tokens),)
-            failpoint("compact.before_commit")
-            self._commit(replace(m, generation=generation, segments=entries))
-        except BaseException as e:
-            if not self._committed(generation):
-                shutil.rmtree(seg_path, ignore_errors=True)
-            self._note_failure(e, "compact", generation)
-            raise
-        return generation
-
-    def _note_failure(self, error: BaseException, what: str, generation: int) -> None:
-        """Say on the error (a note: its type and errno stay as they were) where the store stands."""
-        if self._committed(generation):
-            error.add_note(f"lodestore: {what} failed after its commit point: {self.root} is at generation "
-                           f"{generation}, which includes the {what}")
-        else:
-            error.add_note(f"lodestore: {what} failed; nothing was committed: {self.root} is still at "
-                           f"generation {generation - 1}")
-
-    def _commit(self, manifest: Manifest) -> None:
-        try:
-            write_manifest(self.root, manifest)
-        finally:
-            if self._committed(manifest.generation):
-                # the rename happened (even if the directory fsync after it failed):
-                # the new generation is the store's state from now on
-                self.manifest = manifest
-                self._segments_reset()
-        # durable (step 7 done): what the previous generation named and this one does not is garbage now
-        failpoint("commit.before_gc")
-        try:
-            _collect_garbage(self.root, manifest)
-        except OSError as e:  # the commit stands; the next writable open collects what is left
-            warnings.warn(f"{self.root}: committed generation {manifest.generation}, but removing old files failed: {e}",
-                          stacklevel=3)
-
-    def _committed(self, generation: int) -> bool:
-        """Whether the manifest on disk names `generation` (i.e. the rename of step 6 happened)."""
-        if self.manifest.generation == generation:
-            return True
-        try:
-            return read_manifest(self.root).generation == generation
-        except StoreError:
-            return False
+        return _writer.compact(self)
 
     def _segments_reset(self) -> None:
         for seg in self._segments or []:
@@ -604,166 +366,8 @@ class Store:
     # ------------------------------------------------------------------ reporting
     def stats(self) -> dict[str, Any]:
         """Sizes and parameters: documents, tokens, segments, bytes on disk, bytes per token, per-array sizes."""
-        m = self.manifest
-        arrays: dict[str, int] = {}
-        for s in m.segments:
-            for name, size in segment_disk_usage(self.root / SEGMENTS_DIR / s.name).items():
-                arrays[name] = arrays.get(name, 0) + size
-        arrays["codec"] = _du(self.root / CODEC_DIR)
-        total = _du(self.root) - _du(self.root / READERS_DIR)  # not the readers' own lease files
-        tokens = m.tokens
-        kind, pq_subspaces = settings_codec(m.settings)
-        token_data = sum(arrays.get(k, 0) for k in ("codes", "residuals", "doc_offsets", "id_offsets", "id_bytes"))
-        drift = _drift.summarize(
-            [(s.name, s.tokens, _segment_far_tokens(self.root / SEGMENTS_DIR / s.name)) for s in m.segments],
-            self._drift_threshold(),
-        )
-        return {
-            "path": str(self.root),
-            "format_version": m.format_version,
-            "generation": m.generation,
-            "documents": m.documents,
-            "deleted": sum(s.deleted for s in m.segments),
-            "tokens": tokens,
-            "segments": len(m.segments),
-            "dim": m.dim,
-            "input_dim": self.input_dim,
-            "reduction": m.settings.get("reduction") if self.input_dim != m.dim else None,
-            "nbits": m.nbits,
-            "codec": kind,
-            "pq_subspaces": pq_subspaces,
-            "residual_bytes_per_token": self.codec.residual_bytes if m.codec else None,
-            "centroids": m.codec.num_centroids if m.codec else 0,
-            "bytes_on_disk": total,
-            "bytes_per_token": total / tokens if tokens else 0.0,
-            "token_bytes_per_token": token_data / tokens if tokens else 0.0,
-            "array_bytes": arrays,
-            "drift": drift,
-        }
+        return _report.stats(self)
 
     def verify(self) -> VerifyReport:
         """Check every checksum in the store: manifest body, codec, every chunk of every segment, bitmaps."""
-        report = VerifyReport()
-        try:
-            read_manifest(self.root)
-            report.checked += 1
-        except StoreError as e:
-            report.failures.append(str(e))
-            return report
-        if self.manifest.codec is not None:
-            c, f = verify_codec(self.root / self.manifest.codec.path)
-            report.checked += c
-            report.failures += f
-            if self.input_dim != self.dim:
-                c, f = verify_small(self.root / PROJECTION_DIR / "matrix")
-                report.checked += c
-                report.failures += f
-        for i, entry in enumerate(self.manifest.segments):
-            try:
-                seg = SegmentReader.open(self.root / SEGMENTS_DIR / entry.name)
-            except StoreError as e:
-                report.failures.append(str(e))
-                continue
-            try:
-                c, f = seg.verify()
-                report.checked += c
-                report.failures += f
-                if seg.n_docs != entry.documents or seg.n_tokens != entry.tokens:
-                    report.failures.append(f"{seg.path}: size disagrees with the manifest")
-            finally:
-                seg.close()
-            if entry.deletes:
-                report.checked += 1
-                try:
-                    read_deletes(self.root / SEGMENTS_DIR / entry.deletes, entry.documents)
-                except StoreError as e:
-                    report.failures.append(str(e))
-        return report
-
-
-def _acquire_lock(root: Path) -> int:
-    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise StoreLockedError(f"{root}: another process is writing this store (lock {LOCK_NAME} is held)") from None
-    return fd
-
-
-_GENERATION_IN_NAME = re.compile(r"^seg-(\d+)(?:\.(\d+)\.del)?$")
-
-
-def _collect_garbage(root: Path, manifest: Manifest) -> None:
-    """Remove what the current manifest does not name and no reader can need (FORMAT.md section 13).
-
-    Writer lock held, after `manifest` is durable. Files an older generation named
-    (superseded bitmaps, compacted segments) stay while a live reader lease names them;
-    a later commit or writable open removes them. While a lease is unreadable (being
-    stamped) only crash leftovers of commits that never happened (a generation above the
-    current one in the name) go.
-    """
-    (root / (MANIFEST_NAME + ".tmp")).unlink(missing_ok=True)
-    named = manifest_files(manifest)
-    seg_dir = root / SEGMENTS_DIR
-    garbage = [p for p in (seg_dir.iterdir() if seg_dir.is_dir() else []) if p.name not in named]
-    if garbage:
-        leases = live_leases(root)
-        if any(files is None for _, files in leases):
-            garbage = [p for p in garbage if (_name_generation(p.name) or 0) > manifest.generation]
-        pinned = set().union(*[files for _, files in leases if files is not None])
-        garbage = [p for p in garbage if p.name not in pinned]
-    for p in garbage:
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    if manifest.codec is None:
-        for name in (CODEC_DIR, PROJECTION_DIR):
-            if (root / name).exists():
-                shutil.rmtree(root / name, ignore_errors=True)
-
-
-def write_projection(path: Path, matrix: np.ndarray, kind: str) -> None:
-    """The reduction matrix as a Zarr group: attributes + one flat float32 array (FORMAT.md 7.6)."""
-    import zarr
-
-    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
-    group.attrs.update({"kind": kind, "input_dim": int(matrix.shape[0]), "dim": int(matrix.shape[1])})
-    write_small_array(group, "matrix", np.ascontiguousarray(matrix, dtype=np.float32).ravel())
-
-
-def manifest_files(manifest: Manifest) -> set[str]:
-    """The names under segments/ that a manifest names: its segments and their current bitmaps."""
-    return {s.name for s in manifest.segments} | {s.deletes for s in manifest.segments if s.deletes}
-
-
-def _name_generation(name: str) -> int | None:
-    """The generation that created `seg-{G}` or `{segment}.{G}.del` (None for any other name)."""
-    m = _GENERATION_IN_NAME.match(name)
-    if m is None:
-        return None
-    return int(m.group(2) or m.group(1))
-
-
-def _segment_far_tokens(path: Path) -> int | None:
-    """The far-token count a segment recorded at write time (None when it has none)."""
-    value = read_attributes(path).get(_drift.FAR_ATTR)
-    return int(value) if isinstance(value, int) else None
-
-
-def _set_attributes(group_path: Path, attrs: dict[str, Any]) -> None:
-    """Add attributes to a Zarr group being written (before its tree is fsynced)."""
-    import zarr
-
-    zarr.open_group(str(group_path), mode="r+").attrs.update(attrs)
-
-
-def _du(path: Path) -> int:
-    total = 0
-    for dirpath, _d, files in os.walk(path):
-        total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
-    return total
-
-
-def _progress(enabled: bool, total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="tok", unit_scale=True, disable=not enabled)
+        return _report.verify(self)

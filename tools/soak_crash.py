@@ -112,7 +112,7 @@ def run_writer(path: Path, op: str, dim: int, kill_at: int | None, *, kill_after
 def check_point(work: Path, base: Path, op: str, dim: int, before, after, *, kill_at=None, kill_after_s=None) -> str:
     """One kill: 'before', 'after', 'finished' (the writer completed first), or 'FAIL: ...'."""
     from lodestore import store
-    from lodestore.store._store import SEGMENTS_DIR, manifest_files
+    from lodestore.store._commit import SEGMENTS_DIR, manifest_files
 
     path = work / "s"
     shutil.rmtree(path, ignore_errors=True)

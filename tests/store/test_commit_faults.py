@@ -1,6 +1,6 @@
 """A commit that fails part way leaves the store exactly at its previous generation.
 
-Every named failpoint of the commit protocol (store/_store.py, store/_fs.py) is made
+Every named failpoint of the commit protocol (store/_writer.py, store/_commit.py, store/_fs.py) is made
 to raise, and os.fsync / os.replace / zarr's chunk writes fail with ENOSPC at chosen steps. After
 the failure: the handle and a fresh reader see the previous generation with the
 previous documents bit for bit, verify() passes, nothing the failed commit wrote
@@ -155,7 +155,9 @@ PRE_RENAME_FAILPOINTS = [
 
 
 def test_every_failpoint_is_covered():
-    """Each failpoint the store code names is exercised here (so a new one is not forgotten)."""
+    """Each failpoint the store code names is exercised here (so a new one is not forgotten).
+
+    Covers FORMAT.md section 12's steps 1-8 as a whole: no step without a test below."""
     import re
 
     root = Path(store.__file__).parent
@@ -170,6 +172,9 @@ def test_every_failpoint_is_covered():
 
 @pytest.mark.parametrize("op, failpoint", PRE_RENAME_FAILPOINTS, ids=[f"{op.name}-{fp}" for op, fp in PRE_RENAME_FAILPOINTS])
 def test_failpoint_leaves_previous_generation(make_op, op, failpoint):
+    """FORMAT.md 12 invariants 1 and 4 and its roll-back rule: a failure before the rename leaves the
+    previous generation, complete, and none of the failed commit's files; invariant 5 for a first add
+    (no codec/ without a committed segment)."""
     s, run = make_op(op)
     before, files_before = content(s), snapshot_files(s.root)
     hits = []
@@ -190,7 +195,7 @@ def test_failpoint_leaves_previous_generation(make_op, op, failpoint):
 
 @pytest.mark.parametrize("op", [ADD], ids=repr)
 def test_interrupt_is_cleaned_up_too(make_op, op):
-    """KeyboardInterrupt (a BaseException) mid-segment gets the same clean-up."""
+    """KeyboardInterrupt (a BaseException) mid-segment gets the same clean-up (FORMAT.md 12 invariant 1, roll-back rule)."""
     s, run = make_op(op)
     before, files_before = content(s), snapshot_files(s.root)
 
@@ -227,7 +232,10 @@ POST_RENAME_FAILPOINTS = ["manifest.before_dir_fsync", "commit.before_gc"]
 @pytest.mark.parametrize("op", [FIRST_ADD, ADD, DELETE, COMPACT, UPSERT], ids=repr)
 def test_failure_after_the_rename_keeps_the_new_generation(make_op, new_docs, extra, op, failpoint):
     """The manifest was renamed, then the directory fsync (or the removal of old files)
-    failed: the commit is visible, so its files must stay and every handle must agree it happened."""
+    failed: the commit is visible, so its files must stay and every handle must agree it happened.
+
+    FORMAT.md 12 invariants 2 and 3: once the rename happened, what the new manifest names is
+    complete and is never removed (the writer MUST NOT roll back after step 6)."""
     s, run = make_op(op)
     before = content(s)
     _fs.set_failpoint(failpoint, lambda: (_ for _ in ()).throw(Injected(failpoint)))
@@ -301,6 +309,7 @@ FSYNC_POINTS = [0, "middle", -2]
 @pytest.mark.parametrize("op", [FIRST_ADD, ADD, DELETE, COMPACT], ids=repr)
 @pytest.mark.parametrize("which", FSYNC_POINTS, ids=str)
 def test_enospc_in_fsync_leaves_previous_generation(make_op, fsync_counts, monkeypatch, op, which):
+    """FORMAT.md 12 invariants 1 and 2: an fsync of steps 2-5 fails, the previous generation stands."""
     n = fsync_counts[op.name]
     k = n // 2 if which == "middle" else (which if which >= 0 else n + which)
     assert 0 <= k < n - 1
@@ -328,6 +337,7 @@ def test_enospc_in_fsync_leaves_previous_generation(make_op, fsync_counts, monke
 
 @pytest.mark.parametrize("op", [FIRST_ADD, ADD, DELETE, COMPACT], ids=repr)
 def test_enospc_in_the_last_fsync_keeps_the_new_generation(make_op, fsync_counts, new_docs, monkeypatch, op):
+    """FORMAT.md 12 invariants 2 and 3: step 7's fsync fails after the rename, the new generation stands."""
     n = fsync_counts[op.name]
     s, run = make_op(op)
     before = content(s)
@@ -351,7 +361,9 @@ def test_enospc_in_the_last_fsync_keeps_the_new_generation(make_op, fsync_counts
 )
 def test_enospc_in_replace_leaves_previous_generation(make_op, monkeypatch, op, only_manifest):
     """os.replace fails: for the manifest's rename, or for any (zarr also writes every
-    chunk file as temp + rename, so then the first zarr write of the op fails)."""
+    chunk file as temp + rename, so then the first zarr write of the op fails).
+
+    FORMAT.md 12 invariant 1: no rename, no new generation; the roll-back removes the new files."""
     s, run = make_op(op)
     before, files_before = content(s), snapshot_files(s.root)
     real = os.replace
@@ -373,7 +385,7 @@ def test_enospc_in_replace_leaves_previous_generation(make_op, monkeypatch, op, 
 
 @pytest.mark.parametrize("op", [ADD_BUNDLE, COMPACT], ids=repr)
 def test_enospc_while_writing_chunks(make_op, monkeypatch, op):
-    """The disk fills while zarr writes the segment's residual chunks."""
+    """The disk fills while zarr writes the segment's residual chunks (FORMAT.md 12 invariants 1 and 2, step 1)."""
     import zarr.storage._local as local
 
     s, run = make_op(op)

@@ -113,6 +113,8 @@ def populated(base, tmp_path):
 
 
 def check_kill(path, op: str, step: str, after: tuple) -> None:
+    """Killed at `step`: the store is exactly the state before or after (FORMAT.md 12 invariants 1, 2
+    and 4), and a writable open's collection removes the leftovers and nothing named (invariant 3)."""
     before = snapshot(path)
     proc = run_writer(path, op, step)
     assert proc.returncode == -signal.SIGKILL, (step, proc.returncode, proc.stderr)
@@ -135,18 +137,21 @@ def check_kill(path, op: str, step: str, after: tuple) -> None:
 @pytest.mark.crash
 @pytest.mark.parametrize("step", ADD_STEPS)
 def test_kill_during_add(populated, after_states, step):
+    """FORMAT.md 12 invariants 1-4 (check_kill) for an add."""
     check_kill(populated, "add", step, after_states("add"))
 
 
 @pytest.mark.crash
 @pytest.mark.parametrize("step", DELETE_STEPS)
 def test_kill_during_delete(populated, after_states, step):
+    """FORMAT.md 12 invariants 1-4 (check_kill) and 6 (bitmaps match their entries) for a delete."""
     check_kill(populated, "delete", step, after_states("delete"))
 
 
 @pytest.mark.crash
 @pytest.mark.parametrize("step", COMPACT_STEPS)
 def test_kill_during_compact(populated, after_states, step):
+    """FORMAT.md 12 invariants 1-4 (check_kill) for a compaction: old segments go only after the rename."""
     after = after_states("compact")
     assert len(after[1]) == 11  # d6 is gone from the compacted store; content otherwise unchanged
     check_kill(populated, "compact", step, after)
@@ -157,12 +162,14 @@ def test_kill_during_compact(populated, after_states, step):
 @pytest.mark.crash
 @pytest.mark.parametrize("step", UPSERT_STEPS)
 def test_kill_during_upsert(populated, after_states, step):
+    """FORMAT.md 12 invariants 1-4 (check_kill) and 7 (live ids stay unique) for an upsert."""
     check_kill(populated, "upsert", step, after_states("upsert"))
 
 
 @pytest.mark.crash
 @pytest.mark.parametrize("step", FIRST_ADD_STEPS)
 def test_kill_during_the_first_add_leaves_an_empty_store(tmp_path, step):
+    """FORMAT.md 12 invariant 5: no codec without a committed segment; recovery removes a half-written codec/."""
     path = tmp_path / "s"
     store.Store.create(path, dim=DIM, nbits=2, num_centroids=16).close()
     proc = run_writer(path, "first-add", step)

@@ -84,7 +84,7 @@ def test_bad_reduction_settings(tmp_path: Path, kwargs: dict, message: str) -> N
 
 
 def test_failed_first_add_leaves_no_projection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import lodestore.store._store as store_mod
+    import lodestore.store._training as store_mod
 
     def boom(*a, **k):
         raise OSError("disk full")
