@@ -18,8 +18,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lodestore.engine import Encoder, Searcher
+from lodestore.engine import Searcher
 from lodestore.store import Store
+from lodestore.text import Encoder
 
 #: Documents encoded per slice while adding: bounds the float32 vectors held in RAM.
 ENCODE_SLICE = 256
