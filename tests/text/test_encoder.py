@@ -312,3 +312,25 @@ def test_identity_documents_only_ignores_query_settings(enc: Encoder) -> None:
     other_docs = Encoder.default(intra_op_num_threads=1, doc_max_length=64).identity()
     with pytest.raises(ValueError, match=r"config \(doc_max_length\)"):
         enc.check_identity(other_docs, documents_only=True)
+
+
+# -- layering --------------------------------------------------------------------
+
+
+ROOT = Path(__file__).resolve().parents[2]
+TEXT_ONLY = ("lodestore.text", "lodestore.index", "tokenizers", "onnxruntime")
+
+
+@pytest.mark.parametrize("folder", ["engine", "store"])
+def test_engine_and_store_never_import_the_text_layer(folder: str) -> None:
+    """No import statement anywhere in engine/ or store/ (lazy ones inside functions included)
+    names the text layer or its libraries: the query path and the format stay free of them."""
+    import ast
+
+    bad = []
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            bad += [f"{path.relative_to(ROOT)}:{node.lineno}: {n}" for n in names if n.startswith(TEXT_ONLY)]
+    assert not bad, "\n".join(bad)
