@@ -1,9 +1,10 @@
 """lodestore: a disk-offloaded late-interaction (multi-vector) retrieval store.
 
 One top-level package. ``lodestore.store`` is the on-disk format (it never imports
-``lodestore.engine``), ``lodestore.engine`` answers queries, and this module re-exports
-the public API of both, lazily: ``import lodestore.store`` loads neither the engine
-nor onnxruntime, and ``import lodestore`` costs nothing until a name is used.
+``lodestore.engine``), ``lodestore.engine`` answers queries, ``lodestore.text`` turns
+texts into vectors, and this module re-exports their public API, lazily: ``import
+lodestore.store`` loads neither the engine nor onnxruntime, and ``import lodestore``
+costs nothing until a name is used.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ _EXPORTS = {
     "StoreLockedError": "lodestore.store",
     "UnsupportedFormatError": "lodestore.store",
     "VerifyReport": "lodestore.store",
-    "Encoder": "lodestore.engine",
-    "EncoderConfig": "lodestore.engine",
+    "Encoder": "lodestore.text",
+    "EncoderConfig": "lodestore.text",
     "Searcher": "lodestore.engine",
     "exhaustive_search": "lodestore.engine",
     "Hit": "lodestore.index",
@@ -32,7 +33,7 @@ _EXPORTS = {
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
-    from lodestore.engine import Encoder, EncoderConfig, Searcher, exhaustive_search
+    from lodestore.engine import Searcher, exhaustive_search
     from lodestore.index import Hit, Index
     from lodestore.store import (
         CorruptStoreError,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
         UnsupportedFormatError,
         VerifyReport,
     )
+    from lodestore.text import Encoder, EncoderConfig
 
 
 def __getattr__(name: str) -> Any:

@@ -136,7 +136,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     from .collection import Collection
     from .index import DEFAULT_DIM, Index
-    from lodestore.engine import Encoder
+    from lodestore.text import Encoder
 
     col = Collection.load(args.collection, args.max_docs)
     if col.skipped_empty:

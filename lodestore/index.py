@@ -18,8 +18,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lodestore.engine import Encoder, Searcher
+from lodestore._staging import clean_staging, spill_dir
+from lodestore.engine import Searcher
 from lodestore.store import Store
+from lodestore.text import Encoder
 
 #: Documents encoded per slice while adding: bounds the float32 vectors held in RAM.
 ENCODE_SLICE = 256
@@ -82,6 +84,8 @@ class Index:
         """
         store = Store.open(path, writable=writable)
         try:
+            if writable:  # the lock is ours: any spill in staging/ is a dead writer's leftover
+                clean_staging(store.root)
             recorded = store.manifest.encoder
             if not recorded:
                 raise ValueError(f"{store.root}: this store records no encoder (its vectors were added directly); "
@@ -121,19 +125,17 @@ class Index:
         that document in the same commit.
         The encoder sees "title. text" when a title is given. Title, text and
         metadata (JSON-serializable dicts) are stored and returned with hits.
-        Vectors are spilled to a float16 file under the store while encoding,
-        so memory stays bounded by one slice of documents.
+        Vectors are spilled to a float16 file in the store's ``staging/`` folder
+        (lodestore/_staging.py) while encoding, so memory stays bounded by one
+        slice of documents; the spill is removed when the commit is done or fails.
         """
         ids, texts, titles, metadata = _check_documents(ids, texts, titles, metadata)
         if not upsert:
             self._check_new(ids)
-        spill = self.store.root / "segments" / f".spill-{os.getpid()}-{self.store.generation + 1}"
-        try:
+        with spill_dir(self.store) as spill:
             _encode_to_bundle(self.encoder, [f"{t}. {x}" if t else x for t, x in zip(titles, texts)], spill,
                               batch_size, progress)
             return self._commit(spill, ids, document_payloads(texts, titles, metadata), upsert, progress)
-        finally:
-            shutil.rmtree(spill, ignore_errors=True)
 
     def add_encoded(self, bundle: str | os.PathLike, ids: Sequence[str], texts: Sequence[str],
                     metadata: Sequence[dict[str, Any]] | None = None, *, titles: Sequence[str] | None = None,
@@ -249,7 +251,7 @@ def _check_documents(ids: Sequence[Any], texts: Sequence[Any], titles: Sequence[
         if doc_id in seen:
             raise ValueError(f"duplicate document id {doc_id!r}")
         seen.add(doc_id)
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str) or not text or text.isspace():  # no copy of a long text
             raise ValueError(f"document {doc_id!r}: text is empty or not a string ({type(text).__name__})")
         if not isinstance(title, str):
             raise ValueError(f"document {doc_id!r}: title is {type(title).__name__}, not str")
@@ -267,7 +269,6 @@ def _encode_to_bundle(encoder: Encoder, texts: list[str], out: Path, batch_size:
     """Encode texts slice by slice into an embedding bundle (float16 docs.npy, doclens.npy) at `out`."""
     from tqdm.auto import tqdm
 
-    out.mkdir(parents=True)
     lens: list[int] = []
     truncated = 0
     with open(out / "docs.raw", "wb") as raw, tqdm(total=len(texts), desc="encoding", unit="doc",

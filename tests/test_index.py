@@ -107,6 +107,7 @@ def test_bad_input_rejected_before_anything_is_written(tmp_path: Path, enc: Enco
             index.add(ids, texts, **kwargs)
         assert index.store.generation == 0
         assert not list((tmp_path / "i" / "segments").iterdir()), "nothing may be left behind"
+        assert not (tmp_path / "i" / "staging").exists(), "nothing may be left behind"
 
 
 def test_existing_id_refused(built: Path, enc: Encoder, sample: Collection) -> None:

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             row = {"variant": name, "dim": dim, "build_s": build_s, **evaluate(store_path, q, qids, args.bundle / "qrels.tsv")}
             rows.append(row)
             if matrix is None and args.collection is not None:
-                from lodestore.engine import Encoder
+                from lodestore.text import Encoder
                 from lodestore.collection import Collection
 
                 texts = Collection.load(args.collection).queries

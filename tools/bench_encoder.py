@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--collection", type=Path, default=SAMPLE)
     args = p.parse_args(argv)
 
-    from lodestore.engine import Encoder
+    from lodestore.text import Encoder
     from lodestore.collection import Collection, doc_text
 
     col = Collection.load(args.collection, args.docs)

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
 
-    from lodestore.engine.encoder import Encoder
+    from lodestore.text import Encoder
     from tqdm import tqdm
 
     col = Collection.load(args.collection, args.max_docs)

