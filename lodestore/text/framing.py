@@ -7,7 +7,8 @@ whose padding and skiplist tokens are dropped after the model ran.
 Only the head of a long text is tokenized (:meth:`Framer.tokenize`): a sequence never
 holds more than ``MAX_POSITIONS`` tokens, so tokenizing a 10 MB text whole would build
 millions of tokens only to drop them. The cut is exact: the ids returned are those the
-whole text would give, up to one past the limit.
+whole text would give, up to one past the limit, unless the text averages more than
+MAX_CHARS_PER_TOKEN characters per token (a flood of spaces): then they are its head's.
 """
 
 from __future__ import annotations
