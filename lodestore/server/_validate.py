@@ -77,7 +77,7 @@ def check_fields(data: dict[str, Any], allowed: set[str], required: set[str] = f
 
 
 def positive_int(data: dict[str, Any], name: str, default: int, limit: int) -> int:
-    value = data.get(name, default)
+    value = data.get(name, min(default, limit))
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise invalid(name, f"must be a positive integer, got {value!r}")
     if value > limit:

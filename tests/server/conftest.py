@@ -2,7 +2,7 @@
 
 Stores (built once per session, a few seconds; tests that write get a copy):
   vector store: 120 synthetic documents of dim 32 (no encoder, so text is refused);
-  text index: the first 16 scifact-sample documents through the packaged encoder.
+  text index: the first 12 scifact-sample documents (60 words each) through the packaged encoder.
 The helpers that run the app (in-process, or as a subprocess) are in serving.py.
 """
 
@@ -50,7 +50,7 @@ def text_index_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # truncated abstracts; a small codec
         with Index.create(path, Encoder.default(intra_op_num_threads=1), num_centroids=16) as index:
-            index.add([d["_id"] for d in docs], [d["text"] for d in docs],
+            index.add([d["_id"] for d in docs], [" ".join(d["text"].split()[:60]) for d in docs],  # short: fast to encode
                       [{"n": i, "year": 2000 + i} for i in range(len(docs))], titles=[d["title"] for d in docs])
     return path
 

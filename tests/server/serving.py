@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "tools" / "data" / "scifact-sample"
 VEC_DOCS = 120
 VEC_DIM = 32
-TEXT_DOCS = 16
+TEXT_DOCS = 12
 
 
 @dataclass
