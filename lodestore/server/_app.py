@@ -2,7 +2,7 @@
 
 Searches run in a thread pool of `search_threads`; writes run in their own single
 thread, one at a time, so a write (which encodes text and commits) never holds up
-a search. Every answer that is not a success is {"error": {"status", "code",
+a search; opening a newer generation has a thread of its own too. Every answer that is not a success is {"error": {"status", "code",
 "message", "field"?}}: bad input is a 4xx naming the field, a damaged store is a
 503 naming the file or chunk, and nothing answers with a traceback.
 """
@@ -45,6 +45,8 @@ class Service:
         self.backend = Backend(config)
         self.search_pool = ThreadPoolExecutor(config.search_threads, thread_name_prefix="lodestore-search")
         self.write_pool = ThreadPoolExecutor(1, thread_name_prefix="lodestore-write")
+        # opening a new generation: its own thread, so it never queues behind searches or a long write
+        self.refresh_pool = ThreadPoolExecutor(1, thread_name_prefix="lodestore-refresh")
         self.write_lock = asyncio.Lock()
         self.refresh_lock = asyncio.Lock()
         self.started = time.time()
@@ -58,11 +60,12 @@ class Service:
             return
         async with self.refresh_lock:
             if self.backend.stale():
-                await self.run(self.search_pool, self.backend.open_snapshot)
+                await self.run(self.refresh_pool, self.backend.open_snapshot)
 
     def close(self) -> None:
         self.search_pool.shutdown(wait=True)
         self.write_pool.shutdown(wait=True)
+        self.refresh_pool.shutdown(wait=True)
         self.backend.close()
 
 
