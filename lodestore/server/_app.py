@@ -316,7 +316,6 @@ def create_app(config: ServeConfig) -> Starlette:
         HTTPException: _http_error,
         StoreError: _store_error,
         ValueError: _value_error,
-        KeyError: _value_error,
         Exception: _internal_error,
     }
     return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)

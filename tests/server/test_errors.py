@@ -216,3 +216,14 @@ def test_corrupt_store_at_startup_is_503_not_ready(vec_store: Path) -> None:
     with pytest.raises(lodestore.StoreError):
         with app_client(vec_store):
             pass
+
+
+def test_a_search_past_the_timeout_is_504_and_the_server_goes_on(vec_store: Path, vec_corpus: VectorCorpus) -> None:
+    """A timeout far below any search's time: 504 with a JSON error; later searches and writes still work."""
+    with app_client(vec_store, limits=Limits(timeout_s=1e-9)) as client:
+        r = client.post("/search", json={"vectors": vec_corpus.docs[1].tolist()})
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+        r = client.post("/documents", json={"ids": ["n1"], "vectors": [vec_corpus.docs[VEC_DOCS].tolist()]})
+        assert r.status_code == 200  # writes are bounded by write_wait_s, not by the search timeout
+    with app_client(vec_store) as client:
+        assert client.post("/search", json={"vectors": [ROW]}).json()["generation"] == 2
