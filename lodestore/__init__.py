@@ -28,6 +28,7 @@ _EXPORTS = {
     "exhaustive_search": "lodestore.engine",
     "Hit": "lodestore.index",
     "Index": "lodestore.index",
+    "Client": "lodestore.client",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

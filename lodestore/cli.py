@@ -209,6 +209,48 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from lodestore.server import Limits, ServeConfig, read_api_keys, serve
+    except ImportError as e:
+        raise ValueError(f"serving needs the optional extra: pip install 'lodestore[serve]' ({e})") from None
+    from dataclasses import fields
+
+    limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
+    if args.api_key_file:
+        read_api_keys(args.api_key_file)  # a missing or empty key file is an error now, not in each worker
+    with Store.open(args.store):  # a clear error for a path that is not a store, before any worker starts
+        pass
+    config = ServeConfig(str(Path(args.store).resolve()), limits, read_only=args.read_only,
+                         api_key_file=str(Path(args.api_key_file).resolve()) if args.api_key_file else None,
+                         protect=args.protect, search_threads=args.search_threads, memory_budget=args.memory_budget)
+    serve(config, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
+    return 0
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    from dataclasses import fields
+
+    from lodestore.server._config import Limits  # the dataclass only: no Starlette import
+
+    s = sub.add_parser("serve", help="serve a store over HTTP: search API, writes, and a search page (lodestore[serve])")
+    s.add_argument("store")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--workers", type=int, default=1, help="processes sharing the store on disk")
+    s.add_argument("--api-key-file", help="file of API keys (one a line): writes need Authorization: Bearer <key>")
+    s.add_argument("--protect", choices=["writes", "all"], default="writes",
+                   help="with --api-key-file: what needs a key (all: everything but /health and /ready)")
+    s.add_argument("--read-only", action="store_true", help="refuse every write (403)")
+    s.add_argument("--search-threads", type=int, default=4, help="searches one worker runs at the same time")
+    s.add_argument("--memory-budget", default=None, help="the Searcher's memory budget (default: its own)")
+    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    for f in fields(Limits):
+        kind = int if isinstance(f.default, int) else float
+        s.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f"limit (default {f.default})")
+    s.set_defaults(func=cmd_serve)
+
+
 def _add_codec_arguments(p: argparse.ArgumentParser) -> None:
     """--codec / --nbits / --pq-subspaces, as Store.create takes them (store/_codecs.py resolves them)."""
     p.add_argument("--codec", choices=("scalar", "pq"), default=None,
@@ -298,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--memory-budget", default="auto")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
+
+    _add_serve_parser(sub)
     return p
 
 
