@@ -3,6 +3,11 @@
 A store is a directory (FORMAT.md section 4). Writers hold an exclusive lock;
 readers see the generation the manifest named when they opened, and hold a
 lease on it (store/_leases.py) so no writer collects the files it names.
+
+`Store` is the facade: it checks arguments and reads; the commits are
+store/_writer.py's (add, delete, compact) over store/_commit.py (the lock, the commit
+point, roll-back, garbage collection), the first add's codec state is
+store/_training.py's, and stats/verify are store/_report.py's.
 """
 
 from __future__ import annotations
