@@ -85,8 +85,8 @@ class Codec(Protocol):
 #: Every codec, by its one name.
 CODECS: dict[str, type[ScalarCodec] | type[PQCodec]] = {cls.name: cls for cls in (ScalarCodec, PQCodec)}
 _BY_KIND = {cls.manifest_kind: cls for cls in CODECS.values()}
-# pq: higher end-to-end recall@10 than scalar 2-bit at equal or fewer residual bytes, p50 within
-# 10%; builds are slower (docs/BENCHMARKS.md section 8).
+# pq: higher end-to-end recall@10 than scalar 2-bit at equal or fewer residual bytes, at
+# about the same latency; builds are slower (docs/BENCHMARKS.md section 8).
 DEFAULT_CODEC = "pq"
 DEFAULT_NBITS = 2
 

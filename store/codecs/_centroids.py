@@ -59,8 +59,8 @@ class CentroidCodec:
         """Nearest-centroid index: exact for small K; above that an IVF over the centroids.
 
         The IVF finds the exact nearest centroid for almost every token at a fraction of
-        the flat scan's time, which dominates build time (docs/BENCHMARKS.md, build
-        section). Deterministic: the IVF's own k-means is seeded.
+        the flat scan's time, which dominates build time (docs/BENCHMARKS.md section 1,
+        Build). Deterministic: the IVF's own k-means is seeded.
         """
         idx = getattr(self, "_faiss_index", None)
         if idx is None:

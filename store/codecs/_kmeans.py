@@ -16,7 +16,7 @@ MAX_CENTROIDS = 65536
 # 2^18 x 128 dims x 4 bytes = 128 MiB) nor more than this many per centroid.
 MAX_TRAINING_SAMPLE = 1 << 18
 POINTS_PER_CENTROID = 16
-KMEANS_ITERATIONS = 4  # ColBERT/PLAID's default; docs/BENCHMARKS.md (codec section): more buy no recall here
+KMEANS_ITERATIONS = 4  # ColBERT/PLAID's default; more bought no recall (docs/BENCHMARKS.md section 1, Build)
 
 
 def default_num_centroids(n_tokens: int) -> int:
