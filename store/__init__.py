@@ -3,22 +3,25 @@
 This package never imports `engine`: it knows nothing about queries.
 """
 
-from ._codec import ResidualCodec, default_num_centroids, pack_bits, unpack_bits
 from ._errors import CorruptStoreError, StoreError, StoreLockedError, UnsupportedFormatError
 from ._ingest import BundleSource, DocSource, as_numpy, open_source
 from ._manifest import FORMAT_VERSION, OLDEST_READABLE_VERSION, Manifest, SegmentEntry
-from ._segment import SegmentReader
 from ._report import VerifyReport
+from ._segment import SegmentReader
 from ._store import Store
+from .codecs import Codec, PQCodec, ResidualCodec, ScalarCodec, default_num_centroids, pack_bits, unpack_bits
 
 __all__ = [
     "BundleSource",
+    "Codec",
     "CorruptStoreError",
     "DocSource",
     "FORMAT_VERSION",
     "Manifest",
     "OLDEST_READABLE_VERSION",
+    "PQCodec",
     "ResidualCodec",
+    "ScalarCodec",
     "SegmentEntry",
     "SegmentReader",
     "Store",

@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _drift
-from ._codec_io import verify_codec
-from ._codecs import settings_codec
 from ._commit import CODEC_DIR, PROJECTION_DIR, SEGMENTS_DIR
 from ._deletes import read_deletes
 from ._errors import StoreError
@@ -17,6 +15,7 @@ from ._leases import READERS_DIR
 from ._manifest import read_manifest
 from ._segment import SegmentReader, segment_disk_usage
 from ._smallarray import verify_small
+from .codecs import settings_codec, verify_codec
 
 if TYPE_CHECKING:
     from ._store import Store

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._codec import ResidualCodec
+from .codecs import Codec
 from ._errors import CorruptStoreError
 from ._payloads import PAYLOAD_ARRAYS, PayloadReader, write_payloads
 from ._rawarray import RawShardedArray
@@ -107,7 +107,7 @@ class SegmentWriter:
     (centroid, document) pairs of the inverted lists (8 bytes per distinct pair).
     """
 
-    def __init__(self, path: Path, codec: ResidualCodec, n_docs: int, n_tokens: int, *, payloads: bool = False):
+    def __init__(self, path: Path, codec: Codec, n_docs: int, n_tokens: int, *, payloads: bool = False):
         self.path = Path(path)
         self.codec = codec
         self.n_docs, self.n_tokens = n_docs, n_tokens

@@ -3,6 +3,11 @@
 A store is a directory (FORMAT.md section 4). Writers hold an exclusive lock;
 readers see the generation the manifest named when they opened, and hold a
 lease on it (store/_leases.py) so no writer collects the files it names.
+
+`Store` is the facade: it checks arguments and reads; the commits are
+store/_writer.py's (add, delete, compact) over store/_commit.py (the lock, the commit
+point, roll-back, garbage collection), the first add's codec state is
+store/_training.py's, and stats/verify are store/_report.py's.
 """
 
 from __future__ import annotations
@@ -14,9 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import _drift, _report, _writer
-from ._codec import ensure_trained
-from ._codec_io import read_store_codec
-from ._codecs import Codec, creation_settings, reader_features, resolve_codec
+from .codecs import Codec, codec_class, creation_settings, ensure_trained, read_codec, resolve_codec
 from ._commit import (PROJECTION_DIR, SEGMENTS_DIR, acquire_lock, collect_garbage,
                       manifest_files)
 from ._deletes import read_deletes
@@ -61,7 +64,7 @@ class Store:
         "pq" (centroid + `pq_subspaces` 16/32/64 bytes, one per residual subspace;
         default: the most that fit in dim/4 bytes). None: "scalar" when nbits is
         given, "pq" when pq_subspaces is, else the default: "pq" where it fits in dim/4 bytes
-        (dim >= 64), "scalar" below (store/_codecs.py says why).
+        (dim >= 64), "scalar" below (store/codecs/__init__.py says why).
         `encoder`: the identity of the encoder whose vectors this store will hold
         (recorded in the manifest; the Index refuses text through another encoder).
         `input_dim` > `dim`: documents and queries arrive with input_dim values and
@@ -86,7 +89,7 @@ class Store:
         lock_fd = acquire_lock(root)
         manifest = Manifest(generation=0, dim=int(dim), nbits=int(nbits),
                             settings={**settings, **creation_settings(codec, pq_subspaces)}, encoder=encoder,
-                            reader_features=reader_features(codec),
+                            reader_features=codec_class(codec).reader_features,
                             writer_features=("projection",) if "input_dim" in settings else ())
         write_manifest(root, manifest)
         fsync_dir(root.parent)
@@ -174,11 +177,10 @@ class Store:
 
     @property
     def codec(self) -> Codec:
-        """The trained codec, ResidualCodec or PQCodec (StoreError if nothing was added yet)."""
+        """The trained codec, a ScalarCodec or PQCodec (StoreError if nothing was added yet)."""
         entry = self.manifest.codec
         if self._codec is None and entry is not None:
-            self._codec = read_store_codec(self.root / entry.path, entry.kind, nbits=self.nbits, dim=self.dim,
-                                           pq_subspaces=entry.pq_subspaces)
+            self._codec = read_codec(self.root / entry.path, entry, nbits=self.nbits, dim=self.dim)
         return ensure_trained(self._codec)
 
     @property

@@ -13,11 +13,9 @@ from typing import Any
 import numpy as np
 
 from . import _drift
-from ._codec import default_num_centroids, training_sample_size
-from ._codec_io import write_codec
-from ._codecs import Codec, settings_codec, train_codec
 from ._ingest import DocSource
-from ._pq import PQ_TRAINING_SAMPLE
+from .codecs import (Codec, codec_class, default_num_centroids, settings_codec, train_codec, training_sample_size,
+                     write_codec)
 from ._projection import fit_projection, project, write_projection
 
 
@@ -44,7 +42,8 @@ def train_codec_state(settings: dict[str, Any], *, dim: int, input_dim: int, nbi
         sample = source.sample(n_train, seed)
         probe = sample[np.random.default_rng(seed + 1).permutation(len(sample))[: _drift.THRESHOLD_SAMPLE]]
     # pq: its codebooks learn from a second draw (residuals of tokens k-means did not fit)
-    residual_sample = source.sample(PQ_TRAINING_SAMPLE, seed + 1) if kind == "pq" else None
+    n_residual = codec_class(kind).residual_sample_size
+    residual_sample = source.sample(n_residual, seed + 1) if n_residual else None
     projection = None
     if input_dim != dim:
         projection = fit_projection(settings["reduction"], sample, dim, seed)

@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import _drift
-from ._codecs import MANIFEST_KIND, settings_codec
 from ._commit import CODEC_DIR, PROJECTION_DIR, SEGMENTS_DIR, commit, roll_back
 from ._compact import copy_documents, far_tokens_estimate
 from ._deletes import encode_deletes
 from ._fs import failpoint, fsync_dir, fsync_tree, write_durable
 from ._ingest import DocSource
-from ._manifest import CodecEntry, SegmentEntry
+from ._manifest import SegmentEntry
 from ._projection import project
 from ._segment import SegmentWriter
 from ._training import train_codec_state, write_codec_state
@@ -80,9 +79,7 @@ def add_source(store: "Store", source: DocSource, replaced: list[str], *, progre
         fsync_dir(store.root)
         failpoint("add.before_commit")
         entries.append(SegmentEntry(name=name, documents=source.n_docs, tokens=source.n_tokens))
-        kind, pq_subspaces = settings_codec(m.settings)
-        codec_entry = m.codec or CodecEntry(MANIFEST_KIND[kind], CODEC_DIR, store.dim, store.nbits,
-                                            codec.num_centroids, pq_subspaces=pq_subspaces)
+        codec_entry = m.codec or codec.manifest_entry(CODEC_DIR)
         commit(store, replace(m, generation=generation, codec=codec_entry, segments=tuple(entries)))
     except BaseException as e:
         trees = [f"{SEGMENTS_DIR}/{name}"] + ([CODEC_DIR, PROJECTION_DIR] if new_codec else [])

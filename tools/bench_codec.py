@@ -152,8 +152,8 @@ def codec_table(args, x, doclens, queries, truth) -> list[dict]:
     from threadpoolctl import threadpool_limits
 
     from lodestore.store import ResidualCodec, default_num_centroids
-    from lodestore.store._codec import training_sample_size
-    from lodestore.store._pq import PQ_TRAINING_SAMPLE, PQCodec
+    from lodestore.store.codecs import training_sample_size
+    from lodestore.store.codecs.pq import PQ_TRAINING_SAMPLE, PQCodec
 
     n = len(x)
     k = args.num_centroids or default_num_centroids(n)

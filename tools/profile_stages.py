@@ -30,8 +30,8 @@ STAGES = (  # (module or class path, attribute, label)
     ("lodestore.engine._searcher:Searcher", "_rerank", "4-5 residual interaction, then exact MaxSim over its best"),
     ("lodestore.engine._corpus:Corpus", "read_concat", "  4a read the survivors' token rows (disk placements, CRC-checked)"),
     ("lodestore.engine._searcher", "residual_interaction", "  4b residual interaction (lookup tables, no decoding)"),
-    ("lodestore.store._codec:ResidualCodec", "decode", "  5a decode (centroid + residual, normalize)"),
-    ("lodestore.store._pq:PQCodec", "decode", "  5a decode pq (centroid + codebook gathers, normalize)"),
+    ("lodestore.store.codecs.scalar:ScalarCodec", "decode", "  5a decode (centroid + residual, normalize)"),
+    ("lodestore.store.codecs.pq:PQCodec", "decode", "  5a decode pq (centroid + codebook gathers, normalize)"),
     ("lodestore.engine._searcher", "maxsim_concat", "  5b exact MaxSim (matmul + segmented max)"),
 )
 

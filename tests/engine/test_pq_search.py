@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import lodestore
-from lodestore.store._pq import PQCodec
+from lodestore.store import PQCodec
 
 ENGINE_DIM, ENGINE_K, ENGINE_SPLIT = 128, 256, 600  # as the engine store (conftest.py)
 

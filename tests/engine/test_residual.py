@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 from lodestore.engine import _native
 from lodestore.engine._maxsim import aligned_empty, maxsim_concat, residual_interaction, residual_lut
 from lodestore.engine._searcher import SCORE_SCALE
-from lodestore.store._codec import ResidualCodec
-from lodestore.store._pq import PQCodec
+from lodestore.store import PQCodec, ResidualCodec
 
 
 def make_codec(kind: str, dim: int, k: int, rng: np.random.Generator, spread: float = 0.1):

@@ -12,8 +12,8 @@ from hypothesis.extra import numpy as hnp
 
 from lodestore import store
 from lodestore.store import ResidualCodec, default_num_centroids, pack_bits, unpack_bits
-from lodestore.store._codec import MAX_CENTROIDS, MIN_CENTROIDS
-from lodestore.store._codec_io import read_codec, write_codec
+from lodestore.store.codecs import read_codec, write_codec
+from lodestore.store.codecs._kmeans import MAX_CENTROIDS, MIN_CENTROIDS
 
 NBITS = (1, 2, 4)
 # properties whose every example trains a codec: scale with the hypothesis profile
@@ -193,7 +193,7 @@ def test_encoding_shapes_and_dtypes(trained):
 def test_codec_survives_a_disk_round_trip(trained, tmp_path):
     x, codec = trained
     write_codec(tmp_path / "codec", codec)
-    again = read_codec(tmp_path / "codec", codec.nbits)
+    again = read_codec(tmp_path / "codec", codec.manifest_entry("codec"), nbits=codec.nbits, dim=codec.dim)
     assert again == codec
     assert again.avg_residual == pytest.approx(codec.avg_residual)
     for a, b in zip(codec.encode(x), again.encode(x)):

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from lodestore import store
 from lodestore.store import UnsupportedFormatError
 from lodestore.store._manifest import MANIFEST_NAME, Manifest
-from lodestore.store._pq import PQ_CODES, PQCodec
+from lodestore.store.codecs.pq import PQ_CODES, PQCodec
 
 pytestmark = pytest.mark.filterwarnings("ignore:the first add has only")
 
@@ -293,7 +293,7 @@ def test_verify_checks_the_codebooks(pq_store):
 
 def test_format_worked_example(monkeypatch):
     """FORMAT.md 7.5's worked example (dim 4, m 2: m outside {16, 32, 64} only for its size)."""
-    import lodestore.store._pq as pq
+    import lodestore.store.codecs.pq as pq
 
     monkeypatch.setattr(pq, "PQ_SUBSPACES_ALLOWED", (2,))
     codebooks = np.full((2, 256, 2), 10.0, dtype=np.float32)  # the codewords the example leaves out: far away

@@ -1,8 +1,8 @@
 """The residual product-quantization codec ("pq"): centroid id + one byte per residual subspace.
 
 A token vector x (unit norm, `dim` floats) is stored as
-  * `code`: its nearest centroid, exactly as the scalar codec (store/_codec.py)
-    finds it (same float16 centroids, same training), and
+  * `code`: its nearest centroid, exactly as the scalar codec (store/codecs/scalar.py)
+    finds it (same float16 centroids, same training: store/codecs/_centroids.py, _kmeans.py), and
   * `residual`: r = x - centroid split into m equal subspaces of dim/m
     dimensions; byte s of the row is the nearest of 256 codewords of subspace s
     (FORMAT.md section 7.5).
@@ -17,11 +17,16 @@ knowing the codec.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from ._codec import ENCODE_BATCH, ResidualCodec
-from ._native import decode as native_decode
+from .._errors import CorruptStoreError
+from .._manifest import PQ_READER_FEATURE, CodecEntry
+from .._smallarray import read_attributes, read_small
+from ._centroids import ENCODE_BATCH, CentroidCodec, as_centroids, write_group
+from ._kmeans import train_centroids
 
 PQ_SUBSPACES_ALLOWED = (16, 32, 64)
 PQ_BITS = 8  # 256 codewords per subspace: one byte per subspace
@@ -29,9 +34,10 @@ PQ_CODES = 1 << PQ_BITS
 # Residual vectors the codebooks are trained on: faiss's k-means uses at most 256
 # points per codeword (max_points_per_centroid), i.e. 2^16 for 256 codewords.
 PQ_TRAINING_SAMPLE = 1 << 16
-FAISS_FAST_DSUB = (2, 4, 8)  # subspace widths faiss's compute_codes has SIMD code for (measured faster than BLAS)
+FAISS_FAST_DSUB = (2, 4, 8)  # subspace widths faiss's compute_codes has SIMD code for (faster there than BLAS)
 BLAS_ENCODE_ROWS = 8192  # tokens per distance block of the matmul encoder
-PQ_ITERATIONS = 20  # measured on b1m residuals (m=32): 10 -> 0.9666 token cosine, 25 -> 0.9670
+PQ_ITERATIONS = 20  # measured on 1e6-token residuals: fewer lose token cosine, more barely add any
+ARRAYS = ("centroids", "pq_codebooks")
 
 
 def check_pq_params(dim: int, subspaces: int) -> None:
@@ -45,14 +51,22 @@ def check_pq_params(dim: int, subspaces: int) -> None:
 
 
 @dataclass(frozen=True, eq=False)
-class PQCodec:
+class PQCodec(CentroidCodec):
     """Trained pq codec state: what FORMAT.md section 7.5 stores under `codec/`.
 
-    centroids: (K, dim), unit norm, float16 values held as float32 (as ResidualCodec).
+    centroids: (K, dim), unit norm, float16 values held as float32 (as the scalar codec).
     codebooks: (m, 256, dim/m) float32: codeword c of subspace s is codebooks[s, c],
     covering residual dimensions [s*dim/m, (s+1)*dim/m).
     avg_residual: mean |residual| per dimension over the codebook training sample.
     """
+
+    name: ClassVar[str] = "pq"
+    manifest_kind: ClassVar[str] = "pq"
+    arrays: ClassVar[tuple[str, ...]] = ARRAYS
+    size_setting: ClassVar[str] = "pq_subspaces"
+    reader_features: ClassVar[tuple[str, ...]] = (PQ_READER_FEATURE,)
+    # Residual vectors the codebooks train on: a second draw (store/_training.py)
+    residual_sample_size: ClassVar[int] = PQ_TRAINING_SAMPLE
 
     centroids: np.ndarray
     codebooks: np.ndarray
@@ -60,20 +74,11 @@ class PQCodec:
     _flat: np.ndarray = field(init=False, repr=False)  # (m*256, dsub): row s*256 + c = codebooks[s, c]
     _base: np.ndarray = field(init=False, repr=False)  # (m,) uint16: s*256, added to a row's bytes to index _flat
 
-    # the nearest-centroid search and the centroid accessors are the scalar codec's
-    # (same centroids, same IVF above 4096)
-    assign = ResidualCodec.assign
-    _index = ResidualCodec._index
-    dim = ResidualCodec.dim
-    num_centroids = ResidualCodec.num_centroids
-    code_dtype = ResidualCodec.code_dtype
-    centroids_f16 = ResidualCodec.centroids_f16
-
     def __post_init__(self) -> None:
         cb = np.ascontiguousarray(np.asarray(self.codebooks, dtype=np.float32))
         if cb.ndim != 3 or cb.shape[1] != PQ_CODES:
             raise ValueError(f"codebooks must be (subspaces, {PQ_CODES}, dim/subspaces), got shape {cb.shape}")
-        object.__setattr__(self, "centroids", np.ascontiguousarray(np.asarray(self.centroids).astype(np.float16).astype(np.float32)))
+        object.__setattr__(self, "centroids", as_centroids(self.centroids))
         check_pq_params(self.dim, cb.shape[0])
         if cb.shape[0] * cb.shape[2] != self.dim:
             raise ValueError(f"codebooks of shape {cb.shape} do not cover dim {self.dim}")
@@ -89,6 +94,11 @@ class PQCodec:
     def residual_bytes(self) -> int:
         """m: one byte per subspace, a fixed row size whatever the data."""
         return self.subspaces
+
+    @property
+    def manifest_nbits(self) -> int:
+        """0: a pq store has no per-dimension bits (FORMAT.md section 7.5)."""
+        return 0
 
     # ------------------------------------------------------------------ training
     @classmethod
@@ -112,8 +122,8 @@ class PQCodec:
         """
         sample = np.ascontiguousarray(sample, dtype=np.float32)
         check_pq_params(sample.shape[1], subspaces)
-        coarse = ResidualCodec.train(sample, 2, num_centroids=num_centroids, n_tokens=n_tokens, seed=seed)
-        return cls.train_codebooks(coarse.centroids_f16, sample if residual_sample is None else residual_sample,
+        centroids, _ = train_centroids(sample, num_centroids=num_centroids, n_tokens=n_tokens, seed=seed)
+        return cls.train_codebooks(centroids, sample if residual_sample is None else residual_sample,
                                    subspaces, seed=seed)
 
     @classmethod
@@ -139,7 +149,7 @@ class PQCodec:
         if len(train) < PQ_CODES:  # k-means needs at least as many points as codewords: repeat them
             train = np.ascontiguousarray(np.resize(train, (PQ_CODES, dim)))
         threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)  # measured on the shared 2-core box: 3.1 s on one thread, 18.4 s on two
+        faiss.omp_set_num_threads(1)  # measured: one thread trains several times faster than two on a shared box
         try:
             pq.train(train)
         finally:
@@ -165,9 +175,8 @@ class PQCodec:
         """(n, dim) float32 residuals -> (n, m) uint8: byte s = nearest codeword (L2) of subspace s.
 
         faiss's compute_codes has SIMD code for subspaces of 2, 4 or 8 dimensions; for
-        others (the 384-d encoder's 6, 12, 24) one matmul per subspace is 3-4x faster
-        (measured: 32,768 tokens at d=384, m=64: 1.63 s vs 0.44 s); the same codes but for
-        float-rounding near-ties.
+        others (the 384-d encoder's 6, 12, 24) one matmul per subspace is several times
+        faster (measured at d=384, m=64); the same codes but for float-rounding near-ties.
         """
         if self.dim // self.subspaces not in FAISS_FAST_DSUB:
             return self._encode_residuals_blas(residuals)
@@ -200,7 +209,7 @@ class PQCodec:
     def decode_residuals(self, rows: np.ndarray) -> np.ndarray:
         """(n, m) uint8 -> (n, dim) float32: one gather from the codebooks for all subspaces.
 
-        uint16 indices (uint8 row + uint16 base) rather than intp: measured ~1.2x faster, 4x less memory.
+        uint16 indices (uint8 row + uint16 base) rather than intp: faster, and a quarter of the memory.
         """
         idx = rows + self._base
         return np.take(self._flat, idx, axis=0).reshape(len(rows), self.dim)
@@ -225,20 +234,35 @@ class PQCodec:
         dimensions (the scalar codec's method of the same name, for residual interaction)."""
         return self.codebooks
 
-    def decode(self, codes: np.ndarray, rows: np.ndarray, *, normalize: bool = True) -> np.ndarray:
-        """Decode codes + residual rows -> (n, dim) float32 (unit norm unless normalize=False).
+    def _native_table(self) -> tuple[np.ndarray, int, int]:
+        w = self.codebooks.shape[2]
+        return self._flat, PQ_CODES * w, w  # byte position s reads codebook s
 
-        With the C kernel (store/_native.py) one pass per token, the GIL released; else numpy.
-        """
-        if native_decode is not None:
-            w = self.codebooks.shape[2]
-            return native_decode(self.centroids, codes, self._flat, PQ_CODES * w, w, rows, normalize)
-        out = np.take(self.centroids, codes, axis=0)
-        out += self.decode_residuals(rows)
-        if normalize:
-            norms = np.sqrt(np.einsum("ij,ij->i", out, out))
-            out /= np.maximum(norms, 1e-12)[:, None]
-        return out
+    # ------------------------------------------------------------------ on disk (FORMAT.md section 7.5)
+    def manifest_entry(self, path: str) -> CodecEntry:
+        return CodecEntry(self.manifest_kind, path, self.dim, self.manifest_nbits, self.num_centroids,
+                          pq_subspaces=self.subspaces)
+
+    def save(self, path: Path) -> None:
+        write_group(path, {"kind": self.manifest_kind, "pq_subspaces": self.subspaces, "pq_bits": PQ_BITS,
+                           "avg_residual": self.avg_residual},
+                    {"centroids": self.centroids_f16, "pq_codebooks": self.codebooks.astype("<f4")})
+
+    @classmethod
+    def load(cls, path: Path, entry: CodecEntry, *, nbits: int, dim: int) -> "PQCodec":
+        """The codec saved at `path`, checked against the manifest entry's subspaces and the store's dim."""
+        subspaces = entry.pq_subspaces
+        if subspaces is None:
+            raise CorruptStoreError(f"{path}: the manifest's pq codec entry has no pq_subspaces")
+        attrs = read_attributes(path)
+        if attrs.get("kind") != "pq" or attrs.get("pq_subspaces") != subspaces or attrs.get("pq_bits") != PQ_BITS:
+            raise CorruptStoreError(f"{path}: codec attributes {attrs} disagree with the manifest (pq, {subspaces} subspaces)")
+        centroids = read_small(path / "centroids")
+        codebooks = read_small(path / "pq_codebooks")
+        if codebooks.shape != (subspaces, 1 << PQ_BITS, dim // subspaces) or centroids.ndim != 2 or centroids.shape[1] != dim:
+            raise CorruptStoreError(f"{path}: codec arrays have shapes {centroids.shape}, {codebooks.shape}; "
+                                    f"expected (K, {dim}) and ({subspaces}, {1 << PQ_BITS}, {dim // subspaces})")
+        return cls(centroids.astype(np.float16), codebooks.astype(np.float32), float(attrs.get("avg_residual", 0.0)))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PQCodec):
