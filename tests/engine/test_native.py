@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lodestore.engine import _maxsim, _native, _searcher
+from lodestore.engine import _maxsim, _native, _probe
 from lodestore.store import _native as store_native
 from lodestore.store._codec import ResidualCodec
 from lodestore.store._pq import PQCodec
@@ -140,9 +140,9 @@ def test_probe_block_kernel_gives_the_numpy_probe_pairs(delta, n, monkeypatch):
     rng = np.random.default_rng(n)
     block = rng.integers(-3000, 3000, (500, 32)).astype(np.int16)
     block[:, 0] = 7  # one token whose every centroid ties: the tie rule decides
-    found, close = _searcher._probe_block(block, 4096, n, delta)
+    found, close = _probe.probe_block(block, 4096, n, delta)
     monkeypatch.setattr(_native, "top_rows", None)
-    slow_found, slow_close = _searcher._probe_block(block, 4096, n, delta)
+    slow_found, slow_close = _probe.probe_block(block, 4096, n, delta)
     pairs = lambda t: sorted(zip(*(a.tolist() for a in t)))  # noqa: E731
     assert pairs(found) == pairs(slow_found)
     assert [c for t, c in zip(*found[:2]) if t == 0] == list(range(4096, 4096 + n))  # lowest centroids win ties
@@ -252,7 +252,7 @@ def test_int8_score_table_kernel_equals_numpy_bit_for_bit(k, d, q, zero_rows, se
     C /= np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
     Q /= np.maximum(np.linalg.norm(Q, axis=1, keepdims=True), 1e-12)
     cent = _maxsim.int8_centroids(C)
-    query = _maxsim.int8_query(Q * np.float32(_searcher.SCORE_SCALE), cent[0].shape[1])
+    query = _maxsim.int8_query(Q * np.float32(_probe.SCORE_SCALE), cent[0].shape[1])
     fast = np.empty((k, q), dtype=np.int16)
     _maxsim.score_table_i8(cent, query, fast)
     plain = np.empty((k, q), dtype=np.int16)
@@ -265,8 +265,8 @@ def test_int8_score_table_kernel_equals_numpy_bit_for_bit(k, d, q, zero_rows, se
         _native.score_table_i8 = kernel
     np.testing.assert_array_equal(fast, slow)
     np.testing.assert_array_equal(plain, slow)
-    exact = C.astype(np.float64) @ Q.T.astype(np.float64) * _searcher.SCORE_SCALE
-    assert np.abs(fast - exact).max() <= 0.01 * _searcher.SCORE_SCALE
+    exact = C.astype(np.float64) @ Q.T.astype(np.float64) * _probe.SCORE_SCALE
+    assert np.abs(fast - exact).max() <= 0.01 * _probe.SCORE_SCALE
 
 
 def test_vnni_is_used_where_the_cpu_has_it():
