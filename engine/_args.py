@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lodestore.store import Store, as_numpy
+from lodestore.store import Store, as_numpy, normalize_rows
 
 MAX_K = 100_000  # exact re-ranking decodes the best max(32, 2k) survivors: a larger k is a mistake, not a query
 
@@ -81,11 +81,6 @@ def check_queries(store: Store, qs: list[np.ndarray], max_tokens: int | None = N
 
 
 def normalize_query(q: np.ndarray, what: str = "query") -> np.ndarray:
-    """Check a (q_len, dim) query's values and return it as unit-norm float32 rows."""
-    if not np.issubdtype(q.dtype, np.floating):
-        raise ValueError(f"{what}: expected float16/32/64 values, got {q.dtype}")
-    if not np.isfinite(q).all():
-        raise ValueError(f"{what}: values must be finite (NaN or inf found)")
-    q = q.astype(np.float32)
-    norms = np.linalg.norm(q, axis=1, keepdims=True)
-    return q / np.where(norms > 0, norms, 1)
+    """A (q_len, dim) query as unit-norm float32 rows, normalized as documents are (lodestore.store
+    normalize_rows: finiteness checked in the input's dtype, scaled before the cast); zero rows stay zero."""
+    return normalize_rows(q, what, lambda problem, row: f"{what}: token {row} is {problem}", zero_rows="keep")
