@@ -72,18 +72,30 @@ def bind(lib: ctypes.CDLL | None, abi: tuple[str, int], signatures: dict[str, li
     return lib
 
 
-def array(dtype, ndim: int | None = None, *, writeable: bool = False, optional: bool = False):
+_C_CONTIGUOUS, _ALIGNED, _WRITEABLE = (np.ctypeslib.ndpointer(flags=f)._flags_ for f in ("C", "A", "W"))
+
+
+def array(dtype, ndim: int | None = None, *, writeable: bool = False, optional: bool = False) -> type:
     """The ctypes argument type of a C-contiguous, aligned array of `dtype` (and `ndim` dimensions, when
     given; writeable for an output). optional: None is also accepted (passed as NULL). A wrong array is
-    a TypeError raised by ctypes before the C function runs."""
-    flags = ["C_CONTIGUOUS", "ALIGNED"] + (["WRITEABLE"] if writeable else [])
-    base = np.ctypeslib.ndpointer(dtype=dtype, ndim=ndim, flags=flags)
-    if not optional:
-        return base
+    refused before the C function runs: ctypes raises ArgumentError carrying the TypeError.
 
-    class _OrNull(base):  # type: ignore[misc, valid-type]
-        @classmethod
-        def from_param(cls, obj):
-            return None if obj is None else base.from_param(obj)
+    The checks of numpy.ctypeslib.ndpointer, as one bit test on the array's flags; the argument passed
+    is the data address as a void pointer, what the functions take (ndpointer's own conversion goes
+    through an array.ctypes object per argument: several times the cost, on calls made per slice of a query).
+    """
+    dtype = np.dtype(dtype)
+    need = _C_CONTIGUOUS | _ALIGNED | (_WRITEABLE if writeable else 0)
+    what = f"a C-contiguous, aligned{', writeable' if writeable else ''} {dtype} array" + (
+        f" of {ndim} dimensions" if ndim is not None else "")
 
-    return _OrNull
+    def from_param(cls, a):
+        if a is None and optional:
+            return None
+        if type(a) is not np.ndarray and not isinstance(a, np.ndarray):
+            raise TypeError(f"expected {what}, got {type(a).__name__}")
+        if a.dtype != dtype or (ndim is not None and a.ndim != ndim) or a.flags.num & need != need:
+            raise TypeError(f"expected {what}, got {a.dtype} of shape {a.shape} (flags {a.flags.num:#x})")
+        return ctypes.c_void_p(a.ctypes.data)
+
+    return type(f"array_{dtype}_{ndim}", (), {"from_param": classmethod(from_param)})
