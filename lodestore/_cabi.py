@@ -5,9 +5,9 @@ A library is an optional extension module built by setup.py; where it was not bu
 compiler), was built from other sources (its ABI version differs) or LODESTORE_NATIVE=0 is
 set, the loaders here return None and the callers run their numpy code.
 
-The boundary is typed: array arguments are bound with `array(dtype, ...)` (numpy.ctypeslib.ndpointer
+The boundary is typed: array arguments are bound with `array(dtype, ...)` (a numpy.ctypeslib.ndpointer
 with C_CONTIGUOUS and ALIGNED, WRITEABLE for outputs), so an array of the wrong dtype, layout or
-rank is a TypeError at the call, never memory misread by the C code. Status codes and ABI versions
+rank is a TypeError at the call (ctypes.ArgumentError), never memory misread by the C code. Status codes and ABI versions
 are those of lodestore/_abi.h, the header both libraries include (tests/engine/test_native.py checks
 that the numbers below match it).
 """
@@ -72,30 +72,31 @@ def bind(lib: ctypes.CDLL | None, abi: tuple[str, int], signatures: dict[str, li
     return lib
 
 
-_C_CONTIGUOUS, _ALIGNED, _WRITEABLE = (np.ctypeslib.ndpointer(flags=f)._flags_ for f in ("C", "A", "W"))
-
-
 def array(dtype, ndim: int | None = None, *, writeable: bool = False, optional: bool = False) -> type:
     """The ctypes argument type of a C-contiguous, aligned array of `dtype` (and `ndim` dimensions, when
-    given; writeable for an output). optional: None is also accepted (passed as NULL). A wrong array is
-    refused before the C function runs: ctypes raises ArgumentError carrying the TypeError.
+    given; writeable for an output): a numpy.ctypeslib.ndpointer with those flags. optional: None is also
+    accepted (passed as NULL). A wrong array is refused before the C function runs: ctypes raises
+    ArgumentError carrying the TypeError.
 
-    The checks of numpy.ctypeslib.ndpointer, as one bit test on the array's flags; the argument passed
-    is the data address as a void pointer, what the functions take (ndpointer's own conversion goes
-    through an array.ctypes object per argument: several times the cost, on calls made per slice of a query).
+    Its from_param makes ndpointer's checks as one bit test on the array's flags and passes the data
+    address as a void pointer: ndpointer's own conversion goes through an array.ctypes object per
+    argument, several times the cost, on calls made per slice of a query.
     """
     dtype = np.dtype(dtype)
-    need = _C_CONTIGUOUS | _ALIGNED | (_WRITEABLE if writeable else 0)
+    flags = ["C_CONTIGUOUS", "ALIGNED"] + (["WRITEABLE"] if writeable else [])
+    base = np.ctypeslib.ndpointer(dtype=dtype, ndim=ndim, flags=flags)
+    need = base._flags_
     what = f"a C-contiguous, aligned{', writeable' if writeable else ''} {dtype} array" + (
         f" of {ndim} dimensions" if ndim is not None else "")
 
     def from_param(cls, a):
         if a is None and optional:
             return None
-        if type(a) is not np.ndarray and not isinstance(a, np.ndarray):
+        if not isinstance(a, np.ndarray):
             raise TypeError(f"expected {what}, got {type(a).__name__}")
         if a.dtype != dtype or (ndim is not None and a.ndim != ndim) or a.flags.num & need != need:
             raise TypeError(f"expected {what}, got {a.dtype} of shape {a.shape} (flags {a.flags.num:#x})")
         return ctypes.c_void_p(a.ctypes.data)
 
-    return type(f"array_{dtype}_{ndim}", (), {"from_param": classmethod(from_param)})
+    return type(f"{base.__name__}_checked{'_or_null' if optional else ''}", (base,),
+                {"from_param": classmethod(from_param)})

@@ -395,3 +395,11 @@ def test_store_kernels_check_their_bounds():
     for counts, offsets, room in (([3], [0], 2 * 64), ([-1], [0], 64), ([1], [-5], 64)):
         assert lib.ls_read_chunks(fds, np.array(offsets), np.array(counts), 1, 64, np.zeros(3 * 64, np.uint8), room,
                                   bad) == _cabi.LS_ERR_ARGS
+
+
+def test_array_arguments_are_ndpointers():
+    t = _cabi.array(np.int16, 2, writeable=True)
+    assert issubclass(t, np.ctypeslib.ndpointer(np.int16, 2, flags=["C_CONTIGUOUS", "ALIGNED", "WRITEABLE"]))
+    assert _cabi.array(np.int16, optional=True).from_param(None) is None
+    with pytest.raises(TypeError, match="expected a C-contiguous, aligned int16 array"):
+        _cabi.array(np.int16).from_param(None)
