@@ -7,7 +7,7 @@ import numpy as np
 from lodestore.store import Store, as_numpy
 
 from ._maxsim import maxsim_concat, top_k
-from ._searcher import check_queries
+from ._args import check_k, check_queries
 
 BLOCK_TOKENS = 1 << 17
 
@@ -19,8 +19,7 @@ def exhaustive_search(store: Store, query, k: int = 10):
     matrices -> one list per query. The store is decoded block by block (each
     block once for the whole batch), so memory stays bounded.
     """
-    if not isinstance(k, (int, np.integer)) or k <= 0:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    k = check_k(k)
     single = not isinstance(query, (list, tuple)) and as_numpy(query).ndim == 2
     queries = [as_numpy(query)] if single else [as_numpy(q) for q in query]
     qs = check_queries(store, queries)
@@ -44,5 +43,5 @@ def exhaustive_search(store: Store, query, k: int = 10):
     results = []
     for per_block in scores:
         s = np.concatenate(per_block) if per_block else np.zeros(0, np.float32)
-        results.append([(ids[i], float(s[i])) for i in top_k(s, int(k))])
+        results.append([(ids[i], float(s[i])) for i in top_k(s, k)])
     return results[0] if single else results

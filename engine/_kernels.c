@@ -11,6 +11,8 @@
 #include <string.h>
 #include <math.h>
 
+#include "_abi.h" /* lodestore/_abi.h: status codes and ABI versions */
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 12
 /* x86-64-v4 (AVX-512): the 32-lane int16 rows below fit one register (measured 20-30% faster than AVX2);
  * target_clones takes "arch=" from GCC 12 on (an older GCC would fail the build, and the numpy code would run) */
@@ -26,26 +28,37 @@
 typedef int16_t v32s __attribute__((vector_size(64))); /* one 32-lane int16 row: a zmm, or two ymm with AVX2 */
 #define QB 32 /* query tokens per block: fixed-size inner loops the compiler turns into a few vector ops */
 
-/* Bumped whenever a signature here changes: engine/_native.py refuses a library built from other sources. */
-int ls_kernels_abi(void) { return 4; }
+/* engine/_native.py refuses a library built from other sources (lodestore/_abi.h). */
+int ls_kernels_abi(void) { return LS_KERNELS_ABI; }
 
-/* Centroid interaction: table is (K, q) int16, row c = centroid c's scores against the q query
- * tokens. Document i's centroid ids are ids[starts[i] .. starts[i] + lens[i]) (lens[i] >= 1).
- * out[i] = sum over query tokens of the max over the document's ids: the int16 maxima summed
- * exactly (as integers), then converted to float32, as numpy's float32 sum of them is exact. */
-HOT int ls_centroid_interaction(const int16_t *table, int64_t q, const uint16_t *ids, const int64_t *starts,
-                                const int64_t *lens, int64_t n, float *out)
+/* Centroid interaction: table is (k, q) int16, row c = centroid c's scores against the q query
+ * tokens. Document i's centroid ids are ids[starts[i] .. starts[i] + lens[i]) (lens[i] >= 1), inside
+ * the n_ids ids. out[i] = sum over query tokens of the max over the document's ids: the int16 maxima
+ * summed exactly (as integers), then converted to float32, as numpy's float32 sum of them is exact.
+ * The ids come from the store's files: a span outside ids or an id not below k returns
+ * LS_ERR_BAD_INDEX (out partly written), never a read out of bounds. */
+HOT int ls_centroid_interaction(const int16_t *table, int64_t k, int64_t q, const uint16_t *ids, int64_t n_ids,
+                                const int64_t *starts, const int64_t *lens, int64_t n, float *out)
 {
+    for (int64_t d = 0; d < n; d++) /* every span first: the prefetch below reads the next document's ids */
+        if (starts[d] < 0 || lens[d] < 0 || starts[d] > n_ids || lens[d] > n_ids - starts[d])
+            return LS_ERR_BAD_INDEX;
     int16_t stack[STACK_Q];
     int16_t *best = q <= STACK_Q ? stack : (int16_t *)malloc((size_t)q * sizeof(int16_t));
     if (!best)
-        return -1;
+        return LS_ERR_NOMEM;
+    int rc = LS_OK;
     for (int64_t d = 0; d < n; d++) {
         const uint16_t *di = ids + starts[d];
         if (lens[d] < 1) { /* a store never holds an empty document; never read past its span either */
             out[d] = 0.0f;
             continue;
         }
+        for (int64_t j = 0; j < lens[d]; j++)
+            if ((int64_t)di[j] >= k) {
+                rc = LS_ERR_BAD_INDEX;
+                goto done;
+            }
         if (d + 1 < n) { /* the rows are scattered over a table of ~1 MB: ask for the next document's early */
             const uint16_t *dn = ids + starts[d + 1];
             for (int64_t j = 0; j < lens[d + 1]; j++)
@@ -77,19 +90,27 @@ HOT int ls_centroid_interaction(const int16_t *table, int64_t q, const uint16_t 
             sum += best[i];
         out[d] = (float)sum;
     }
+done:
     if (best != stack)
         free(best);
-    return 0;
+    return rc;
 }
 
-/* Segmented MaxSim: sim is (T, q) float32, documents as consecutive runs of lens[i] >= 1 rows.
- * out[i] = sum over the q columns (in column order, in float32) of the column max over the run. */
-HOT int ls_segment_max_sum(const float *sim, int64_t q, const int64_t *lens, int64_t n, float *out)
+/* Segmented MaxSim: sim is (t, q) float32, documents as consecutive runs of lens[i] >= 1 rows, t in all
+ * (else LS_ERR_ARGS). out[i] = sum over the q columns (in column order, in float32) of the column max
+ * over the run. */
+HOT int ls_segment_max_sum(const float *sim, int64_t t, int64_t q, const int64_t *lens, int64_t n, float *out)
 {
+    int64_t total = 0;
+    for (int64_t d = 0; d < n; d++) {
+        if (lens[d] < 1 || lens[d] > t - total)
+            return LS_ERR_ARGS;
+        total += lens[d];
+    }
     float stack[STACK_Q];
     float *best = q <= STACK_Q ? stack : (float *)malloc((size_t)q * sizeof(float));
     if (!best)
-        return -1;
+        return LS_ERR_NOMEM;
     const float *row = sim;
     for (int64_t d = 0; d < n; d++) {
         memcpy(best, row, (size_t)q * sizeof(float));
@@ -104,7 +125,7 @@ HOT int ls_segment_max_sum(const float *sim, int64_t q, const int64_t *lens, int
     }
     if (best != stack)
         free(best);
-    return 0;
+    return LS_OK;
 }
 
 /* Probing: table is (b, q) int16 (b centroids of one block, centroid-major). For every query token
@@ -116,10 +137,12 @@ HOT int ls_segment_max_sum(const float *sim, int64_t q, const int64_t *lens, int
 HOT int ls_top_rows(const int16_t *table, int64_t b, int64_t q, int64_t n, const int16_t *floor0, int64_t *out_cols,
                     int16_t *out_vals)
 {
+    if (n < 1 || n > b || q < 0)
+        return LS_ERR_ARGS;
     int16_t stack[STACK_Q];
     int16_t *floor_ = q <= STACK_Q ? stack : (int16_t *)malloc((size_t)q * sizeof(int16_t));
     if (!floor_)
-        return -1;
+        return LS_ERR_NOMEM;
     for (int64_t i = 0; i < q; i++) {
         floor_[i] = floor0 ? floor0[i] : INT16_MIN; /* a row can enter token i's list only if its value is >= floor_[i] */
         for (int64_t r = 0; r < n; r++) {
@@ -154,7 +177,7 @@ HOT int ls_top_rows(const int16_t *table, int64_t b, int64_t q, int64_t n, const
     }
     if (floor_ != stack)
         free(floor_);
-    return 0;
+    return LS_OK;
 }
 
 
@@ -192,21 +215,32 @@ static inline __attribute__((always_inline)) void residual_block(
 }
 
 /* Residual interaction: MaxSim with each token's residual scored from lookup tables, never decoded.
- * table is (K, q) int16 (the query-centroid scores, units of 1/table_scale); lut is (m, 256, q) int16
+ * table is (k, q) int16 (the query-centroid scores, units of 1/table_scale); lut is (m, 256, q) int16
  * (units of 1/lut_scale): row (j, v) = what residual byte j holding value v adds to each query token's
  * score. Token t's score against query token i is table[codes[t], i] / table_scale + (sum over j of
  * lut[j, rows[t, j], i]) / lut_scale, i.e. <q_i, centroid + residual> without re-normalizing.
  * Documents are consecutive runs of lens[d] >= 1 tokens. out[d] = sum over i (in order, float32) of
  * the max over the run. The lut sums stay in int16: the caller picks lut_scale so that no partial
- * sum can leave it. Query tokens go in blocks of QB, each block's sums held in registers. */
-HOT int ls_residual_maxsim(const int16_t *table, int64_t q, const int16_t *lut, int64_t m, const uint16_t *codes,
-                           const uint8_t *rows, const int64_t *lens, int64_t n, float table_scale, float lut_scale,
-                           float *out)
+ * sum can leave it. Query tokens go in blocks of QB, each block's sums held in registers.
+ * codes and rows hold t tokens; runs past them are LS_ERR_ARGS. The codes come from the store's files:
+ * one not below k returns LS_ERR_BAD_INDEX before anything is scored. */
+HOT int ls_residual_maxsim(const int16_t *table, int64_t k, int64_t q, const int16_t *lut, int64_t m,
+                           const uint16_t *codes, const uint8_t *rows, int64_t t, const int64_t *lens, int64_t n,
+                           float table_scale, float lut_scale, float *out)
 {
+    int64_t total = 0;
+    for (int64_t d = 0; d < n; d++) {
+        if (lens[d] < 1 || lens[d] > t - total)
+            return LS_ERR_ARGS;
+        total += lens[d];
+    }
+    for (int64_t j = 0; j < total; j++)
+        if ((int64_t)codes[j] >= k)
+            return LS_ERR_BAD_INDEX;
     float best_stack[STACK_Q];
     float *best = q <= STACK_Q ? best_stack : (float *)malloc((size_t)q * sizeof(float));
     if (!best)
-        return -1;
+        return LS_ERR_NOMEM;
     const float ts = 1.0f / table_scale, ls = 1.0f / lut_scale;
     for (int64_t d = 0; d < n; d++) {
         for (int64_t i = 0; i < q; i++)
@@ -223,7 +257,7 @@ HOT int ls_residual_maxsim(const int16_t *table, int64_t q, const int16_t *lut, 
     }
     if (best != best_stack)
         free(best);
-    return 0;
+    return LS_OK;
 }
 
 /* Query-centroid scores from int8 copies of both (engine/_searcher.py _score_and_probe):
@@ -321,15 +355,15 @@ HOT int ls_score_table_i8(const int8_t *cent, const int32_t *csum, const double 
                           const uint8_t *qt, int64_t qp, const double *qscale, int64_t q, int16_t *out)
 {
     if (d % 4 != 0 || qp % 16 != 0 || qp < q)
-        return -2;
+        return LS_ERR_ARGS;
 #ifdef LS_VNNI
     if (ls_score_table_has_vnni()) {
         score_i8_vnni(cent, csum, cscale, k, d, qt, qp, qscale, q, out);
-        return 0;
+        return LS_OK;
     }
 #endif
     score_i8_plain(cent, csum, cscale, k, d, qt, qp, qscale, q, out);
-    return 0;
+    return LS_OK;
 }
 
 /* The plain loops whatever the CPU, so the tests check them on machines with VNNI. */
@@ -337,9 +371,9 @@ int ls_score_table_i8_plain(const int8_t *cent, const int32_t *csum, const doubl
                             const uint8_t *qt, int64_t qp, const double *qscale, int64_t q, int16_t *out)
 {
     if (d % 4 != 0 || qp % 16 != 0 || qp < q)
-        return -2;
+        return LS_ERR_ARGS;
     score_i8_plain(cent, csum, cscale, k, d, qt, qp, qscale, q, out);
-    return 0;
+    return LS_OK;
 }
 
 

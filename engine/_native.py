@@ -17,35 +17,56 @@ import ctypes
 
 import numpy as np
 
-from lodestore._cabi import bind, load_library, ptr
+from lodestore._cabi import LS_ERR_ARGS, LS_ERR_BAD_INDEX, LS_ERR_NOMEM, LS_KERNELS_ABI, array, bind, load_library
+from lodestore.store import CorruptStoreError
 
-_P = ctypes.c_void_p
 _I = ctypes.c_int64
+_F = ctypes.c_float
+_SCORES = array(np.int16, 2)  # a (K, q) score table
+_OUT = array(np.float32, 1, writeable=True)
+_LENS = array(np.int64, 1)
 _SIGNATURES = {
-    "ls_centroid_interaction": [_P, _I, _P, _P, _P, _I, _P],
-    "ls_segment_max_sum": [_P, _I, _P, _I, _P],
-    "ls_top_rows": [_P, _I, _I, _I, _P, _P, _P],
-    "ls_residual_maxsim": [_P, _I, _P, _I, _P, _P, _P, _I, ctypes.c_float, ctypes.c_float, _P],
-    "ls_score_table_i8": [_P, _P, _P, _I, _I, _P, _I, _P, _I, _P],
-    "ls_score_table_i8_plain": [_P, _P, _P, _I, _I, _P, _I, _P, _I, _P],
+    # table (k, q), k, q, ids, n_ids, starts, lens, n, out
+    "ls_centroid_interaction": [_SCORES, _I, _I, array(np.uint16, 1), _I, _LENS, _LENS, _I, _OUT],
+    # sim (t, q), t, q, lens, n, out
+    "ls_segment_max_sum": [array(np.float32, 2), _I, _I, _LENS, _I, _OUT],
+    # table (b, q), b, q, n, floor (q,) or NULL, cols (q, n), vals (q, n)
+    "ls_top_rows": [_SCORES, _I, _I, _I, array(np.int16, 1, optional=True), array(np.int64, 2, writeable=True),
+                    array(np.int16, 2, writeable=True)],
+    # table (k, q), k, q, lut (m, 256, q), m, codes (t,), rows (t, m), t, lens, n, table_scale, lut_scale, out
+    "ls_residual_maxsim": [_SCORES, _I, _I, array(np.int16, 3), _I, array(np.uint16, 1), array(np.uint8, 2), _I,
+                           _LENS, _I, _F, _F, _OUT],
+    # cent (k, d), csum, cscale, k, d, qt (d/4, qp, 4), qp, qscale, q, out (k, q)
+    "ls_score_table_i8": [array(np.int8, 2), array(np.int32, 1), array(np.float64, 1), _I, _I, array(np.uint8, 3), _I,
+                          array(np.float64, 1), _I, array(np.int16, 2, writeable=True)],
+    "ls_score_table_i8_plain": None,  # as ls_score_table_i8
     "ls_score_table_has_vnni": [],
 }
-_LIB = bind(load_library("lodestore.engine._kernels"), ("ls_kernels_abi", 4), _SIGNATURES, ctypes.c_int)
+_SIGNATURES["ls_score_table_i8_plain"] = _SIGNATURES["ls_score_table_i8"]
+_LIB = bind(load_library("lodestore.engine._kernels"), ("ls_kernels_abi", LS_KERNELS_ABI), _SIGNATURES, ctypes.c_int)
 
 
-def _check(rc: int) -> None:
+def _check(rc: int, what: str) -> None:
+    """A kernel's status (lodestore/_abi.h) as the error it stands for."""
+    if rc == LS_ERR_NOMEM:
+        raise MemoryError(f"lodestore search kernel {what}: out of memory")
+    if rc == LS_ERR_BAD_INDEX:  # the ids come from the store's files
+        raise CorruptStoreError(f"{what}: a centroid id (or a span of ids) read from the store is out of range")
+    if rc == LS_ERR_ARGS:
+        raise ValueError(f"{what}: the kernel refused mismatched sizes")
     if rc != 0:
-        raise MemoryError("lodestore search kernel: out of memory")
+        raise RuntimeError(f"{what}: unexpected kernel status {rc}")
 
 
 def _centroid_interaction(table: np.ndarray, ids: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """table (K, q) int16 C-contiguous, ids uint16; document i = ids[starts[i] : starts[i] + lens[i]], lens >= 1."""
+    """table (K, q) int16 C-contiguous, ids uint16; document i = ids[starts[i] : starts[i] + lens[i]], lens >= 1.
+    An id >= K, or a span outside ids, is a CorruptStoreError (the ids come from the store's files)."""
     starts = np.ascontiguousarray(starts, dtype=np.int64)
     lens = np.ascontiguousarray(lens, dtype=np.int64)
     out = np.empty(len(lens), dtype=np.float32)
     if len(lens):
-        _check(_LIB.ls_centroid_interaction(ptr(table), table.shape[1], ptr(ids), ptr(starts), ptr(lens), len(lens),
-                                            ptr(out)))
+        _check(_LIB.ls_centroid_interaction(table, table.shape[0], table.shape[1], ids, len(ids), starts, lens,
+                                            len(lens), out), "centroid_interaction")
     return out
 
 
@@ -57,7 +78,7 @@ def _segment_max_sum(sim: np.ndarray, lens: np.ndarray) -> np.ndarray:
         raise ValueError(f"segment_max_sum: lengths (all >= 1) must add up to the {len(sim)} rows")
     out = np.empty(len(lens), dtype=np.float32)
     if len(lens):
-        _check(_LIB.ls_segment_max_sum(ptr(sim), sim.shape[1], ptr(lens), len(lens), ptr(out)))
+        _check(_LIB.ls_segment_max_sum(sim, sim.shape[0], sim.shape[1], lens, len(lens), out), "segment_max_sum")
     return out
 
 
@@ -76,14 +97,15 @@ def _top_rows(table: np.ndarray, n: int, floor: np.ndarray | None = None) -> tup
     cols = np.empty((q, n), dtype=np.int64)
     vals = np.empty((q, n), dtype=np.int16)
     if q:
-        _check(_LIB.ls_top_rows(ptr(table), b, q, n, None if floor is None else ptr(floor), ptr(cols), ptr(vals)))
+        _check(_LIB.ls_top_rows(table, b, q, n, floor, cols, vals), "top_rows")
     return cols, vals
 
 
 def _residual_maxsim(table: np.ndarray, table_scale: float, lut: np.ndarray, lut_scale: float, codes: np.ndarray,
                      rows: np.ndarray, lens: np.ndarray) -> np.ndarray:
     """Residual interaction (engine/_maxsim.py residual_interaction): table (K, q) int16, lut (m, 256, q) int16,
-    codes (T,) uint16, rows (T, m) uint8, documents as runs of lens >= 1 tokens -> (n,) float32."""
+    codes (T,) uint16, rows (T, m) uint8, documents as runs of lens >= 1 tokens -> (n,) float32. A code >= K
+    is a CorruptStoreError (codes come from the store's files), found by the kernel as it reads them."""
     m, q = lut.shape[0], table.shape[1]
     if table.dtype != np.int16 or lut.dtype != np.int16 or lut.shape[1:] != (256, q) or rows.shape[1:] != (m,) \
             or codes.dtype != np.uint16 or rows.dtype != np.uint8 or len(codes) != len(rows):
@@ -92,14 +114,12 @@ def _residual_maxsim(table: np.ndarray, table_scale: float, lut: np.ndarray, lut
     lens = np.ascontiguousarray(lens, dtype=np.int64)
     if int(lens.sum()) != len(codes) or (len(lens) and int(lens.min()) < 1):
         raise ValueError(f"residual_maxsim: lengths (all >= 1) must add up to the {len(codes)} tokens")
-    if len(codes) and int(codes.max()) >= len(table):
-        raise IndexError(f"residual_maxsim: centroid id {int(codes.max())} outside the {len(table)} table rows")
     table, lut = np.ascontiguousarray(table), np.ascontiguousarray(lut)
     codes, rows = np.ascontiguousarray(codes), np.ascontiguousarray(rows)
     out = np.empty(len(lens), dtype=np.float32)
     if len(lens):
-        _check(_LIB.ls_residual_maxsim(ptr(table), q, ptr(lut), m, ptr(codes), ptr(rows), ptr(lens), len(lens),
-                                       table_scale, lut_scale, ptr(out)))
+        _check(_LIB.ls_residual_maxsim(table, len(table), q, lut, m, codes, rows, len(codes), lens, len(lens),
+                                       table_scale, lut_scale, out), "residual_maxsim")
     return out
 
 
@@ -118,7 +138,7 @@ def _score_table_i8(cent: np.ndarray, csum: np.ndarray, cscale: np.ndarray, qt: 
                          f"out {out.shape} {out.dtype}, q {q}")
     if k and q:
         fn = _LIB.ls_score_table_i8_plain if plain else _LIB.ls_score_table_i8
-        if fn(ptr(cent), ptr(csum), ptr(cscale), k, d, ptr(qt), qp, ptr(qscale), q, ptr(out)) != 0:
+        if fn(cent, csum, cscale, k, d, qt, qp, qscale, q, out) != 0:
             raise ValueError("score_table_i8: d must be a multiple of 4 and qp of 16, qp >= q")
 
 

@@ -4,6 +4,12 @@ lodestore.engine (neither imports the other's internals for it).
 A library is an optional extension module built by setup.py; where it was not built (no C
 compiler), was built from other sources (its ABI version differs) or LODESTORE_NATIVE=0 is
 set, the loaders here return None and the callers run their numpy code.
+
+The boundary is typed: array arguments are bound with `array(dtype, ...)` (a numpy.ctypeslib.ndpointer
+with C_CONTIGUOUS and ALIGNED, WRITEABLE for outputs), so an array of the wrong dtype, layout or
+rank is a TypeError at the call (ctypes.ArgumentError), never memory misread by the C code. Status codes and ABI versions
+are those of lodestore/_abi.h, the header both libraries include (tests/engine/test_native.py checks
+that the numbers below match it).
 """
 
 from __future__ import annotations
@@ -14,6 +20,12 @@ import os
 import warnings
 
 import numpy as np
+
+# lodestore/_abi.h, mirrored
+LS_DECODE_ABI = 4
+LS_KERNELS_ABI = 5
+LS_OK, LS_ERR_NOMEM, LS_ERR_ARGS, LS_ERR_BAD_INDEX = 0, -1, -2, -3
+LS_READ_SHORT, LS_READ_ERROR, LS_READ_BAD_CRC = 1, 2, 3
 
 
 def load_library(module: str) -> ctypes.CDLL | None:
@@ -60,6 +72,31 @@ def bind(lib: ctypes.CDLL | None, abi: tuple[str, int], signatures: dict[str, li
     return lib
 
 
-def ptr(a: np.ndarray) -> int:
-    """The address of an array's first byte, for a ctypes call."""
-    return a.ctypes.data
+def array(dtype, ndim: int | None = None, *, writeable: bool = False, optional: bool = False) -> type:
+    """The ctypes argument type of a C-contiguous, aligned array of `dtype` (and `ndim` dimensions, when
+    given; writeable for an output): a numpy.ctypeslib.ndpointer with those flags. optional: None is also
+    accepted (passed as NULL). A wrong array is refused before the C function runs: ctypes raises
+    ArgumentError carrying the TypeError.
+
+    Its from_param makes ndpointer's checks as one bit test on the array's flags and passes the data
+    address as a void pointer: ndpointer's own conversion goes through an array.ctypes object per
+    argument, several times the cost, on calls made per slice of a query.
+    """
+    dtype = np.dtype(dtype)
+    flags = ["C_CONTIGUOUS", "ALIGNED"] + (["WRITEABLE"] if writeable else [])
+    base = np.ctypeslib.ndpointer(dtype=dtype, ndim=ndim, flags=flags)
+    need = base._flags_
+    what = f"a C-contiguous, aligned{', writeable' if writeable else ''} {dtype} array" + (
+        f" of {ndim} dimensions" if ndim is not None else "")
+
+    def from_param(cls, a):
+        if a is None and optional:
+            return None
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"expected {what}, got {type(a).__name__}")
+        if a.dtype != dtype or (ndim is not None and a.ndim != ndim) or a.flags.num & need != need:
+            raise TypeError(f"expected {what}, got {a.dtype} of shape {a.shape} (flags {a.flags.num:#x})")
+        return ctypes.c_void_p(a.ctypes.data)
+
+    return type(f"{base.__name__}_checked{'_or_null' if optional else ''}", (base,),
+                {"from_param": classmethod(from_param)})

@@ -4,7 +4,7 @@ This package never imports `engine`: it knows nothing about queries.
 """
 
 from ._errors import CorruptStoreError, StoreError, StoreLockedError, UnsupportedFormatError
-from ._ingest import BundleSource, DocSource, as_numpy, open_source
+from ._ingest import BundleSource, DocSource, as_numpy, normalize_rows, open_source
 from ._manifest import FORMAT_VERSION, OLDEST_READABLE_VERSION, Manifest, SegmentEntry
 from ._report import VerifyReport
 from ._segment import SegmentReader
@@ -31,6 +31,7 @@ __all__ = [
     "VerifyReport",
     "as_numpy",
     "default_num_centroids",
+    "normalize_rows",
     "open_source",
     "pack_bits",
     "unpack_bits",

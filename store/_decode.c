@@ -18,6 +18,8 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+#include "_abi.h" /* lodestore/_abi.h: status codes and ABI versions */
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define HOT __attribute__((target_clones("avx2", "default")))
 #else
@@ -36,19 +38,23 @@
     for (int64_t j = 0; j < m * (W); j++)                                                \
         v[j] = cent[j] + v[j];
 
-/* Bumped whenever a signature here changes: store/_native.py refuses a library built from other sources
- * (calling a function with the wrong arguments would crash the process, not raise). */
-int ls_decode_abi(void) { return 3; }
+/* store/_native.py refuses a library built from other sources (lodestore/_abi.h). */
+int ls_decode_abi(void) { return LS_DECODE_ABI; }
 
-/* Returns 0, or -1 (nothing decoded past the bad token) when a code is not below k, the number of
- * centroids: codes come from disk, and a wrong one must be an error, never a read out of bounds. */
+/* Returns LS_OK; LS_ERR_ARGS when the lut (lut_len floats) cannot hold m positions of 256 entries of w
+ * floats lut_pos_stride apart, or m * w != dim; LS_ERR_BAD_INDEX (nothing decoded past the bad token) when
+ * a code is not below k, the number of centroids: codes come from disk, and a wrong one must be an error,
+ * never a read out of bounds. */
 HOT int ls_decode(const float *centroids, int64_t k, int64_t dim, const uint16_t *codes, int64_t n,
-                  const float *lut, int64_t lut_pos_stride, int64_t w, const uint8_t *rows, int64_t m,
-                  int normalize, float *out)
+                  const float *lut, int64_t lut_len, int64_t lut_pos_stride, int64_t w, const uint8_t *rows,
+                  int64_t m, int normalize, float *out)
 {
+    if (m < 0 || w < 0 || lut_pos_stride < 0 || m * w != dim
+            || (m > 0 && (m - 1) * lut_pos_stride + 256 * w > lut_len))
+        return LS_ERR_ARGS;
     for (int64_t t = 0; t < n; t++) {
         if ((int64_t)codes[t] >= k)
-            return -1;
+            return LS_ERR_BAD_INDEX;
         if (t + PREFETCH_AHEAD < n && (int64_t)codes[t + PREFETCH_AHEAD] < k) {
             /* centroid rows are scattered over a table of K * dim floats (8-25 MB): ask for a later
              * token's row now, so its cache misses overlap this token's work */
@@ -85,7 +91,7 @@ HOT int ls_decode(const float *centroids, int64_t k, int64_t dim, const uint16_t
                 v[j] /= norm;
         }
     }
-    return 0;
+    return LS_OK;
 }
 
 /* CRC32C (Castagnoli, reflected, init and final xor ~0: what zarr's crc32c codec stores), with the
@@ -151,11 +157,20 @@ uint32_t ls_crc32c_table(const uint8_t *p, int64_t n) { return crc32c_soft(p, (s
  * offs[r], each chunk_bytes of data followed by its 4-byte little-endian CRC32C (FORMAT.md 8). The
  * data goes to out, every chunk in order and contiguous (the CRCs aside); each chunk's CRC is checked.
  * A read that stops early is continued; only the end of the file counts as short.
- * Returns 0; 1 when run *bad fell short (file truncated); 2 on a read error in run *bad (errno set);
- * 3 when chunk *bad (counted over all runs) does not match its CRC. */
+ * Returns LS_OK; LS_READ_SHORT when run *bad fell short (file truncated); LS_READ_ERROR on a read error
+ * in run *bad (errno set); LS_READ_BAD_CRC when chunk *bad (counted over all runs) does not match its
+ * CRC; LS_ERR_ARGS (nothing read) when a count or offset is negative or the runs do not fit out_bytes. */
 int ls_read_chunks(const int32_t *fds, const int64_t *offs, const int64_t *nchunks, int64_t nruns,
-                   int64_t chunk_bytes, uint8_t *out, int64_t *bad)
+                   int64_t chunk_bytes, uint8_t *out, int64_t out_bytes, int64_t *bad)
 {
+    if (chunk_bytes <= 0)
+        return LS_ERR_ARGS;
+    int64_t room = out_bytes / chunk_bytes; /* chunks out can hold */
+    for (int64_t r = 0; r < nruns; r++) {
+        if (nchunks[r] < 0 || offs[r] < 0 || nchunks[r] > room)
+            return LS_ERR_ARGS;
+        room -= nchunks[r];
+    }
     struct iovec iov[2 * RUN_IOV];
     uint32_t crcs[RUN_IOV];
     int64_t done = 0; /* chunks read so far, over all runs */
@@ -179,11 +194,11 @@ int ls_read_chunks(const int32_t *fds, const int64_t *offs, const int64_t *nchun
                     continue;
                 if (got < 0) {
                     *bad = r;
-                    return 2;
+                    return LS_READ_ERROR;
                 }
                 if (got == 0) { /* end of file before the run's end: the file is truncated */
                     *bad = r;
-                    return 1;
+                    return LS_READ_SHORT;
                 }
                 need -= got;
                 at += got;
@@ -203,14 +218,14 @@ int ls_read_chunks(const int32_t *fds, const int64_t *offs, const int64_t *nchun
                 le[0] = (uint8_t)c, le[1] = (uint8_t)(c >> 8), le[2] = (uint8_t)(c >> 16), le[3] = (uint8_t)(c >> 24);
                 if (memcmp(le, &crcs[k], 4) != 0) {
                     *bad = done + k;
-                    return 3;
+                    return LS_READ_BAD_CRC;
                 }
             }
             off += want;
             done += n;
         }
     }
-    return 0;
+    return LS_OK;
 }
 
 /* An importable (empty) module, so setuptools builds and names the file like any extension. */

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -43,26 +43,43 @@ def normalize_document(doc_id: str, x: Any, dim: int) -> np.ndarray:
         raise ValueError(f"document {doc_id!r}: wrong dim {a.shape[1]}, the store has dim {dim}")
     if a.shape[0] == 0:
         raise ValueError(f"document {doc_id!r}: empty document (no token vectors)")
+    return normalize_rows(a, f"document {doc_id!r}", lambda what, row: f"document {doc_id!r}: token {row} is {what}")
+
+
+def normalize_rows(a: Any, name: str = "rows", describe: Callable[[str, int], str] | None = None,
+                   zero_rows: str = "error") -> np.ndarray:
+    """(n, d) float vectors as unit-norm float32 rows: the one normalization of documents and queries.
+
+    Values are checked for finiteness in the input's own dtype, and each row is divided by its largest
+    |value| before it is cast or squared: a float32 sum of squares overflows past ~1.8e19 (the row would
+    become zeros) and underflows below ~1e-19 (a valid row would look like a zero vector), and a finite
+    float64 of 1e300 would become inf in a cast first. Then float32, each row divided by its norm.
+    name: what the array is, for errors about all of it; describe(problem, row) -> the message for a
+    bad row (default: "{name}: row {row} is {problem}"). zero_rows: "error" (a zero row is a ValueError,
+    as for documents) or "keep" (left zero, as for queries, whose zero rows add nothing to MaxSim).
+    """
+    a = as_numpy(a)
+    describe = describe or (lambda what, row: f"{name}: row {row} is {what}")
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected an (n, dim) matrix, got shape {a.shape}")
     if not np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"document {doc_id!r}: expected float16/32/64 values, got {a.dtype}")
-    a = a.astype(np.float32)
-    return _normalize_rows(a, lambda what, row: f"document {doc_id!r}: token {row} is {what}")
-
-
-def _normalize_rows(a: np.ndarray, describe) -> np.ndarray:
+        raise ValueError(f"{name}: expected float16/32/64 values, got {a.dtype}")
     bad = ~np.isfinite(a).all(axis=1)
     if bad.any():
         raise ValueError(describe("not finite (NaN or inf)", int(np.argmax(bad))))
-    # Scale each row by its largest |value| first: a float32 sum of squares overflows
-    # past ~1.8e19 (the row would become zeros) and underflows below ~1e-19 (a valid
-    # row would be called a zero vector). After it every row's norm is in [1, sqrt(dim)].
-    peak = np.abs(a).max(axis=1, keepdims=True)
+    peak = np.abs(a).max(axis=1, keepdims=True) if a.shape[1] else np.zeros((len(a), 1), a.dtype)
     zero = peak[:, 0] == 0
-    if zero.any():
+    if zero_rows == "error" and zero.any():
         raise ValueError(describe("a zero vector", int(np.argmax(zero))))
-    a /= peak
-    a /= np.linalg.norm(a, axis=1, keepdims=True)
-    return a
+    peak[zero] = 1
+    if a.dtype.itemsize > 4:  # scaled in the input's precision, so the cast cannot overflow
+        x = (a / peak).astype(np.float32)
+    else:  # float16/32: exact in float32, scaled there (after it every row's norm is in [1, sqrt(dim)])
+        x = a.astype(np.float32)
+        x /= peak.astype(np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    x /= np.where(norms > 0, norms, 1) if zero.any() else norms
+    return x
 
 
 def check_ids(ids: Sequence[Any], n_docs: int, existing: set[str] | None = None) -> list[str]:
@@ -191,12 +208,12 @@ class BundleSource(DocSource):
         return self._ids
 
     def _rows(self, lo: int, hi: int) -> np.ndarray:
-        """Rows [lo, hi) of docs.npy as float32, read with one pread."""
+        """Rows [lo, hi) of docs.npy in the file's dtype (read-only), read with one pread."""
         with open(self.path / "docs.npy", "rb") as f:
             data = os.pread(f.fileno(), (hi - lo) * self._row_bytes, self._offset + lo * self._row_bytes)
         if len(data) != (hi - lo) * self._row_bytes:
             raise ValueError(f"{self.path}/docs.npy: file shorter than its header says")
-        return np.frombuffer(data, dtype=self._dtype).reshape(hi - lo, self.dim).astype(np.float32)
+        return np.frombuffer(data, dtype=self._dtype).reshape(hi - lo, self.dim)
 
     def batches(self):
         start = 0
@@ -208,7 +225,7 @@ class BundleSource(DocSource):
             doclens = self.doclens[start:stop]
             ids = self._ids[start:stop]
             doc_of_row = np.repeat(np.arange(stop - start), doclens)
-            yield ids, doclens, _normalize_rows(tokens, lambda what, row: f"document {ids[doc_of_row[row]]!r}: token {row - int(self.offsets[start + doc_of_row[row]] - lo)} is {what}")
+            yield ids, doclens, normalize_rows(tokens, "bundle", lambda what, row: f"document {ids[doc_of_row[row]]!r}: token {row - int(self.offsets[start + doc_of_row[row]] - lo)} is {what}")
             start = stop
 
     def sample(self, n: int, seed: int) -> np.ndarray:
@@ -220,16 +237,13 @@ class BundleSource(DocSource):
             a, b = np.searchsorted(rows, [lo, hi])
             if b > a:
                 parts.append(self._rows(lo, hi)[rows[a:b] - lo])
-        x = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
-        bad = ~np.isfinite(x).all(axis=1)
-        if bad.any():  # name it here: k-means would fail on it with a bare faiss RuntimeError
-            row = int(rows[np.argmax(bad)])
-            doc = int(np.searchsorted(self.offsets, row, side="right")) - 1
-            raise ValueError(f"document {self._ids[doc]!r}: token {row - int(self.offsets[doc])} is not finite (NaN or inf)")
-        peak = np.abs(x).max(axis=1, keepdims=True) if len(x) else np.ones((0, 1), np.float32)
-        x /= np.where(peak > 0, peak, 1)  # as _normalize_rows: no float32 overflow in the norm
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        return x / np.where(norms > 0, norms, 1)
+        x = np.concatenate(parts) if parts else np.zeros((0, self.dim), self._dtype)
+
+        def describe(what: str, i: int) -> str:  # name it here: k-means would fail on it with a bare faiss error
+            doc = int(np.searchsorted(self.offsets, int(rows[i]), side="right")) - 1
+            return f"document {self._ids[doc]!r}: token {int(rows[i]) - int(self.offsets[doc])} is {what}"
+
+        return normalize_rows(x, "bundle sample", describe, zero_rows="keep")
 
 
 class NpyDirSource(DocSource):

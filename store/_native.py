@@ -17,19 +17,24 @@ import ctypes
 
 import numpy as np
 
-from lodestore._cabi import bind, load_library, ptr
+from lodestore._cabi import (LS_DECODE_ABI, LS_ERR_ARGS, LS_ERR_BAD_INDEX, LS_OK, LS_READ_BAD_CRC, LS_READ_ERROR,
+                             LS_READ_SHORT, array, bind, load_library)
 
+from ._errors import CorruptStoreError
 
-_P = ctypes.c_void_p
 _I = ctypes.c_int64
-_LIB = bind(load_library("lodestore.store._decode"), ("ls_decode_abi", 3),
-            {"ls_decode": [_P, _I, _I, _P, _I, _P, _I, _I, _P, _I, ctypes.c_int, _P],
-             "ls_read_chunks": [_P, _P, _P, _I, _I, _P, _P]}, ctypes.c_int)
+_BYTES = array(np.uint8, 1)
+_LIB = bind(load_library("lodestore.store._decode"), ("ls_decode_abi", LS_DECODE_ABI), {
+    # centroids (k, dim), k, dim, codes (n,), n, lut, lut_len, lut_pos_stride, w, rows (n, m), m, normalize, out (n, dim)
+    "ls_decode": [array(np.float32, 2), _I, _I, array(np.uint16, 1), _I, array(np.float32), _I, _I, _I,
+                  array(np.uint8, 2), _I, ctypes.c_int, array(np.float32, 2, writeable=True)],
+    # fds, offsets, counts, nruns, chunk_bytes, out, out_bytes, bad
+    "ls_read_chunks": [array(np.int32, 1), array(np.int64, 1), array(np.int64, 1), _I, _I,
+                       array(np.uint8, writeable=True), _I, array(np.int64, 1, writeable=True)],
+}, ctypes.c_int)
 if _LIB is not None:
     for _name in ("ls_crc32c", "ls_crc32c_table"):
-        getattr(_LIB, _name).argtypes, getattr(_LIB, _name).restype = [_P, _I], ctypes.c_uint32
-
-
+        getattr(_LIB, _name).argtypes, getattr(_LIB, _name).restype = [_BYTES, _I], ctypes.c_uint32
 
 
 def _decode(centroids: np.ndarray, codes: np.ndarray, lut: np.ndarray, lut_pos_stride: int, width: int,
@@ -37,6 +42,7 @@ def _decode(centroids: np.ndarray, codes: np.ndarray, lut: np.ndarray, lut_pos_s
     """(n, dim) float32 tokens: centroids[codes] + concat_s lut[s * lut_pos_stride + rows[:, s] * width : +width].
 
     centroids (K, dim) float32 and lut float32, C-contiguous; codes (n,) uint16; rows (n, m) uint8.
+    A code >= K (codes come from disk) is a CorruptStoreError, found by the kernel before it reads past the table.
     """
     codes = np.ascontiguousarray(codes, dtype=np.uint16)
     rows = np.ascontiguousarray(rows, dtype=np.uint8)
@@ -44,16 +50,21 @@ def _decode(centroids: np.ndarray, codes: np.ndarray, lut: np.ndarray, lut_pos_s
     if rows.ndim != 2 or len(rows) != n or rows.shape[1] * width != dim:
         raise ValueError(f"residual rows of shape {rows.shape} do not match {n} codes of dim {dim}")
     out = np.empty((n, dim), dtype=np.float32)
-    if n and _LIB.ls_decode(ptr(centroids), len(centroids), dim, ptr(codes), n, ptr(lut), lut_pos_stride, width,
-                            ptr(rows), rows.shape[1], int(normalize), ptr(out)) != 0:
-        bad = int(codes.max())
-        raise IndexError(f"centroid id {bad} out of range for {len(centroids)} centroids")
+    if not n:
+        return out
+    status = _LIB.ls_decode(centroids, len(centroids), dim, codes, n, lut, lut.size, lut_pos_stride, width, rows,
+                            rows.shape[1], int(normalize), out)
+    if status == LS_ERR_BAD_INDEX:
+        raise CorruptStoreError(f"centroid id {int(codes.max())} out of range for {len(centroids)} centroids")
+    if status != LS_OK:
+        raise ValueError(f"decode: a lookup table of {lut.size} floats does not hold {rows.shape[1]} positions of "
+                         f"256 x {width} floats {lut_pos_stride} apart")
     return out
 
 
 decode = _decode if _LIB is not None else None
 
-READ_SHORT, READ_ERROR, READ_BAD_CRC = 1, 2, 3
+READ_SHORT, READ_ERROR, READ_BAD_CRC = LS_READ_SHORT, LS_READ_ERROR, LS_READ_BAD_CRC
 RUN_CHUNKS = 512  # chunks per preadv in the kernel (its RUN_IOV)
 
 
@@ -72,7 +83,11 @@ def _read_chunks(fds: np.ndarray, offsets: np.ndarray, counts: np.ndarray, chunk
     if not out.flags["C_CONTIGUOUS"] or not out.flags["WRITEABLE"] or out.nbytes != int(counts.sum()) * chunk_bytes:
         raise ValueError(f"output of {out.nbytes} bytes does not hold {int(counts.sum())} chunks of {chunk_bytes}")
     bad = np.zeros(1, dtype=np.int64)
-    status = _LIB.ls_read_chunks(ptr(fds), ptr(offsets), ptr(counts), len(counts), chunk_bytes, ptr(out), ptr(bad))
+    status = _LIB.ls_read_chunks(fds, offsets, counts, len(counts), chunk_bytes, out.reshape(-1).view(np.uint8),
+                                 out.nbytes, bad)
+    if status == LS_ERR_ARGS:
+        raise ValueError(f"read_chunks: runs of {counts.tolist()[:8]} chunks of {chunk_bytes} bytes, offsets "
+                         f"{offsets.tolist()[:8]}: a negative count or offset, or more than {out.nbytes} bytes")
     return int(status), int(bad[0]), ctypes.get_errno() if status == READ_ERROR else 0
 
 
@@ -80,7 +95,7 @@ def _crc32c(data, table: bool = False) -> int:
     """CRC32C of a buffer as read_chunks computes it (SSE 4.2 where the CPU has it; table=True: the
     byte-table version other CPUs use). For the tests."""
     a = np.ascontiguousarray(np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data)
-    return int((_LIB.ls_crc32c_table if table else _LIB.ls_crc32c)(ptr(a), a.nbytes))
+    return int((_LIB.ls_crc32c_table if table else _LIB.ls_crc32c)(a.reshape(-1).view(np.uint8), a.nbytes))
 
 
 read_chunks = _read_chunks if _LIB is not None else None

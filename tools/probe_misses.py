@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import lodestore
-    from lodestore.engine._searcher import check_queries
+    from lodestore.engine._args import check_queries
     from tools.bench_search import truth
 
     queries = np.load(args.bundle / "queries.npy")[: args.queries]
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = dict.fromkeys(variants, 0)
         for q, raw, ref in zip(qs, queries, reference):
             S = q @ c.centroids.T
-            docs = candidates(S, searcher._score_and_probe(q)[2])  # what the Searcher probes, probe_delta included
+            docs = candidates(S, searcher.prober.score_and_probe(q, searcher.settings)[2])  # what the Searcher probes, probe_delta included
             got = {doc_id for doc_id, _ in searcher.search(raw, k=10)}
             want = [g_of[d] for d in ref[:10]]
             for name, pick in variants.items():

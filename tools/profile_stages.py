@@ -23,16 +23,16 @@ import time
 import numpy as np
 
 STAGES = (  # (module or class path, attribute, label)
-    ("lodestore.engine._searcher:Searcher", "_score_and_probe", "1-2 query-centroid scores Q C^T + top-nprobe per token"),
-    ("lodestore.engine._searcher:Searcher", "_candidates", "2-3 probe + centroid interaction"),
-    ("lodestore.engine._searcher", "_distinct", "  2b distinct candidate documents"),
-    ("lodestore.engine._searcher", "centroid_interaction", "  3b centroid interaction (gather ids + scores, segmented max)"),
-    ("lodestore.engine._searcher:Searcher", "_rerank", "4-5 residual interaction, then exact MaxSim over its best"),
+    ("lodestore.engine._probe:Prober", "score_and_probe", "1-2 query-centroid scores Q C^T + top-nprobe per token"),
+    ("lodestore.engine._probe:Prober", "candidates", "2-3 probe + centroid interaction"),
+    ("lodestore.engine._probe", "distinct", "  2b distinct candidate documents"),
+    ("lodestore.engine._probe", "centroid_interaction", "  3b centroid interaction (gather ids + scores, segmented max)"),
+    ("lodestore.engine._rerank:Reranker", "rerank", "4-5 residual interaction, then exact MaxSim over its best"),
     ("lodestore.engine._corpus:Corpus", "read_concat", "  4a read the survivors' token rows (disk placements, CRC-checked)"),
-    ("lodestore.engine._searcher", "residual_interaction", "  4b residual interaction (lookup tables, no decoding)"),
+    ("lodestore.engine._rerank", "residual_interaction", "  4b residual interaction (lookup tables, no decoding)"),
     ("lodestore.store.codecs.scalar:ScalarCodec", "decode", "  5a decode (centroid + residual, normalize)"),
     ("lodestore.store.codecs.pq:PQCodec", "decode", "  5a decode pq (centroid + codebook gathers, normalize)"),
-    ("lodestore.engine._searcher", "maxsim_concat", "  5b exact MaxSim (matmul + segmented max)"),
+    ("lodestore.engine._rerank", "maxsim_concat", "  5b exact MaxSim (matmul + segmented max)"),
 )
 
 

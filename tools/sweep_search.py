@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.grid.split(","):
             main, _, delta = spec.lower().partition("d")
             nprobe, ndocs = (int(v) for v in main.split("x"))
-            searcher.nprobe, searcher.ndocs = nprobe, ndocs
-            searcher.probe_delta = float(delta) if delta else None
+            searcher.set_search_options(nprobe=nprobe, ndocs=ndocs, probe_delta=float(delta) if delta else None)
             for q in queries[:5]:
                 searcher.search(q, k=10)
             times, results = timed_queries(searcher, queries)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lodestore
 from lodestore.engine import parse_size
@@ -49,7 +51,7 @@ def test_malformed_query_shape_is_a_value_error(searcher, query, pattern):
 def test_non_finite_query_values_are_a_value_error(searcher, good, bad):
     q = good.copy()
     q[3, 7] = bad
-    with pytest.raises(ValueError, match=r"query 0: values must be finite.*NaN or inf"):
+    with pytest.raises(ValueError, match=r"query 0: token 3 is not finite \(NaN or inf\)"):
         searcher.search(q, k=10)
     batch = np.stack([good, q])
     with pytest.raises(ValueError, match=r"query 1: .*finite"):
@@ -118,6 +120,93 @@ def test_negative_nprobe_or_ndocs_is_a_value_error(engine_store, kwargs):
 def test_zero_nprobe_or_ndocs_is_a_value_error(engine_store, kwargs):
     with pytest.raises(ValueError, match="nprobe and ndocs must be positive"):
         lodestore.Searcher(engine_store, memory_budget="all", **kwargs)
+
+
+# --------------------------------------------------------------------------- hostile queries
+
+
+@pytest.mark.parametrize("scale, dtype", [(1e300, np.float64), (1e-300, np.float64), (1e30, np.float32),
+                                          (1e-30, np.float32), (6e4, np.float16)], ids=repr)
+def test_extreme_but_finite_queries_get_the_hits_of_the_unscaled_query(searcher, good, scale, dtype):
+    """Scaling a query changes nothing (queries are unit-normalized, scaled first as documents are): a
+    finite float64 of 1e300 used to become inf in the float32 cast or the norm, and return []."""
+    want = searcher.search(good, k=10)
+    q = (good.astype(np.float64) / np.abs(good).max() * scale).astype(dtype)
+    assert np.isfinite(q).all()
+    got = searcher.search(q, k=10)
+    assert [i for i, _ in got][:5] == [i for i, _ in want][:5]
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=2e-3 if dtype == np.float16 else 1e-5)
+
+
+def test_queries_and_documents_share_one_normalization(searcher, good):
+    """The engine normalizes queries with the store's own function (lodestore.store.normalize_rows)."""
+    from lodestore.engine._args import normalize_query
+    from lodestore.store import normalize_rows
+
+    q = good * np.float32(3.0)
+    np.testing.assert_array_equal(normalize_query(q), normalize_rows(q))
+    zero = np.vstack([good[:2], np.zeros((1, DIM), np.float32)])
+    assert (normalize_query(zero)[2] == 0).all()  # a query's zero row (a [PAD]) stays zero; a document's is an error
+    with pytest.raises(ValueError, match="zero vector"):
+        normalize_rows(zero)
+
+
+@settings(max_examples=60, deadline=None)
+@given(exp=st.integers(-300, 300), seed=st.integers(0, 2**31 - 1))
+def test_normalize_rows_is_scale_free_over_float64_range(exp, seed):
+    from lodestore.store import normalize_rows
+
+    x = np.random.default_rng(seed).standard_normal((3, 16))
+    unit = normalize_rows(x)
+    scaled = normalize_rows(x * 10.0 ** exp)
+    np.testing.assert_allclose(np.linalg.norm(scaled, axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(scaled, unit, atol=1e-6)
+
+
+def test_too_many_query_tokens_is_a_value_error_before_any_allocation(searcher, good):
+    """A 100,000-token query (once 2.6 GB of score tables) is refused on its shape: the test's query is a
+    broadcast view of 51 MB that takes no memory, and the refusal allocates next to none."""
+    import tracemalloc
+
+    huge = np.broadcast_to(good[:1], (100_000, DIM))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"query 0: 100000 token vectors, more than max_query_tokens=1024"):
+            searcher.search(huge, k=10)
+        with pytest.raises(ValueError, match=r"query 1: .*max_query_tokens"):
+            searcher.search([good, huge], k=10)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    assert searcher.stats()["max_query_tokens"] == 1024
+
+
+def test_max_query_tokens_is_configurable(engine_store, good):
+    with lodestore.Searcher(engine_store, memory_budget="all", max_query_tokens=len(good)) as s:
+        assert len(s.search(good, k=3)) == 3  # exactly the cap is fine
+        with pytest.raises(ValueError, match=rf"{len(good) + 1} token vectors, more than max_query_tokens={len(good)}"):
+            s.search(np.vstack([good, good[:1]]), k=3)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "10"], ids=repr)
+def test_bad_max_query_tokens_is_a_value_error(engine_store, bad):
+    with pytest.raises(ValueError, match=r"max_query_tokens must be a positive integer"):
+        lodestore.Searcher(engine_store, memory_budget="all", max_query_tokens=bad)
+
+
+@pytest.mark.parametrize("k", [100_001, 10**9, 10**30], ids=repr)
+def test_huge_k_is_a_value_error(searcher, good, engine_store, k):
+    with pytest.raises(ValueError, match=r"k must be at most 100000"):
+        searcher.search(good, k=k)
+    with pytest.raises(ValueError, match=r"k must be at most 100000"):
+        lodestore.exhaustive_search(engine_store, good, k)
+
+
+def test_k_beyond_the_store_returns_every_candidate(searcher, good):
+    hits = searcher.search(good, k=5000)
+    assert 10 < len(hits) <= 1000 and len({i for i, _ in hits}) == len(hits)
+    assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
 
 
 # --------------------------------------------------------------------------- budgets

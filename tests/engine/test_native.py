@@ -19,7 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lodestore.engine import _maxsim, _native, _searcher
+from lodestore import _cabi
+from lodestore.engine import _maxsim, _native, _probe
+from lodestore.store import CorruptStoreError
 from lodestore.store import _native as store_native
 from lodestore.store import PQCodec, ResidualCodec
 
@@ -41,10 +43,11 @@ def test_a_stale_build_falls_back_with_a_warning():
         assert store_native.bind(lib, ("ls_missing_abi", 1), {}, None) is None
     if _native.centroid_interaction is not None:
         kernels = store_native.load_library("lodestore.engine._kernels")
-        with pytest.warns(RuntimeWarning, match="ABI 4, expected 5"):
-            assert store_native.bind(kernels, ("ls_kernels_abi", 5), {}, None) is None
+        now = _cabi.LS_KERNELS_ABI
+        with pytest.warns(RuntimeWarning, match=f"ABI {now}, expected {now + 1}"):
+            assert store_native.bind(kernels, ("ls_kernels_abi", now + 1), {}, None) is None
         with pytest.warns(RuntimeWarning, match="no ls_missing"):
-            assert store_native.bind(kernels, ("ls_kernels_abi", 4), {"ls_missing": []}, None) is None
+            assert store_native.bind(kernels, ("ls_kernels_abi", now), {"ls_missing": []}, None) is None
     assert store_native.bind(None, ("ls_kernels_abi", 1), {}, None) is None
 
 
@@ -139,9 +142,9 @@ def test_probe_block_kernel_gives_the_numpy_probe_pairs(delta, n, monkeypatch):
     rng = np.random.default_rng(n)
     block = rng.integers(-3000, 3000, (500, 32)).astype(np.int16)
     block[:, 0] = 7  # one token whose every centroid ties: the tie rule decides
-    found, close = _searcher._probe_block(block, 4096, n, delta)
+    found, close = _probe.probe_block(block, 4096, n, delta)
     monkeypatch.setattr(_native, "top_rows", None)
-    slow_found, slow_close = _searcher._probe_block(block, 4096, n, delta)
+    slow_found, slow_close = _probe.probe_block(block, 4096, n, delta)
     pairs = lambda t: sorted(zip(*(a.tolist() for a in t)))  # noqa: E731
     assert pairs(found) == pairs(slow_found)
     assert [c for t, c in zip(*found[:2]) if t == 0] == list(range(4096, 4096 + n))  # lowest centroids win ties
@@ -184,7 +187,7 @@ def test_decode_kernel_refuses_out_of_range_codes():
     rng = np.random.default_rng(0)
     codec = PQCodec(rng.standard_normal((10, 64)).astype(np.float32), rng.standard_normal((16, 256, 4)).astype(np.float32))
     rows = np.zeros((3, 16), dtype=np.uint8)
-    with pytest.raises(IndexError, match="centroid id 10 out of range for 10"):
+    with pytest.raises(CorruptStoreError, match="centroid id 10 out of range for 10"):
         codec.decode(np.array([0, 10, 1], dtype=np.uint16), rows)
     with pytest.raises(ValueError, match="do not match"):
         codec.decode(np.array([0, 1], dtype=np.uint16), rows)
@@ -202,7 +205,7 @@ def test_kernel_wrappers_refuse_bad_shapes():
         _native.residual_maxsim(table, 1.0, lut, 1.0, codes, rows, np.array([1, 1]))
     with pytest.raises(ValueError, match="mismatched"):
         _native.residual_maxsim(table, 1.0, lut[:, :, :3], 1.0, codes, rows, np.array([3]))
-    with pytest.raises(IndexError, match="centroid id 5 outside the 5"):
+    with pytest.raises(CorruptStoreError, match="residual_maxsim: a centroid id .* out of range"):
         _native.residual_maxsim(table, 1.0, lut, 1.0, np.array([0, 5, 1], np.uint16), rows, np.array([3]))
 
 
@@ -218,7 +221,7 @@ def test_search_without_the_kernels_returns_the_same_hits(engine_store_path, eng
     np.save(tmp_path / "q.npy", engine_queries[:10])
     script = (
         "import json, sys, numpy as np, lodestore\n"
-        "from engine import _native\n"
+        "from lodestore.engine import _native\n"
         "assert _native.centroid_interaction is None\n"
         f"s = lodestore.Searcher({str(engine_store_path)!r}, threads=2)\n"
         f"print(json.dumps(s.search(np.load({str(tmp_path / 'q.npy')!r}), k=10)))\n"
@@ -249,7 +252,7 @@ def test_int8_score_table_kernel_equals_numpy_bit_for_bit(k, d, q, zero_rows, se
     C /= np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
     Q /= np.maximum(np.linalg.norm(Q, axis=1, keepdims=True), 1e-12)
     cent = _maxsim.int8_centroids(C)
-    query = _maxsim.int8_query(Q * np.float32(_searcher.SCORE_SCALE), cent[0].shape[1])
+    query = _maxsim.int8_query(Q * np.float32(_probe.SCORE_SCALE), cent[0].shape[1])
     fast = np.empty((k, q), dtype=np.int16)
     _maxsim.score_table_i8(cent, query, fast)
     plain = np.empty((k, q), dtype=np.int16)
@@ -262,8 +265,8 @@ def test_int8_score_table_kernel_equals_numpy_bit_for_bit(k, d, q, zero_rows, se
         _native.score_table_i8 = kernel
     np.testing.assert_array_equal(fast, slow)
     np.testing.assert_array_equal(plain, slow)
-    exact = C.astype(np.float64) @ Q.T.astype(np.float64) * _searcher.SCORE_SCALE
-    assert np.abs(fast - exact).max() <= 0.01 * _searcher.SCORE_SCALE
+    exact = C.astype(np.float64) @ Q.T.astype(np.float64) * _probe.SCORE_SCALE
+    assert np.abs(fast - exact).max() <= 0.01 * _probe.SCORE_SCALE
 
 
 def test_vnni_is_used_where_the_cpu_has_it():
@@ -271,3 +274,129 @@ def test_vnni_is_used_where_the_cpu_has_it():
         pytest.skip("C kernels not built")
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
     assert _native.has_vnni() == ("avx512_vnni" in flags and "avx512bw" in flags)
+
+
+# --------------------------------------------------------------------------- the typed C boundary
+
+
+def test_status_codes_and_abi_versions_match_the_shared_header():
+    """lodestore/_abi.h is the one source of the numbers; lodestore/_cabi.py mirrors them for Python."""
+    import re
+    from pathlib import Path
+
+    header = (Path(__file__).resolve().parents[2] / "lodestore" / "_abi.h").read_text()
+    defined = {m[1]: int(m[2]) for m in re.finditer(r"#define (LS_\w+) \(?(-?\d+)\)?", header)}
+    assert len(defined) == 9
+    for name, value in defined.items():
+        assert getattr(_cabi, name) == value, name
+    for path in ("store/_decode.c", "engine/_kernels.c"):
+        source = (Path(__file__).resolve().parents[2] / path).read_text()
+        assert '#include "_abi.h"' in source and not re.search(r"return -?[1-9];", source), path
+
+
+@needs_kernels
+def test_a_wrong_array_is_a_type_error_at_the_boundary():
+    """ctypes checks every array argument (dtype, rank, C-contiguous, aligned, writeable outputs) before
+    the C code runs: calling a kernel with the wrong array raises TypeError, never misreads memory."""
+    lib = _native._LIB
+    table, ids = np.zeros((4, 8), np.int16), np.zeros(6, np.uint16)
+    starts, lens, out = np.array([0, 3]), np.array([3, 3]), np.zeros(2, np.float32)
+
+    def call(table=table, ids=ids, starts=starts, lens=lens, out=out):
+        return lib.ls_centroid_interaction(table, 4, 8, ids, len(ids), starts, lens, 2, out)
+
+    assert call() == 0
+    for bad in (dict(table=table.astype(np.int32)), dict(table=np.asfortranarray(np.zeros((4, 8), np.int16))[:, ::2]),
+                dict(ids=ids.astype(np.int64)), dict(starts=starts.astype(np.int32)), dict(table=table.ravel()),
+                dict(out=np.zeros(2, np.float64)), dict(out=_read_only(out)), dict(ids=[0, 1, 2])):
+        with pytest.raises(ctypes.ArgumentError, match="TypeError|array must"):
+            call(**bad)
+    with pytest.raises(ctypes.ArgumentError):  # the store's library too
+        store_native._LIB.ls_crc32c(np.zeros(4, np.int32), 16)
+    with pytest.raises(ctypes.ArgumentError):
+        lib.ls_top_rows(table, 4, 8, 2, np.zeros(8, np.int32), np.zeros((8, 2), np.int64), np.zeros((8, 2), np.int16))
+    assert lib.ls_top_rows(table, 4, 8, 2, None, np.zeros((8, 2), np.int64), np.zeros((8, 2), np.int16)) == 0
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+@needs_kernels
+def test_kernels_refuse_out_of_range_ids_and_spans():
+    """Centroid ids and spans come from the store's files: one past K, or a span outside the ids, is an error
+    status (a CorruptStoreError from the wrappers), never a read out of bounds."""
+    table = np.arange(4 * 8, dtype=np.int16).reshape(4, 8)
+    with pytest.raises(CorruptStoreError, match="centroid_interaction"):
+        _native.centroid_interaction(table, np.array([0, 4, 1], np.uint16), np.array([0]), np.array([3]))
+    with pytest.raises(CorruptStoreError, match="centroid_interaction"):
+        _native.centroid_interaction(table, np.array([0, 1, 2], np.uint16), np.array([1]), np.array([3]))
+    got = _native.centroid_interaction(table, np.array([0, 3, 1], np.uint16), np.array([0]), np.array([3]))
+    assert got.tolist() == [float(table[3].sum())]
+    lib = _native._LIB
+    out = np.zeros(1, np.float32)
+    assert lib.ls_segment_max_sum(np.zeros((3, 2), np.float32), 3, 2, np.array([4]), 1, out) == _cabi.LS_ERR_ARGS
+    assert lib.ls_top_rows(table, 4, 8, 5, None, np.zeros((8, 5), np.int64), np.zeros((8, 5), np.int16)) \
+        == _cabi.LS_ERR_ARGS
+    lut, rows = np.zeros((2, 256, 8), np.int16), np.zeros((3, 2), np.uint8)
+    assert lib.ls_residual_maxsim(table, 4, 8, lut, 2, np.array([0, 1, 2], np.uint16), rows, 3, np.array([4]), 1,
+                                  1.0, 1.0, out) == _cabi.LS_ERR_ARGS
+    assert lib.ls_residual_maxsim(table, 4, 8, lut, 2, np.array([0, 4, 2], np.uint16), rows, 3, np.array([3]), 1,
+                                  1.0, 1.0, out) == _cabi.LS_ERR_BAD_INDEX
+
+
+@needs_kernels
+def test_a_wild_span_is_refused_in_a_child_process():
+    """A span far outside the ids (a forged offset) would crash a kernel that trusted it: the probe runs in
+    a child process, so a regression fails this test instead of killing the suite."""
+    import subprocess
+
+    script = (
+        "import numpy as np\n"
+        "from lodestore.engine import _native\n"
+        "from lodestore.store import CorruptStoreError, _native as store_native\n"
+        "table = np.zeros((4, 32), np.int16)\n"
+        "for starts, ids in (([1 << 40], [0, 1]), ([0], [0, 65535])):\n"
+        "    try:\n"
+        "        _native.centroid_interaction(table, np.array(ids, np.uint16), np.array(starts), np.array([2]))\n"
+        "    except CorruptStoreError:\n"
+        "        print('refused')\n"
+        "c = np.zeros((4, 8), np.float32)\n"
+        "try:\n"
+        "    store_native.decode(c, np.array([0, 60000], np.uint16), np.zeros((256, 4), np.float32), 0, 4,\n"
+        "                        np.zeros((2, 2), np.uint8), True)\n"
+        "except CorruptStoreError:\n"
+        "    print('refused')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["refused"] * 3
+
+
+@pytest.mark.skipif(store_native.decode is None, reason="C kernels not built")
+def test_store_kernels_check_their_bounds():
+    lib = store_native._LIB
+    c, out = np.zeros((4, 8), np.float32), np.zeros((2, 8), np.float32)
+    codes, rows = np.array([0, 1], np.uint16), np.zeros((2, 2), np.uint8)
+    # a lookup table too short for 2 positions of 256 x 4 floats: refused before any read
+    assert lib.ls_decode(c, 4, 8, codes, 2, np.zeros(1023, np.float32), 1023, 0, 4, rows, 2, 1, out) \
+        == _cabi.LS_ERR_ARGS
+    assert lib.ls_decode(c, 4, 8, codes, 2, np.zeros(1024, np.float32), 1024, 0, 4, rows, 2, 1, out) == _cabi.LS_OK
+    assert lib.ls_decode(c, 4, 8, np.array([0, 4], np.uint16), 2, np.zeros(1024, np.float32), 1024, 0, 4, rows, 2,
+                         1, out) == _cabi.LS_ERR_BAD_INDEX
+    bad = np.zeros(1, np.int64)
+    fds, offs = np.array([0], np.int32), np.array([0])
+    # more chunks than the output holds, a negative count or offset: refused before any read
+    for counts, offsets, room in (([3], [0], 2 * 64), ([-1], [0], 64), ([1], [-5], 64)):
+        assert lib.ls_read_chunks(fds, np.array(offsets), np.array(counts), 1, 64, np.zeros(3 * 64, np.uint8), room,
+                                  bad) == _cabi.LS_ERR_ARGS
+
+
+def test_array_arguments_are_ndpointers():
+    t = _cabi.array(np.int16, 2, writeable=True)
+    assert issubclass(t, np.ctypeslib.ndpointer(np.int16, 2, flags=["C_CONTIGUOUS", "ALIGNED", "WRITEABLE"]))
+    assert _cabi.array(np.int16, optional=True).from_param(None) is None
+    with pytest.raises(TypeError, match="expected a C-contiguous, aligned int16 array"):
+        _cabi.array(np.int16).from_param(None)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import lodestore
-from lodestore.engine import _maxsim, _searcher
+from lodestore.engine import _maxsim, _probe, _settings
 from lodestore.engine._parallel import Workers, default_threads
 
 
@@ -67,7 +67,7 @@ def test_default_is_at_most_two():
 @pytest.mark.parametrize("budget", ["auto", "all"])
 def test_threads_give_bit_identical_hits(engine_store, engine_queries, budget, monkeypatch):
     """Small pieces, so the test store splits into many (centroid blocks, interaction slices, chunks)."""
-    monkeypatch.setattr(_searcher, "CENTROID_BLOCK", 40)
+    monkeypatch.setattr(_probe, "CENTROID_BLOCK", 40)
     monkeypatch.setattr(_maxsim, "CI_CHUNK_TOKENS", 500)
     with lodestore.Searcher(engine_store, memory_budget=budget, threads=1) as one, \
             lodestore.Searcher(engine_store, memory_budget=budget, threads=2) as two:
@@ -95,7 +95,7 @@ def test_centroid_interaction_slices_match_one_gather(monkeypatch):
 
 
 def test_within_keeps_close_calls_and_caps_each_row():
-    from lodestore.engine._searcher import _within
+    from lodestore.engine._probe import within as _within
 
     S = np.array([[100, 95, 10, 99, 50], [7, 7, 7, 7, 7], [0, -5, 1, 2, 3]], dtype=np.int16)
     rows, cols = _within(S, 5, cap=10)
@@ -105,15 +105,18 @@ def test_within_keeps_close_calls_and_caps_each_row():
 
 
 def _probes(searcher, q):
-    table, tokens, cents = searcher._score_and_probe(searcher._prepare(q)[1][0])
+    from lodestore.engine._args import check_queries
+
+    Q = check_queries(searcher.store, [q])[0]
+    table, tokens, cents = searcher.prober.score_and_probe(Q, searcher.settings)
     return table, tokens, cents
 
 
 def test_probing_in_blocks_equals_probing_whole_rows(engine_store, engine_queries, monkeypatch):
     """Each token's top nprobe (and within-delta) centroids, merged from blocks, are those of the whole row."""
-    from lodestore.engine._searcher import MAX_PROBE, SCORE_SCALE, _top_columns, _within
+    from lodestore.engine._probe import MAX_PROBE, SCORE_SCALE, top_columns as _top_columns, within as _within
 
-    monkeypatch.setattr(_searcher, "CENTROID_BLOCK", 40)  # 256 centroids -> 7 blocks
+    monkeypatch.setattr(_probe, "CENTROID_BLOCK", 40)  # 256 centroids -> 7 blocks
     with lodestore.Searcher(engine_store, nprobe=5, probe_delta=0.05) as s:
         for q in engine_queries[:8]:
             table, tokens, cents = _probes(s, q)
@@ -143,7 +146,7 @@ def test_bad_probe_delta(engine_store, bad):
 
 
 def test_search_settings_follow_store_size(engine_store, monkeypatch):
-    from lodestore.engine import _searcher as srch
+    srch = _settings
 
     with lodestore.Searcher(engine_store) as small:
         st = small.stats()
@@ -155,7 +158,7 @@ def test_search_settings_follow_store_size(engine_store, monkeypatch):
 
 
 def test_within_does_not_wrap_around_below_int16():
-    from lodestore.engine._searcher import _within
+    from lodestore.engine._probe import within as _within
 
     S = np.array([[-20000, -20500, -30000]], dtype=np.int16)
     rows, cols = _within(S, int(1.5 * 16384), cap=10)
@@ -163,7 +166,7 @@ def test_within_does_not_wrap_around_below_int16():
 
 
 def test_long_centroids_lower_the_score_scale():
-    from lodestore.engine._searcher import SCORE_SCALE, _score_scale
+    from lodestore.engine._probe import SCORE_SCALE, score_scale as _score_scale
 
     unit = np.eye(4, dtype=np.float32)
     assert _score_scale(unit) == SCORE_SCALE

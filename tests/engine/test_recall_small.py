@@ -147,7 +147,7 @@ def test_torch_rerank_path_matches_numpy_on_cpu(engine_store, engine_queries, mo
     """Searcher uses maxsim_torch whenever device != "cpu"; "cpu:0" is a torch CPU device, so it
     forces the torch path without a GPU. Its results must match the numpy path's."""
     pytest.importorskip("torch")
-    import lodestore.engine._searcher as searcher_mod
+    import lodestore.engine._rerank as searcher_mod
 
     calls = []
     real = searcher_mod.maxsim_torch

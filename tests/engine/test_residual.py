@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from lodestore.engine import _native
 from lodestore.engine._maxsim import aligned_empty, maxsim_concat, residual_interaction, residual_lut
-from lodestore.engine._searcher import SCORE_SCALE
+from lodestore.engine._probe import SCORE_SCALE
 from lodestore.store import PQCodec, ResidualCodec
 
 
@@ -124,12 +124,12 @@ def test_searcher_hits_carry_exact_scores_and_match_exhaustive(engine_store_path
     prefetch on) and no early stop, the top 10 are exhaustive search's, whether rows are resident, read
     through or prefetched."""
     import lodestore
-    from lodestore.engine import _searcher
+    from lodestore.engine import _rerank
     from lodestore.engine._exhaustive import exhaustive_search
 
-    monkeypatch.setattr(_searcher, "STOP_MARGIN", float("inf"))  # never stop early: every survivor is scored
+    monkeypatch.setattr(_rerank, "STOP_MARGIN", float("inf"))  # never stop early: every survivor is scored
     with lodestore.Searcher(engine_store_path, nprobe=64, ndocs=100000, probe_delta=None, **placement) as s:
-        n = len(s._candidates(*_table_and_probes(s, engine_queries[0]), 10, None)[0])
+        n = len(s.prober.candidates(*_table_and_probes(s, engine_queries[0]), 10, None, s.settings)[0])
         assert n > 4 * 128
         s.search(engine_queries[0], k=10)
         assert s.stats()["scored_per_query"] == n
@@ -141,9 +141,9 @@ def test_searcher_hits_carry_exact_scores_and_match_exhaustive(engine_store_path
 
 
 def _table_and_probes(searcher, query):
-    from lodestore.engine._searcher import check_queries
+    from lodestore.engine._args import check_queries
 
-    table, _tokens, probed = searcher._score_and_probe(check_queries(searcher.store, [query])[0])
+    table, _tokens, probed = searcher.prober.score_and_probe(check_queries(searcher.store, [query])[0], searcher.settings)
     return table, probed
 
 
@@ -172,7 +172,7 @@ def test_lookup_tables_are_aligned_and_equal_the_rounded_products():
 def test_stop_rule():
     """Stop once the next survivor, gaining the most any has gained (plus STOP_MARGIN of it), falls short
     of the n_exact-th best; never before n_exact are scored."""
-    from lodestore.engine._searcher import STOP_MARGIN, _stop
+    from lodestore.engine._rerank import STOP_MARGIN, stop as _stop
 
     scores = np.array([10.0, 9.0, 8.0, 7.0], dtype=np.float32)
     ci = np.array([9.0, 8.5, 7.0, 6.0], dtype=np.float32)  # gains 1.0, 0.5, 1.0, 1.0: the largest is 1.0
@@ -191,7 +191,7 @@ def test_early_stop_is_deterministic_and_counted(engine_store_path, engine_queri
     """With the stop on, one or two threads score the same survivors and return the same hits; the stats
     count the survivors scored, whole waves (or all survivors), never more than ndocs."""
     import lodestore
-    from lodestore.engine._searcher import FIRST_WAVE, WAVE
+    from lodestore.engine._rerank import FIRST_WAVE, WAVE
 
     runs = []
     for threads in (1, 2):

@@ -68,7 +68,8 @@ def test_empty_subset_returns_nothing(searcher, engine_queries):
 def test_large_subset_returns_only_subset_ids(searcher, engine_queries, exact_scores, decoded, recall, exact_maxsim,
                                               engine_store, monkeypatch):
     """A subset larger than ndocs goes through candidate generation, filtered to the subset."""
-    monkeypatch.setattr(searcher, "ndocs", 256)  # the default (1024) exceeds this corpus of ~1,000 documents
+    monkeypatch.setattr(searcher, "settings", searcher.settings)  # restored after the test
+    searcher.set_search_options(ndocs=256)  # the default (1024) exceeds this corpus of ~1,000 documents
     rng = np.random.default_rng(11)
     subset = [decoded.ids[i] for i in rng.choice(len(decoded.ids), size=700, replace=False)]
     allowed = set(subset)

@@ -1,4 +1,4 @@
-"""The pq codec (store/_pq.py): properties of encode/decode, stores that use it, and its on-disk form.
+"""The pq codec (store/codecs/pq.py): properties of encode/decode, stores that use it, and its on-disk form.
 
 FORMAT.md section 7.5 is checked here against what the writer produces: the codec
 entry, the codec/ group's arrays (dtype, shape, byte order) and the row layout

@@ -1,0 +1,146 @@
+"""Stages 4-5 of a query: residual interaction over the survivors in waves, a stop rule, then exact MaxSim.
+
+  4. Residual interaction: the survivors' token rows are read (slices of RESIDUAL_SLICE documents over
+     the query's threads) and each survivor is scored by MaxSim with every token's residual scored from
+     per-query lookup tables (one int16 row per residual byte), never decoded: within rounding, MaxSim
+     over the un-normalized decoded tokens. Waves of survivors are scored until stop() says the next
+     could not reach the best.
+  5. The best max(EXACT_DOCS, 2k) of those are decoded and ranked by exact MaxSim (their rows are
+     already in memory), STREAM_CHUNK documents at a time; top k.
+
+Rows come from engine/_rows.py, whichever the placement; which documents are scored, and their order,
+never depend on timing, placement or the number of threads: same scores, same ties.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._corpus import Corpus
+from ._maxsim import maxsim_concat, maxsim_torch, residual_interaction, residual_lut, top_k
+from ._parallel import Workers
+from ._rows import RowReader, RowsOf, select_docs, sliced
+
+FIRST_WAVE = 256  # survivors residual interaction scores before the first stop test (2 slices)
+WAVE = 256  # survivors scored between stop tests: fixed, so results never depend on the thread count
+STOP_MARGIN = 0.5  # stop()'s allowance over the largest gain seen (BENCHMARKS 3.4)
+EXACT_DOCS = 32  # the best of residual interaction that exact MaxSim re-ranks (at least 2k)
+RESIDUAL_SLICE = 128  # survivors read and scored by residual interaction per step (steps spread over threads)
+PREFETCH_SLICE = 16  # the step with prefetch on, so steps whose rows have arrived can go first
+STREAM_CHUNK = 8  # survivors scored per exact-MaxSim step (a larger step held more heap, no faster)
+# waves are whole slices and slices whole prefetch steps: then the survivors scored so far are exactly the first
+# ones in centroid-interaction order, and the next one's score bounds every later one's (stop() relies on it)
+assert FIRST_WAVE % RESIDUAL_SLICE == 0 and WAVE % RESIDUAL_SLICE == 0 and RESIDUAL_SLICE % PREFETCH_SLICE == 0
+
+Hits = list[tuple[str, float]]
+
+
+class Reranker:
+    """Stages 4-5 over one corpus: rerank(survivors) -> top-k hits with exact MaxSim scores."""
+
+    def __init__(self, corpus: Corpus, workers: Workers, rows: RowReader, score_scale: float, device: str):
+        self.corpus, self.workers, self.rows, self.device = corpus, workers, rows, device
+        self.score_scale = score_scale
+        self.byte_tables = np.ascontiguousarray(corpus.codec.byte_tables(), dtype=np.float32)
+
+    def rerank(self, Q: np.ndarray, table: np.ndarray, final: np.ndarray, ci: np.ndarray, k: int) -> tuple[Hits, int]:
+        """(top-k hits, survivors scored): residual interaction over the survivors, then exact MaxSim over
+        the best of them.
+
+        final: the survivors, best first by centroid interaction, whose scores are ci. They are
+        scored in waves (the first FIRST_WAVE, then WAVE at a time) until the next survivor could
+        not reach the best n_exact = max(EXACT_DOCS, 2k) so far (stop), or none are left.
+        A wave is cut into RESIDUAL_SLICE-document slices, each read in document order (no
+        reordering copy) and spread over the query's threads; with rows read ahead, in steps of
+        PREFETCH_SLICE, those whose rows have all arrived first. Each step is scored by residual
+        interaction (engine/_maxsim.py: centroid score + the residual's score from per-query
+        lookup tables, no decoding), and the rows of its best are kept so the best n_exact
+        overall are decoded and scored exactly without reading them again.
+        """
+        n_exact = max(EXACT_DOCS, 2 * k)
+        if len(final) <= n_exact:
+            if len(final) == 0:
+                return [], 0
+            return self.exact_chunked(Q, final, k, *self.rows.rows_of(final)), len(final)
+        at = np.concatenate([np.argsort(final[a : a + RESIDUAL_SLICE], kind="stable") + a
+                             for a in range(0, len(final), RESIDUAL_SLICE)])  # docs[j] = final[at[j]]: slices in doc order
+        docs = final[at]
+        ahead = self.rows.reading_ahead
+        step = PREFETCH_SLICE if ahead else RESIDUAL_SLICE
+        lut = residual_lut(Q, self.byte_tables)
+        scores = np.full(len(docs), -np.inf, dtype=np.float32)
+        kept: list = []
+
+        def one(a: int) -> tuple:
+            codes, res, lens = self.rows.rows(docs[a : a + step])
+            part = scores[a : a + len(lens)]
+            part[...] = residual_interaction(Q, table, self.score_scale, lut, self.corpus.codec, codes, res, lens)
+            # only the step's own best n_exact can be among the overall best n_exact: keep just their rows
+            local = np.sort(top_k(part, n_exact))
+            return (a + local, *select_docs(codes, res, lens, local))
+
+        done = 0
+        while done < len(docs):
+            end = min(len(docs), FIRST_WAVE if done == 0 else done + WAVE)
+            cuts = list(range(done, end, step))
+            if ahead:  # small steps, those read ahead already first
+                cuts.sort(key=lambda a: not self.rows.ready(docs[a : a + step]))
+                if end < len(docs):  # the next wave, while this one is scored
+                    self.rows.read_ahead(final[end : end + WAVE])
+            kept += self.workers.map(lambda j: one(cuts[j]), len(cuts))
+            done = end
+            if done < len(docs) and stop(scores[:done], ci[at[:done]], float(ci[done]), n_exact):
+                break
+        kept.sort(key=lambda p: int(p[0][0]))  # by position: ready-first order may have scored them out of order
+        best = np.sort(top_k(scores[:done], n_exact))  # positions in docs, ascending
+        pos = np.concatenate([p[0] for p in kept])  # ascending: steps in order, each sorted
+        rows = select_docs(*(np.concatenate([p[j] for p in kept]) for j in (1, 2, 3)), np.searchsorted(pos, best))
+        return self.exact_chunked(Q, docs[best], k, sliced(*rows)), done
+
+    def exact_chunked(self, Q: np.ndarray, final: np.ndarray, k: int, rows_of: RowsOf, ready=None) -> Hits:
+        """Exact MaxSim over `final`, STREAM_CHUNK documents at a time; top k.
+
+        rows_of(docs, a) gives the (codes, residuals, lengths) of docs = final[a : a + step].
+        Chunks whose rows have all arrived (ready) are scored first, while the prefetcher
+        keeps reading the others. Which documents form a chunk is fixed by position, never
+        by timing, so a document's score is always computed the same way: every placement,
+        and a batch or a single query, give bit-identical scores.
+        """
+        scores = np.empty(len(final), dtype=np.float32)
+        step = STREAM_CHUNK if self.device == "cpu" else max(len(final), 1)  # a GPU wants one big batch
+        pending = list(range(0, len(final), step))
+        if self.workers.threads > 1 and len(pending) > 1:  # chunks in parallel: those read already first
+            if ready:
+                pending.sort(key=lambda a: not ready(final[a : a + step]))
+
+            def one(i: int) -> None:
+                a = pending[i]
+                scores[a : a + step] = self.exact(Q, *rows_of(final[a : a + step], a))
+
+            self.workers.map(one, len(pending))
+            pending = []
+        while pending:
+            a = next((a for a in pending if ready(final[a : a + step])), pending[0]) if ready else pending[0]
+            pending.remove(a)
+            scores[a : a + step] = self.exact(Q, *rows_of(final[a : a + step], a))
+        return [(self.corpus.doc_id(int(final[i])), float(scores[i])) for i in top_k(scores, k)]
+
+    def exact(self, Q: np.ndarray, codes: np.ndarray, residuals: np.ndarray, lens: np.ndarray) -> np.ndarray:
+        """Exact MaxSim of Q against the documents' decoded tokens."""
+        tokens = self.corpus.codec.decode(codes, residuals)
+        if self.device == "cpu":
+            return maxsim_concat(Q, tokens, lens)
+        return maxsim_torch(Q, tokens, lens, self.device)
+
+
+def stop(scores: np.ndarray, ci: np.ndarray, next_ci: float, n_exact: int) -> bool:
+    """Whether to stop scoring survivors: scores are residual interaction's and ci centroid interaction's
+    for those scored so far; next_ci is the next survivor's (no later one has more). Residual
+    interaction adds to centroid interaction what the residuals add; if the next survivor gained
+    the most any survivor has gained so far, plus STOP_MARGIN of it, it would still fall short of
+    the n_exact-th best score: stop. An estimate, not a bound; docs/BENCHMARKS.md 3.4 measures it."""
+    if len(scores) < n_exact:
+        return False
+    gain = float((scores - ci).max())
+    nth_best = float(np.partition(scores, len(scores) - n_exact)[len(scores) - n_exact])
+    return next_ci + gain + STOP_MARGIN * abs(gain) < nth_best

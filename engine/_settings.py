@@ -1,0 +1,78 @@
+"""Search settings: one frozen value per Searcher, and the one policy that picks the defaults.
+
+What a caller leaves unset is decided here from the store's size when a Searcher opens
+(docs/BENCHMARKS.md 3.2-3.4 measure each choice); the pipeline stages read the settings
+and never decide a default themselves. The arguments are checked in engine/_args.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+DEFAULT_BUDGET = "auto"  # the index; + a 4 MB row cache with prefetch on (docs/BENCHMARKS.md 2.0b)
+DEFAULT_NPROBE = 8
+MAX_PROBE = 32  # most centroids one query token probes when probe_delta widens its probing
+# Measured recall@10 against exhaustive search over the store (search loss; BENCHMARKS 3.2, 3.3): 8 probes
+# plus the close calls (probe_delta 0.1: every centroid within 0.1 of a token's best) raise it at every size
+# for a small latency cost; at 5e6-1e7 tokens almost every miss was a document never probed.
+DEFAULT_PROBE_DELTA = 0.1
+# ndocs, how many survivors of centroid interaction residual interaction may score (3.3, 3.4): it scores them
+# in waves in centroid-interaction order and stops once the next could not reach the best (engine/_rerank.py).
+# Below LARGE_STORE_TOKENS at most DEFAULT_NDOCS: real vectors need ~1000 there (centroid interaction ranks
+# documents exact MaxSim keeps as deep as ~1000th), and the stop ends most queries far earlier. From
+# LARGE_STORE_TOKENS on LARGE_NDOCS, one wave.
+LARGE_STORE_TOKENS = 4_000_000
+DEFAULT_NDOCS = 1024
+LARGE_NDOCS = 256
+# Query tokens a single query may have: a query's working set grows with its tokens times the centroids
+# (the (K, q) score table) and times the candidates' tokens; ColBERT-style encoders emit 32-512.
+DEFAULT_MAX_QUERY_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything that shapes a Searcher's answers and its use of memory and threads.
+
+    nprobe: centroids probed per query token. ndocs: at most how many candidates centroid
+    interaction passes on to residual interaction (at least k are). probe_delta: also probe
+    every centroid within this score of a token's best (at most MAX_PROBE), or None.
+    device: "cpu" (numpy) or a torch device for exact re-ranking. prefetch / prefetch_threads:
+    background reads of the likely survivors' rows. memory_budget: as parse_size takes it.
+    max_query_tokens: the most token vectors one query may hold (ValueError above it).
+    """
+
+    nprobe: int
+    ndocs: int
+    probe_delta: float | None
+    device: str = "cpu"
+    prefetch: bool = False
+    prefetch_threads: int = 2
+    memory_budget: int | str | None = DEFAULT_BUDGET
+    max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS
+
+    def survivors(self, k: int) -> int:
+        """How many candidates centroid interaction keeps for a top-k query."""
+        return max(k, self.ndocs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def choose_settings(store_tokens: int, *, nprobe: int | None = None, ndocs: int | None = None,
+                    probe_delta: float | None | str = "auto", device: str = "cpu", prefetch: bool = False,
+                    prefetch_threads: int = 2, memory_budget: int | str | None = DEFAULT_BUDGET,
+                    max_query_tokens: int | None = None) -> SearchSettings:
+    """The settings for a store of `store_tokens` tokens: what the caller gave (already checked by
+    engine/_args.py check_options), the defaults by store size for the rest."""
+    large = store_tokens >= LARGE_STORE_TOKENS
+    return SearchSettings(
+        nprobe=DEFAULT_NPROBE if nprobe is None else int(nprobe),
+        ndocs=(LARGE_NDOCS if large else DEFAULT_NDOCS) if ndocs is None else int(ndocs),
+        probe_delta=DEFAULT_PROBE_DELTA if isinstance(probe_delta, str) else probe_delta,
+        device=device,
+        prefetch=bool(prefetch),
+        prefetch_threads=prefetch_threads,
+        memory_budget=memory_budget,
+        max_query_tokens=DEFAULT_MAX_QUERY_TOKENS if max_query_tokens is None else int(max_query_tokens),
+    )
