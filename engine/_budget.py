@@ -11,10 +11,10 @@ MIN_CACHE = 1 << 20
 AUTO = "auto"
 AUTO_CACHE = 4 << 20  # the cache "auto" adds with prefetch on: room for ~2 x the survivors' rows read ahead
 SMALL_STORE = 4 << 20  # "auto" keeps a store whose token rows fit in this all in RAM
-AUTO_CODES = 8 << 20  # "auto" keeps per-token centroid ids up to this (4e6 tokens) resident: reading them cost a
-                      # second read call per survivor (docs/BENCHMARKS.md 3.3: 1.2e6 tokens p50 x0.72-0.77 for 2.4 MB)
+AUTO_CODES = 8 << 20  # "auto" keeps per-token centroid ids up to this (4e6 tokens) resident: reading them costs a
+                      # second read call per survivor (docs/BENCHMARKS.md 3.3)
 AUTO_CACHE_NO_PREFETCH = 0  # without prefetch rows are read through, uncached: a cache of earlier queries'
-                            # rows had 6-11% hits at 4-8 MB (docs/BENCHMARKS.md 2.0a); the OS page cache serves repeats
+                            # rows rarely hit (docs/BENCHMARKS.md 2.0a); the OS page cache serves repeats
 
 
 def parse_size(value: int | float | str | None) -> int | str | None:
@@ -67,10 +67,9 @@ def place(budget: int | str | None, index_bytes: int, codes_bytes: int, residual
     Searcher passes 4 MB with prefetch on, none without); token rows are read
     for the survivors only, unless they fit in 4 MB (then everything is
     resident); the per-token codes are resident up to AUTO_CODES (8 MB, 4e6
-    tokens) and read with the rows beyond. Measured (docs/BENCHMARKS.md 2.0,
-    3.3): at 1e7 tokens index memory x0.166 of all-in-RAM instead of x0.222
-    with the codes resident, which bought p50 x0.85-0.88 for 20 MB more; at
-    1.2e6 tokens 2.4 MB of codes bought p50 x0.72-0.77.
+    tokens) and read with the rows beyond: the trade of memory for latency
+    this makes is measured in docs/BENCHMARKS.md 2.0a (1e7 tokens) and 3.3
+    (1.2e6 tokens).
     The cache is capped at `max_cache`: past a few hundred candidate documents
     per query a bigger cache buys nothing on a warm page cache.
     """

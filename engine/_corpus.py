@@ -47,7 +47,7 @@ class Corpus:
         Centroid-major (probing): the documents of each list as uint16 offsets inside
         blocks of IVF_BLOCK documents, block by block: ivf_offsets[b, c] : ivf_offsets[b, c + 1]
         are centroid c's documents in block b. Half the bytes of uint32 document numbers
-        (5.4 MB saved at 1e7 tokens) for (blocks x K) offsets. Document-major (centroid
+        (docs/BENCHMARKS.md 4.1) for (blocks x K) offsets. Document-major (centroid
         interaction): each document's distinct centroid ids.
         """
         k = self.codec.num_centroids

@@ -14,7 +14,7 @@
 #include "_abi.h" /* lodestore/_abi.h: status codes and ABI versions */
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 12
-/* x86-64-v4 (AVX-512): the 32-lane int16 rows below fit one register (measured 20-30% faster than AVX2);
+/* x86-64-v4 (AVX-512): the 32-lane int16 rows below fit one register (faster than AVX2: docs/BENCHMARKS.md 3.4);
  * target_clones takes "arch=" from GCC 12 on (an older GCC would fail the build, and the numpy code would run) */
 #define HOT __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)

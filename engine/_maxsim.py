@@ -77,7 +77,7 @@ def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     """np.empty whose data starts on a 64-byte boundary. The kernels gather 32-lane int16 rows
     (64 bytes) from the score table and the lookup tables; numpy's large allocations typically
     start 16 bytes past a boundary (glibc), so every such row straddled two cache lines
-    (measured 20-30% slower)."""
+    (slower: docs/BENCHMARKS.md 3.4)."""
     dtype = np.dtype(dtype)
     n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     buf = np.empty(n + CACHE_LINE, dtype=np.uint8)
@@ -174,7 +174,7 @@ def ramp(lengths: np.ndarray) -> np.ndarray:
 def _segment_max_sum(sim: np.ndarray, doclens: np.ndarray) -> np.ndarray:
     """sim (q, T) with documents as consecutive column runs -> per document sum_i max_j.
 
-    reduceat along the last axis of a C-contiguous array: measured 4-5x faster than along axis 0.
+    reduceat along the last axis of a C-contiguous array: faster than along axis 0 (docs/BENCHMARKS.md 4).
     """
     starts = np.zeros(len(doclens), dtype=np.int64)
     np.cumsum(doclens[:-1], out=starts[1:])

@@ -21,7 +21,7 @@ T = TypeVar("T")
 def default_threads() -> int:
     """Threads per query when the caller does not say: 2 where the process may use 2 cores, else 1.
 
-    More than 2 buys little for one query's ~10-40 ms of work (docs/BENCHMARKS.md 4).
+    More than 2 buys little for one query's work (docs/BENCHMARKS.md 4.1, 4.2 measure one thread vs two).
     """
     try:
         cores = len(os.sched_getaffinity(0))
