@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
-import shutil
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,21 +18,23 @@ import numpy as np
 
 from . import _drift
 from ._codec import ensure_trained, training_sample_size, default_num_centroids
-from ._codec_io import read_store_codec, verify_codec, write_codec
+from ._codec_io import verify_codec, write_codec
 from ._codecs import (MANIFEST_KIND, Codec, creation_settings, reader_features, resolve_codec, settings_codec,
                       train_codec)
 from ._compact import copy_documents, far_tokens_estimate
 from ._pq import PQ_TRAINING_SAMPLE
 from ._deletes import encode_deletes, read_deletes
-from ._errors import StoreError, StoreLockedError
+from ._errors import CorruptStoreError, StoreError, StoreLockedError
 from ._fs import failpoint, fsync_dir, fsync_tree, write_durable
 from ._ingest import DocSource, InMemorySource, open_source
 from ._leases import READERS_DIR, Lease, live_leases
-from ._manifest import MANIFEST_NAME, CodecEntry, Manifest, SegmentEntry, read_manifest, write_manifest
+from ._manifest import DELETES_NAME, MANIFEST_NAME, SEGMENT_NAME, CodecEntry, Manifest, SegmentEntry, read_manifest, write_manifest
 from ._payloads import check_payloads
 from ._projection import REDUCTIONS, fit_projection, project
 from ._segment import SegmentReader, SegmentWriter, segment_disk_usage, write_small_array
+from ._safefs import StorePath
 from ._smallarray import read_attributes, read_small, verify_small
+from ._structure import read_checked_codec
 
 SEGMENTS_DIR = "segments"
 CODEC_DIR = "codec"
@@ -191,7 +191,7 @@ class Store:
         if self._projection is None:
             if self.manifest.codec is None:
                 raise StoreError(f"{self.root}: the reduction is fitted at the first add; nothing was added yet")
-            flat = read_small(self.root / PROJECTION_DIR / "matrix")
+            flat = read_small(StorePath(self.root) / PROJECTION_DIR / "matrix")
             if flat.size != self.input_dim * self.dim:
                 raise StoreError(f"{self.root}/{PROJECTION_DIR}: matrix has {flat.size} values, expected {self.input_dim}x{self.dim}")
             self._projection = flat.reshape(self.input_dim, self.dim)
@@ -207,15 +207,14 @@ class Store:
         """The trained codec, ResidualCodec or PQCodec (StoreError if nothing was added yet)."""
         entry = self.manifest.codec
         if self._codec is None and entry is not None:
-            self._codec = read_store_codec(self.root / entry.path, entry.kind, nbits=self.nbits, dim=self.dim,
-                                           pq_subspaces=entry.pq_subspaces)
+            self._codec = read_checked_codec(self.root, entry, nbits=self.nbits, dim=self.dim)
         return ensure_trained(self._codec)
 
     @property
     def segments(self) -> list[SegmentReader]:
         """Readers of the committed segments, in manifest order."""
         if self._segments is None:
-            self._segments = [SegmentReader.open(self.root / SEGMENTS_DIR / s.name) for s in self.manifest.segments]
+            self._segments = [SegmentReader.open_entry(self.root, s, self.manifest.codec) for s in self.manifest.segments]
         return self._segments
 
     def open_segments(self) -> list[SegmentReader]:
@@ -224,7 +223,7 @@ class Store:
         For a long-lived reader such as a Searcher: the store's own readers are
         closed and replaced when this handle commits.
         """
-        return [SegmentReader.open(self.root / SEGMENTS_DIR / s.name) for s in self.manifest.segments]
+        return [SegmentReader.open_entry(self.root, s, self.manifest.codec) for s in self.manifest.segments]
 
     def lease(self) -> Lease:
         """A new lease on this handle's generation, for a long-lived reader of it (a Searcher's corpus).
@@ -247,10 +246,7 @@ class Store:
         return self._deleted[i]
 
     def _load_deletes(self) -> None:
-        self._deleted = [
-            read_deletes(self.root / SEGMENTS_DIR / e.deletes, e.documents) if e.deletes else np.zeros(e.documents, dtype=bool)
-            for e in self.manifest.segments
-        ]
+        self._deleted = [read_deletes(self.root, e) for e in self.manifest.segments]
 
     def _ids_index(self) -> dict[str, tuple[int, int]]:
         """Map external id -> (segment number, local doc) over live documents."""
@@ -281,7 +277,10 @@ class Store:
         except KeyError:
             raise KeyError(f"no document with id {doc_id!r} in the store") from None
         codes, residuals, _, _ = self.segments[si].read_docs(np.array([local]))
-        return self.codec.decode(codes, residuals)
+        try:
+            return self.codec.decode(codes, residuals)
+        except IndexError as e:  # a code >= K (CRC-correct but forged rows)
+            raise CorruptStoreError(f"{self.segments[si].codes.path}: document {doc_id!r}: {e}") from None
 
     def payloads(self, ids: Sequence[str]) -> list[bytes | None]:
         """The payload bytes stored with each live document (None for one added without)."""
@@ -354,20 +353,26 @@ class Store:
             projection, codec, limit = self.projection, self.codec, self._drift_threshold()
         generation = m.generation + 1
         name = f"seg-{generation:06d}"
-        seg_path = self.root / SEGMENTS_DIR / name
-        codec_path = self.root / CODEC_DIR
-        projection_path = self.root / PROJECTION_DIR
+        seg_path = StorePath(self.root) / SEGMENTS_DIR / name
+        codec_path = StorePath(self.root) / CODEC_DIR
+        projection_path = StorePath(self.root) / PROJECTION_DIR
         written: list[str] = []
+        made_dirs: list[StorePath] = []  # what this commit created, and only that, is removed if it fails
         try:
             if new_codec:
                 if projection is not None:
+                    projection_path.mkdir()  # a new real directory: never through a planted symlink
+                    made_dirs.append(projection_path)
                     write_projection(projection_path, projection, self.manifest.settings["reduction"])
+                codec_path.mkdir()
+                made_dirs.append(codec_path)
                 write_codec(codec_path, codec)
                 if limit is not None:
                     _set_attributes(codec_path, {_drift.THRESHOLD_ATTR: limit})
                 failpoint("add.codec_written")
             payloads = source.payloads
             writer = SegmentWriter(seg_path, codec, source.n_docs, source.n_tokens, payloads=payloads is not None)
+            made_dirs.append(seg_path)  # made by the writer (a new directory, or it raised)
             bar = _progress(progress, source.n_tokens, f"encoding {name}")
             done = far = 0
             for batch_ids, doclens, tokens in source.batches():
@@ -401,11 +406,9 @@ class Store:
             self._commit(replace(m, generation=generation, codec=codec_entry, segments=tuple(entries)))
         except BaseException as e:
             if not self._committed(generation):  # not committed: leave no trace
-                shutil.rmtree(seg_path, ignore_errors=True)
                 self._unlink_segment_files(written)
-                if new_codec:
-                    shutil.rmtree(codec_path, ignore_errors=True)
-                    shutil.rmtree(projection_path, ignore_errors=True)
+                for made in made_dirs:
+                    made.remove_tree()
             self._note_failure(e, "add", generation)
             raise
         self._codec, self._projection = codec, projection
@@ -455,7 +458,7 @@ class Store:
         """The residual-norm threshold recorded at the first add; None for stores written before it was."""
         if self.manifest.codec is None:
             return None
-        value = read_attributes(self.root / self.manifest.codec.path).get(_drift.THRESHOLD_ATTR)
+        value = read_attributes(StorePath(self.root) / self.manifest.codec.path).get(_drift.THRESHOLD_ATTR)
         return float(value) if isinstance(value, (int, float)) else None
 
     def delete(self, ids: Sequence[str]) -> int:
@@ -503,13 +506,13 @@ class Store:
         for si, mask in masks.items():
             fname = f"{entries[si].name}.{generation:06d}.del"
             written.append(fname)  # before the write: a failed fsync leaves the file behind
-            write_durable(self.root / SEGMENTS_DIR / fname, encode_deletes(mask))
+            write_durable(StorePath(self.root) / SEGMENTS_DIR / fname, encode_deletes(mask))
             entries[si] = replace(entries[si], deletes=fname, deleted=int(mask.sum()))
         return entries
 
     def _unlink_segment_files(self, names: list[str]) -> None:
         for fname in names:
-            (self.root / SEGMENTS_DIR / fname).unlink(missing_ok=True)
+            (StorePath(self.root) / SEGMENTS_DIR / fname).unlink(missing_ok=True)
 
     def compact(self) -> int:
         """Merge every segment into one without the deleted documents, in one commit. Returns the generation.
@@ -526,7 +529,8 @@ class Store:
             return m.generation
         generation = m.generation + 1
         name = f"seg-{generation:06d}"
-        seg_path = self.root / SEGMENTS_DIR / name
+        seg_path = StorePath(self.root) / SEGMENTS_DIR / name
+        made = False
         keep = [np.flatnonzero(~self.deleted(si)) for si in range(len(m.segments))]
         n_docs = sum(len(k) for k in keep)
         n_tokens = sum(int(np.diff(seg.doc_offsets)[k].sum()) for seg, k in zip(self.segments, keep))
@@ -535,6 +539,7 @@ class Store:
             if n_docs:  # all deleted: the store keeps its codec and has no segment
                 with_payloads = any(seg.has_payloads for seg, k in zip(self.segments, keep) if len(k))
                 writer = SegmentWriter(seg_path, self.codec, n_docs, n_tokens, payloads=with_payloads)
+                made = True
                 drift_parts = []
                 for e, seg, k in zip(m.segments, self.segments, keep):
                     if len(k):
@@ -554,8 +559,8 @@ class Store:
             failpoint("compact.before_commit")
             self._commit(replace(m, generation=generation, segments=entries))
         except BaseException as e:
-            if not self._committed(generation):
-                shutil.rmtree(seg_path, ignore_errors=True)
+            if not self._committed(generation) and made:
+                seg_path.remove_tree()
             self._note_failure(e, "compact", generation)
             raise
         return generation
@@ -615,7 +620,7 @@ class Store:
         kind, pq_subspaces = settings_codec(m.settings)
         token_data = sum(arrays.get(k, 0) for k in ("codes", "residuals", "doc_offsets", "id_offsets", "id_bytes"))
         drift = _drift.summarize(
-            [(s.name, s.tokens, _segment_far_tokens(self.root / SEGMENTS_DIR / s.name)) for s in m.segments],
+            [(s.name, s.tokens, _segment_far_tokens(StorePath(self.root) / SEGMENTS_DIR / s.name)) for s in m.segments],
             self._drift_threshold(),
         )
         return {
@@ -651,16 +656,21 @@ class Store:
             report.failures.append(str(e))
             return report
         if self.manifest.codec is not None:
-            c, f = verify_codec(self.root / self.manifest.codec.path)
+            c, f = verify_codec(StorePath(self.root) / self.manifest.codec.path)
             report.checked += c
             report.failures += f
+            if not f:
+                try:
+                    read_checked_codec(self.root, self.manifest.codec, nbits=self.nbits, dim=self.dim)
+                except StoreError as e:
+                    report.failures.append(str(e))
             if self.input_dim != self.dim:
-                c, f = verify_small(self.root / PROJECTION_DIR / "matrix")
+                c, f = verify_small(StorePath(self.root) / PROJECTION_DIR / "matrix")
                 report.checked += c
                 report.failures += f
         for i, entry in enumerate(self.manifest.segments):
             try:
-                seg = SegmentReader.open(self.root / SEGMENTS_DIR / entry.name)
+                seg = SegmentReader.open_entry(self.root, entry, self.manifest.codec)
             except StoreError as e:
                 report.failures.append(str(e))
                 continue
@@ -675,14 +685,14 @@ class Store:
             if entry.deletes:
                 report.checked += 1
                 try:
-                    read_deletes(self.root / SEGMENTS_DIR / entry.deletes, entry.documents)
+                    read_deletes(self.root, entry)
                 except StoreError as e:
                     report.failures.append(str(e))
         return report
 
 
 def _acquire_lock(root: Path) -> int:
-    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = (StorePath(root) / LOCK_NAME).open(os.O_RDWR | os.O_CREAT)  # a regular file, never through a symlink
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -691,7 +701,6 @@ def _acquire_lock(root: Path) -> int:
     return fd
 
 
-_GENERATION_IN_NAME = re.compile(r"^seg-(\d+)(?:\.(\d+)\.del)?$")
 
 
 def _collect_garbage(root: Path, manifest: Manifest) -> None:
@@ -705,20 +714,20 @@ def _collect_garbage(root: Path, manifest: Manifest) -> None:
     """
     (root / (MANIFEST_NAME + ".tmp")).unlink(missing_ok=True)
     named = manifest_files(manifest)
-    seg_dir = root / SEGMENTS_DIR
-    garbage = [p for p in (seg_dir.iterdir() if seg_dir.is_dir() else []) if p.name not in named]
+    seg_dir = StorePath(root) / SEGMENTS_DIR  # opened without following symlinks: a planted link is refused
+    # only names of the grammar (FORMAT.md 4.1): what writers create; anything else is left alone
+    garbage = [n for n in seg_dir.iterdir_names() if n not in named and _name_generation(n) is not None]
     if garbage:
         leases = live_leases(root)
         if any(files is None for _, files in leases):
-            garbage = [p for p in garbage if (_name_generation(p.name) or 0) > manifest.generation]
+            garbage = [n for n in garbage if (_name_generation(n) or 0) > manifest.generation]
         pinned = set().union(*[files for _, files in leases if files is not None])
-        garbage = [p for p in garbage if p.name not in pinned]
-    for p in garbage:
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        garbage = [n for n in garbage if n not in pinned]
+    for n in garbage:
+        (seg_dir / n).remove_tree()  # fd-based: a symlink entry is unlinked, its target never touched
     if manifest.codec is None:
         for name in (CODEC_DIR, PROJECTION_DIR):
-            if (root / name).exists():
-                shutil.rmtree(root / name, ignore_errors=True)
+            (StorePath(root) / name).remove_tree()
 
 
 def write_projection(path: Path, matrix: np.ndarray, kind: str) -> None:
@@ -737,10 +746,11 @@ def manifest_files(manifest: Manifest) -> set[str]:
 
 def _name_generation(name: str) -> int | None:
     """The generation that created `seg-{G}` or `{segment}.{G}.del` (None for any other name)."""
-    m = _GENERATION_IN_NAME.match(name)
-    if m is None:
-        return None
-    return int(m.group(2) or m.group(1))
+    m = SEGMENT_NAME.match(name)
+    if m is not None:
+        return int(m.group(1))
+    m = DELETES_NAME.match(name)
+    return int(m.group(2)) if m is not None else None
 
 
 def _segment_far_tokens(path: Path) -> int | None:
