@@ -236,7 +236,7 @@ def open_at(dir_fd: int, name: str, flags: int = os.O_RDONLY, mode: int = 0o644,
     try:
         fd = os.open(name, flags | _NOFOLLOW | os.O_NONBLOCK, mode, dir_fd=dir_fd)
     except OSError as e:
-        if e.errno == errno.ELOOP:
+        if e.errno == errno.ELOOP or e.errno == errno.ENOENT and flags & os.O_CREAT and _is_link(dir_fd, name):
             raise CorruptStoreError(f"{shown or name}: a symlink (refused)") from None
         if e.errno in (errno.EISDIR, errno.ENXIO):
             raise CorruptStoreError(f"{shown or name}: not a regular file") from None
@@ -248,6 +248,13 @@ def open_at(dir_fd: int, name: str, flags: int = os.O_RDONLY, mode: int = 0o644,
         os.close(fd)
         raise
     return fd
+
+
+def _is_link(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
+    except OSError:
+        return False
 
 
 def read_fd(fd: int, max_size: int, *, shown: object) -> bytes:

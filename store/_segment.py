@@ -350,6 +350,6 @@ def segment_disk_usage(path: Path) -> dict[str, int]:
     for name in TOKEN_ARRAYS + SMALL_ARRAYS + PAYLOAD_ARRAYS:
         total = 0
         for dirpath, _d, files in os.walk(path / name):
-            total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
+            total += sum(os.lstat(os.path.join(dirpath, f)).st_size for f in files)  # lstat: links are not followed
         usage[name] = total
     return usage

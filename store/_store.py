@@ -769,7 +769,7 @@ def _set_attributes(group_path: Path, attrs: dict[str, Any]) -> None:
 def _du(path: Path) -> int:
     total = 0
     for dirpath, _d, files in os.walk(path):
-        total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
+        total += sum(os.lstat(os.path.join(dirpath, f)).st_size for f in files)  # lstat: links are not followed
     return total
 
 
