@@ -52,8 +52,8 @@ def read_deletes(root: str | os.PathLike, entry) -> np.ndarray:
     The file must be a regular file under segments/ (no symlink) of exactly the size
     the entry's document count gives, and its count of deletions must be the entry's.
     """
-    if not entry.deletes:
-        return np.zeros(entry.documents, dtype=bool)
+    if not entry.deletes:  # a read-only all-False view: no allocation sized by a manifest count alone
+        return np.broadcast_to(np.False_, (entry.documents,))
     path = StorePath(root) / "segments" / entry.deletes
     try:
         data = path.read_bytes(_HEADER.size + (entry.documents + 7) // 8 + 4)

@@ -196,6 +196,7 @@ class Manifest:
                 raise bad("a residual codec entry has pq_subspaces")
         elif self.segments:
             raise bad("segments are listed but no codec")
+        self._check_settings(bad, pq)
         names: set[str] = set()
         for e in self.segments:
             m = SEGMENT_NAME.match(e.name)
@@ -212,6 +213,25 @@ class Manifest:
             d = DELETES_NAME.match(e.deletes) if isinstance(e.deletes, str) else None
             if d is None or d.group(1) != e.name or not int(m.group(1)) <= int(d.group(2)) <= self.generation:
                 raise bad(f"segment {e.name}: deletion bitmap name {e.deletes!r} is not {e.name}.GGGGGG.del")
+
+    def _check_settings(self, bad, pq: bool) -> None:
+        """The settings keys readers use (FORMAT.md 5.1): types and ranges; unknown keys are ignored."""
+        st = self.settings
+
+        def is_int(v) -> bool:
+            return type(v) is int
+
+        k = st.get("num_centroids")
+        if k is not None and not (is_int(k) and 1 <= k <= 65536) or not is_int(st.get("seed", 0)):
+            raise bad(f"settings num_centroids {k!r} / seed {st.get('seed')!r} are not valid")
+        if st.get("codec", "scalar") != ("pq" if pq else "scalar") or pq and st.get("pq_subspaces") not in (16, 32, 64):
+            raise bad(f"settings codec {st.get('codec')!r} ({st.get('pq_subspaces')!r} subspaces) disagrees with "
+                      "the reader features")
+        if "input_dim" in st or "projection" in self.writer_features:
+            d = st.get("input_dim")
+            if not (is_int(d) and self.dim < d <= 1 << 20) or st.get("reduction") not in ("pca", "random") \
+                    or "projection" not in self.writer_features:
+                raise bad(f"settings input_dim {d!r} / reduction {st.get('reduction')!r} do not describe a projection")
 
     def check_writable(self) -> None:
         unknown = set(self.writer_features) - KNOWN_WRITER_FEATURES

@@ -221,7 +221,7 @@ class StorePath:
         try:
             st = os.lstat(self.name, dir_fd=dfd)
             if stat.S_ISDIR(st.st_mode):
-                shutil.rmtree(self.name, dir_fd=dfd)
+                shutil.rmtree(self.name, ignore_errors=True, dir_fd=dfd)  # as much as can go: garbage may stay
             else:
                 os.unlink(self.name, dir_fd=dfd)
         except FileNotFoundError:

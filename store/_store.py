@@ -28,7 +28,8 @@ from ._errors import CorruptStoreError, StoreError, StoreLockedError
 from ._fs import failpoint, fsync_dir, fsync_tree, write_durable
 from ._ingest import DocSource, InMemorySource, open_source
 from ._leases import READERS_DIR, Lease, live_leases
-from ._manifest import DELETES_NAME, MANIFEST_NAME, SEGMENT_NAME, CodecEntry, Manifest, SegmentEntry, read_manifest, write_manifest
+from ._manifest import (DELETES_NAME, MANIFEST_NAME, SEGMENT_NAME, CodecEntry, Manifest, SegmentEntry, read_manifest,
+                        write_manifest)
 from ._payloads import check_payloads
 from ._projection import REDUCTIONS, fit_projection, project
 from ._segment import SegmentReader, SegmentWriter, segment_disk_usage, write_small_array
@@ -531,6 +532,7 @@ class Store:
         name = f"seg-{generation:06d}"
         seg_path = StorePath(self.root) / SEGMENTS_DIR / name
         made = False
+        self.segments  # opened (and checked against the manifest) before masks sized by its counts are used
         keep = [np.flatnonzero(~self.deleted(si)) for si in range(len(m.segments))]
         n_docs = sum(len(k) for k in keep)
         n_tokens = sum(int(np.diff(seg.doc_offsets)[k].sum()) for seg, k in zip(self.segments, keep))

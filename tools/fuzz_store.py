@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds per case before it counts as a hang")
     ap.add_argument("--show", type=int, default=5, help="print this many unacceptable cases in full")
+    ap.add_argument("--progress", type=int, default=0, help="print a line every this many cases (0: never)")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     work = Path(tempfile.mkdtemp(prefix="fuzz_store-"))
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             if not outcome.acceptable:
                 bad.append(f"case {case} {done}: {outcome.kind}: {outcome.detail}")
             shutil.rmtree(sandbox, ignore_errors=True)
+            if args.progress and (case + 1) % args.progress == 0:
+                print(f"{case + 1} cases, {len(bad)} unacceptable, {time.perf_counter() - start:.0f} s", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     wall = time.perf_counter() - start

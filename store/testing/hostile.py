@@ -17,6 +17,7 @@ import os
 import resource
 import select
 import signal
+import stat
 import struct
 import time
 import traceback
@@ -129,10 +130,13 @@ def snapshot(sandbox: Path, store_name: str = "store") -> dict[str, tuple[str, s
             key = os.path.relpath(p, sandbox)
             if key == store_name:
                 continue
-            if os.path.islink(p):
+            mode = os.lstat(p).st_mode
+            if stat.S_ISLNK(mode):
                 snap[key] = ("link", os.readlink(p))
-            elif os.path.isdir(p):
+            elif stat.S_ISDIR(mode):
                 snap[key] = ("dir", "")
+            elif not stat.S_ISREG(mode):  # never opened: a FIFO would block the harness
+                snap[key] = ("special", oct(mode))
             else:
                 with open(p, "rb") as f:
                     snap[key] = ("file", hashlib.sha256(f.read()).hexdigest())
@@ -167,6 +171,8 @@ def gzip_chunk(payload: bytes) -> bytes:
 def shard_params(array_dir: Path) -> tuple[int, int] | None:
     """(inner chunks per shard P, chunk_bytes) of a sharded array, from its zarr.json (None if unreadable)."""
     try:
+        if not stat.S_ISREG(os.lstat(array_dir / "zarr.json").st_mode):
+            return None
         meta = json.loads((array_dir / "zarr.json").read_bytes())
         cfg = meta["codecs"][0]["configuration"]
         rows = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])

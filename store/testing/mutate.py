@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,28 @@ Mutation = tuple[str, int, float, Any]
 
 
 def entries(store: Path, *, dirs: bool = False) -> list[str]:
-    """Sorted relative paths of the store's regular files (and directories when dirs=True), links not followed."""
+    """Sorted relative paths of the store's regular files (and directories when dirs=True), links not followed.
+
+    Special files an earlier mutation made are left out: the harness itself never opens a FIFO.
+    """
     out = []
     for dirpath, dirnames, filenames in os.walk(store):
         for name in filenames + (dirnames if dirs else []):
             p = os.path.join(dirpath, name)
-            if os.path.islink(p):
-                continue
-            out.append(os.path.relpath(p, store))
+            mode = os.lstat(p).st_mode
+            if stat.S_ISREG(mode) or dirs and stat.S_ISDIR(mode):
+                out.append(os.path.relpath(p, store))
     return sorted(out)
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON in a regular file, or None (missing, special, not JSON)."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
 
 
 def apply(store: Path, outside: Path, mutation: Mutation) -> str:
@@ -98,10 +112,7 @@ def _json(store: Path, rel: str, pos: float, value: Any) -> str:
     if not rel.endswith(".json"):
         return "skipped"
     path = store / rel
-    try:
-        doc = json.loads(path.read_bytes())
-    except ValueError:
-        return "skipped"
+    doc = _read_json(path)
     paths = [p for p in _json_paths(doc) if p and p[0] != "checksum"]
     if not paths:
         return "skipped"
@@ -184,11 +195,10 @@ def _bomb(store: Path, rel: str, megabytes: int) -> str:
 
 def _hostile_name(store: Path, target: int, value: Any) -> str:
     path = store / "manifest.json"
-    try:
-        doc = json.loads(path.read_bytes())
-    except ValueError:
+    doc = _read_json(path)
+    if not isinstance(doc, dict):
         return "skipped"
-    segs = doc.get("segments") if isinstance(doc, dict) else None
+    segs = doc.get("segments")
     fields = [("codec", "path")] if isinstance(doc.get("codec"), dict) else []
     if isinstance(segs, list):
         fields += [(i, f) for i in range(len(segs)) if isinstance(segs[i], dict) for f in ("name", "deletes")]

@@ -352,3 +352,38 @@ def test_cli_reports_a_hostile_store_in_one_line(sandbox, command):
     assert "Traceback" not in proc.stderr + proc.stdout
     if command == "info":
         assert len(proc.stderr.strip().splitlines()) == 1 and "not a regular file" in proc.stderr
+
+
+def _forge_code_beyond_k(root: Path) -> None:
+    from lodestore.store.testing.hostile import fix_crcs
+
+    rel = f"{SEG}/codes/c/0"
+    data = bytearray((root / rel).read_bytes())
+    data[0:2] = (40000).to_bytes(2, "little")  # K is 32; the first row's code
+    (root / rel).write_bytes(fix_crcs(root, rel, bytes(data)))
+
+
+def _forge_documents(root: Path) -> None:
+    doc = manifest(root)
+    doc["segments"][1]["documents"] += 1
+    write_manifest_doc(root, doc)
+
+
+def _forge_id_dtype(root: Path) -> None:
+    edit_zarr(root, f"{SEG}/id_bytes", lambda m: m.update(data_type="uint16"))
+
+
+@pytest.mark.parametrize("forge", [_forge_code_beyond_k, _forge_documents, _forge_id_dtype],
+                         ids=["code >= K", "documents + 1", "id_bytes dtype"])
+def test_verify_reports_structural_forgeries(sandbox, forge):
+    """Store.open succeeds (segments open lazily), but verify finds the forgery; reads refuse it."""
+    root, _ = sandbox
+    forge(root)
+
+    def check(path):
+        with store.Store.open(path) as s:
+            report = s.verify()
+        assert not report.ok and report.failures, "verify said OK"
+        read_op(path)
+
+    refused(check, root)
