@@ -37,6 +37,8 @@ KNOWN_CODEC_KINDS: frozenset[str] = frozenset({"residual", "pq"})
 SEGMENT_NAME = re.compile(r"seg-([0-9]{6,18})\Z")
 DELETES_NAME = re.compile(r"(seg-[0-9]{6,18})\.([0-9]{6,18})\.del\Z")
 CODEC_PATH = "codec"
+#: lodestore.Index's encoding buffer of the commit G it prepares (`segments/.spill-{pid}-{G}`): garbage once left behind.
+SPILL_NAME = re.compile(r"\.spill-[0-9]{1,10}-([0-9]{1,18})\Z")
 #: Size limits a reader checks before parsing (FORMAT.md 4.2).
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_COUNT = 1 << 40  # documents or tokens of one segment

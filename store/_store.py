@@ -28,8 +28,8 @@ from ._errors import CorruptStoreError, StoreError, StoreLockedError
 from ._fs import failpoint, fsync_dir, fsync_tree, write_durable
 from ._ingest import DocSource, InMemorySource, open_source
 from ._leases import READERS_DIR, Lease, live_leases
-from ._manifest import (DELETES_NAME, MANIFEST_NAME, SEGMENT_NAME, CodecEntry, Manifest, SegmentEntry, read_manifest,
-                        write_manifest)
+from ._manifest import (DELETES_NAME, MANIFEST_NAME, SEGMENT_NAME, SPILL_NAME, CodecEntry, Manifest, SegmentEntry,
+                        read_manifest, write_manifest)
 from ._payloads import check_payloads
 from ._projection import REDUCTIONS, fit_projection, project
 from ._segment import SegmentReader, SegmentWriter, segment_disk_usage, write_small_array
@@ -747,12 +747,15 @@ def manifest_files(manifest: Manifest) -> set[str]:
 
 
 def _name_generation(name: str) -> int | None:
-    """The generation that created `seg-{G}` or `{segment}.{G}.del` (None for any other name)."""
+    """The generation that created `seg-{G}`, `{segment}.{G}.del` or `.spill-{pid}-{G}` (None for any other name)."""
     m = SEGMENT_NAME.match(name)
     if m is not None:
         return int(m.group(1))
     m = DELETES_NAME.match(name)
-    return int(m.group(2)) if m is not None else None
+    if m is not None:
+        return int(m.group(2))
+    m = SPILL_NAME.match(name)
+    return int(m.group(1)) if m is not None else None
 
 
 def _segment_far_tokens(path: Path) -> int | None:
