@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from ._safefs import StorePath
+
 # Named hooks that tests make raise (or kill the process) at a chosen step of a
 # commit. Production code calls failpoint(name), which is a dict lookup.
 _FAILPOINTS: dict[str, Callable[[], None]] = {}
@@ -95,8 +97,6 @@ def write_durable(path: Path, data: bytes) -> None:
     A StorePath (store/_safefs.py) is created through directory descriptors without
     following any symlink; either way the file must not exist yet.
     """
-    from ._safefs import StorePath
-
     if isinstance(path, StorePath):
         f = os.fdopen(path.open(os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb")
     else:
