@@ -349,8 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (StoreError, ValueError, KeyError, FileExistsError) as e:
-        print(f"lodestore {args.command}: error: {e}", file=sys.stderr)
+    except (StoreError, ValueError, KeyError, OSError) as e:  # bad input or a bad store: one line, no traceback
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"lodestore {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

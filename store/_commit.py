@@ -43,6 +43,7 @@ from ._errors import StoreError, StoreLockedError
 from ._fs import failpoint
 from ._leases import READERS_DIR, UNKNOWN, live_leases
 from ._manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
+from ._safefs import StorePath
 
 if TYPE_CHECKING:
     from ._store import Store
@@ -55,7 +56,7 @@ LOCK_NAME = ".lock"
 
 def acquire_lock(root: Path) -> int:
     """Take the writer lock (FORMAT.md section 14): an open fd holding flock LOCK_EX, or StoreLockedError."""
-    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = (StorePath(root) / LOCK_NAME).open(os.O_RDWR | os.O_CREAT)  # a regular file, never through a symlink
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -208,7 +209,11 @@ def _collect_segments(root: Path, root_fd: int, seg_fd: int, manifest: Manifest)
         for e in entries:
             if e.name in named:
                 continue
-            if _OWN_DIR.match(e.name) and e.is_dir(follow_symlinks=False):
+            if not (_OWN_DIR.match(e.name) or _OWN_FILE.match(e.name)):
+                continue
+            if e.is_symlink():  # planted where the writer's own name goes: the link goes, its target never
+                garbage.append((e.name, "link"))
+            elif _OWN_DIR.match(e.name) and e.is_dir(follow_symlinks=False):
                 garbage.append((e.name, "dir"))
             elif _OWN_FILE.match(e.name) and e.is_file(follow_symlinks=False):
                 garbage.append((e.name, "file"))
@@ -222,7 +227,7 @@ def _collect_segments(root: Path, root_fd: int, seg_fd: int, manifest: Manifest)
     for name, kind in garbage:
         if kind == "dir":
             shutil.rmtree(name, dir_fd=seg_fd, ignore_errors=True)  # fd-based: refuses a link, never follows one
-        elif _kind(seg_fd, name) == "file":  # still a regular file: unlink the entry itself
+        elif _kind(seg_fd, name) in ("file", "link"):  # a regular file or a link: unlink the entry itself
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name, dir_fd=seg_fd)
 
@@ -240,9 +245,11 @@ def _open_own_dir(dir_fd: int, name: str) -> int | None:
 
 
 def _kind(dir_fd: int, name: str) -> str | None:
-    """What `name` under `dir_fd` is, without following a link: "dir", "file", "other" or None (absent)."""
+    """What `name` under `dir_fd` is, without following a link: "dir", "file", "link", "other" or None (absent)."""
     try:
         mode = os.lstat(name, dir_fd=dir_fd).st_mode
     except FileNotFoundError:
         return None
+    if stat.S_ISLNK(mode):
+        return "link"
     return "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"

@@ -12,13 +12,14 @@ next manifest names (FORMAT.md section 10). Layout, little-endian:
 
 from __future__ import annotations
 
+import os
 import struct
-from pathlib import Path
 
 import google_crc32c
 import numpy as np
 
 from ._errors import CorruptStoreError
+from ._safefs import StorePath
 
 MAGIC = b"LDSDEL\x00\x01"
 _HEADER = struct.Struct("<8sQQ")
@@ -45,9 +46,22 @@ def decode_deletes(data: bytes, n_docs: int, *, source: str) -> np.ndarray:
     return mask
 
 
-def read_deletes(path: Path, n_docs: int) -> np.ndarray:
+def read_deletes(root: str | os.PathLike, entry) -> np.ndarray:
+    """The deletion mask a manifest segment entry names (all False when it names none).
+
+    The file must be a regular file under segments/ (no symlink) of exactly the size
+    the entry's document count gives, and its count of deletions must be the entry's.
+    """
+    if not entry.deletes:  # a read-only all-False view: no allocation sized by a manifest count alone
+        return np.broadcast_to(np.False_, (entry.documents,))
+    path = StorePath(root) / "segments" / entry.deletes
     try:
-        data = path.read_bytes()
+        data = path.read_bytes(_HEADER.size + (entry.documents + 7) // 8 + 4)
     except FileNotFoundError:
         raise CorruptStoreError(f"{path}: deletion bitmap named by the manifest is missing") from None
-    return decode_deletes(data, n_docs, source=str(path))
+    except OSError as e:
+        raise CorruptStoreError(f"{path}: unreadable deletion bitmap ({e})") from None
+    mask = decode_deletes(data, entry.documents, source=str(path))
+    if int(mask.sum()) != entry.deleted:
+        raise CorruptStoreError(f"{path}: {int(mask.sum())} documents deleted, the manifest says {entry.deleted}")
+    return mask

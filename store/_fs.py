@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from ._safefs import StorePath
+
 # Named hooks that tests make raise (or kill the process) at a chosen step of a
 # commit. Production code calls failpoint(name), which is a dict lookup.
 _FAILPOINTS: dict[str, Callable[[], None]] = {}
@@ -90,8 +92,16 @@ def fsync_tree(root: str | os.PathLike) -> None:
 
 
 def write_durable(path: Path, data: bytes) -> None:
-    """Write a new file and fsync it (its directory entry is synced by the caller)."""
-    with open(path, "xb") as f:
+    """Write a new file and fsync it (its directory entry is synced by the caller).
+
+    A StorePath (store/_safefs.py) is created through directory descriptors without
+    following any symlink; either way the file must not exist yet.
+    """
+    if isinstance(path, StorePath):
+        f = os.fdopen(path.open(os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb")
+    else:
+        f = open(path, "xb")
+    with f:
         f.write(data)
         f.flush()
         if _KILL_AT_STEP:
@@ -107,8 +117,7 @@ def atomic_replace(path: Path, data: bytes, *, step: str = "manifest") -> None:
     On any failure before the rename the old file is untouched.
     """
     tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        tmp.unlink()
+    tmp.unlink(missing_ok=True)  # also a planted symlink: the link goes, its target is never touched
     failpoint(f"{step}.before_write")
     with open(tmp, "xb") as f:
         f.write(data)

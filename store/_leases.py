@@ -23,14 +23,19 @@ import errno
 import fcntl
 import json
 import os
+import re
 import time
 from pathlib import Path
+
+from ._errors import CorruptStoreError, StoreError
+from ._safefs import MAX_JSON_BYTES, StorePath, open_at, read_fd
 
 READERS_DIR = "readers"
 LEASE_SUFFIX = ".lease"
 TMP_SUFFIX = ".lease-tmp"
 STALE_TMP_SECONDS = 600  # a lease temp file this old is a reader that died between create and rename
 UNKNOWN = -1  # the generation of a live lease not stamped yet: it pins every file
+LEASE_NAME = re.compile(r"([A-Za-z0-9_-]{1,200})(\.lease|\.lease-tmp)\Z")  # FORMAT.md 4.1
 
 
 class Lease:
@@ -47,14 +52,15 @@ class Lease:
 
         On a store the process cannot write (read-only media, no permission) there can be no
         writer either, so reading without a lease is safe: returns a lease that holds nothing.
+        `readers/` is used only as a real directory of the store (never through a symlink).
         """
-        readers = Path(root) / READERS_DIR
+        readers = StorePath(root) / READERS_DIR
         name = f"{os.getpid()}-{os.urandom(6).hex()}"  # not `secrets`: it imports hashlib (~4 MB of RSS)
-        tmp, path = readers / (name + TMP_SUFFIX), readers / (name + LEASE_SUFFIX)
+        tmp, path = name + TMP_SUFFIX, readers / (name + LEASE_SUFFIX)
         for attempt in range(10):
             try:
                 readers.mkdir(exist_ok=True)
-                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                dfd = readers.open_dir()
                 break
             except FileNotFoundError:  # another reader removed the empty directory just now
                 if attempt == 9:
@@ -64,12 +70,21 @@ class Lease:
                     return cls(None, None)
                 raise
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)  # before the lease is visible under its final name
-            os.rename(tmp, path)  # the same open file: the lock comes along
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
+            try:
+                fd = open_at(dfd, tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, shown=readers / tmp)
+            except OSError as e:
+                if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    return cls(None, None)
+                raise
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)  # before the lease is visible under its final name
+                os.rename(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)  # the same open file: the lock comes along
+            except BaseException:
+                os.close(fd)
+                os.unlink(tmp, dir_fd=dfd)
+                raise
+        finally:
+            os.close(dfd)
         return cls(path, fd)
 
     def stamp(self, generation: int, files: set[str] | frozenset[str]) -> None:
@@ -94,10 +109,10 @@ class Lease:
             return
         try:
             if self.path is not None and os.getpid() == self._pid:  # a forked child leaves its parent's lease alone
-                self.path.unlink(missing_ok=True)
                 try:
+                    self.path.unlink(missing_ok=True)
                     self.path.parent.rmdir()  # the last reader leaves no directory behind
-                except OSError:
+                except (OSError, StoreError):
                     pass
         finally:
             os.close(fd)
@@ -116,56 +131,64 @@ def live_leases(root: Path) -> list[tuple[int, frozenset[str] | None]]:
     """(generation, files) of each live lease under `root`; stale leases are removed on the way.
 
     Writer lock held. A live lease that is not stamped yet (or unreadable) reads as (UNKNOWN, None).
+    Only regular files whose names match the lease grammar (FORMAT.md 4.1) are opened or
+    removed; anything else under readers/ is left alone. A `readers` that is not a real
+    directory (a symlink) is CorruptStoreError.
     """
-    readers = Path(root) / READERS_DIR
+    readers = StorePath(root) / READERS_DIR
     try:
-        entries = list(os.scandir(readers))
+        dfd = readers.open_dir()
     except FileNotFoundError:
         return []
+    try:
+        return _scan(dfd, readers)
+    finally:
+        os.close(dfd)
+
+
+def _scan(dfd: int, readers: StorePath) -> list[tuple[int, frozenset[str] | None]]:
     out = []
     now = time.time()
-    for e in entries:
-        path = Path(e.path)
-        if e.name.endswith(TMP_SUFFIX):
-            try:
-                if now - e.stat().st_mtime > STALE_TMP_SECONDS:
-                    _remove_if_free(path)
-            except FileNotFoundError:
-                pass
-            continue
-        if not e.name.endswith(LEASE_SUFFIX):
+    for name in os.listdir(dfd):
+        m = LEASE_NAME.match(name)
+        if m is None:
             continue
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = open_at(dfd, name, os.O_RDONLY, shown=readers / name)
         except FileNotFoundError:  # released meanwhile
             continue
+        except CorruptStoreError:  # a symlink or special file under a lease's name: not a lease, left alone
+            continue
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # a reader holds it
+            if m.group(2) == TMP_SUFFIX:
+                if now - os.fstat(fd).st_mtime > STALE_TMP_SECONDS and _lock_free(fd):
+                    os.unlink(name, dir_fd=dfd)
+                continue
+            if _lock_free(fd):  # nobody holds it: the reader is gone
+                os.unlink(name, dir_fd=dfd)
+            else:
                 out.append(_read_record(fd))
-            else:  # nobody holds it: the reader is gone
-                path.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
         finally:
             os.close(fd)
     return out
 
 
-def _read_record(fd: int) -> tuple[int, frozenset[str] | None]:
-    try:
-        record = json.loads(os.pread(fd, os.fstat(fd).st_size, 0))
-        return int(record["generation"]), frozenset(str(f) for f in record["files"])
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
-        return UNKNOWN, None
-
-
-def _remove_if_free(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _lock_free(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return
-    else:
-        path.unlink(missing_ok=True)
-    finally:
-        os.close(fd)
+    except BlockingIOError:  # a reader holds it
+        return False
+    return True
+
+
+def _read_record(fd: int) -> tuple[int, frozenset[str] | None]:
+    try:
+        record = json.loads(read_fd(fd, MAX_JSON_BYTES, shown="lease"))
+        generation = record["generation"]
+        if type(generation) is not int or not all(isinstance(f, str) for f in record["files"]):
+            return UNKNOWN, None
+        return generation, frozenset(record["files"])
+    except (ValueError, RecursionError, KeyError, TypeError, CorruptStoreError):
+        return UNKNOWN, None

@@ -10,13 +10,14 @@ The store never interprets the bytes; the Index facade keeps UTF-8 JSON there.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from ._errors import CorruptStoreError
-from ._smallarray import _decompress, chunk_payload, read_meta, read_small
+from ._safefs import StorePath
+from ._smallarray import _sp, decode_chunk, read_array_meta, read_small
+from ._structure import check_csr
 
 if TYPE_CHECKING:
     import zarr
@@ -61,13 +62,13 @@ def write_payloads(group: "zarr.Group", payloads: list[bytes]) -> None:
 class PayloadReader:
     """Random access to the payloads of one segment; chunks are read and checked on demand."""
 
-    def __init__(self, segment_path: Path):
-        self.path = Path(segment_path) / "payload_bytes"
-        self.offsets = read_small(Path(segment_path) / "payload_offsets")
-        shape, chunks, _dtype, self._compressor = read_meta(self.path)
-        self._size, self._chunk = shape[0], chunks[0]
-        if self.offsets[-1] != self._size:
-            raise CorruptStoreError(f"{self.path}: payload_offsets end at {self.offsets[-1]}, the array has {self._size} bytes")
+    def __init__(self, segment_path: StorePath, n_docs: int):
+        segment_path = _sp(segment_path)
+        self.path = segment_path / "payload_bytes"
+        self.offsets = read_small(segment_path / "payload_offsets", (n_docs + 1,))
+        self._meta = read_array_meta(self.path)
+        self._size, self._chunk = self._meta.shape[0], self._meta.chunks[0]
+        check_csr(self.offsets, n_docs, self._size, segment_path / "payload_offsets", "payload offsets")
 
     def get(self, docs: Sequence[int]) -> list[bytes]:
         """Payload bytes of local documents `docs`, in that order."""
@@ -82,12 +83,4 @@ class PayloadReader:
         return out
 
     def _read_chunk(self, c: int) -> bytes:
-        data = chunk_payload(self.path, (c,))
-        if self._compressor:
-            try:
-                data = _decompress(self._compressor, data)
-            except Exception as e:  # a chunk whose CRC matches but does not decompress
-                raise CorruptStoreError(f"{self.path}/c/{c}: {self._compressor} decode failed ({e})") from None
-        if len(data) != self._chunk:
-            raise CorruptStoreError(f"{self.path}/c/{c}: chunk has {len(data)} bytes, expected {self._chunk}")
-        return data
+        return decode_chunk(self.path, (c,), self._meta)

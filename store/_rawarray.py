@@ -11,7 +11,6 @@ naming the file and the inner chunk, so corruption is never silently searched.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
@@ -21,56 +20,60 @@ import numpy as np
 
 from . import _native as native
 from ._errors import CorruptStoreError, StoreError
+from ._safefs import StorePath
+from ._smallarray import _sp, read_array_meta
 
 _MISSING = np.uint64(2**64 - 1)
 _MAX_RUN = 256  # chunks per preadv call (2 buffers each; IOV_MAX is 1024 on Linux)
 
 
 class RawShardedArray:
-    """Row reader for one sharded, uncompressed, CRC32C-checked Zarr v3 array."""
+    """Row reader for one sharded, uncompressed, CRC32C-checked Zarr v3 array.
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        meta_path = self.path / "zarr.json"
-        try:
-            meta = json.loads(meta_path.read_bytes())
-        except (OSError, ValueError) as e:
-            raise CorruptStoreError(f"{meta_path}: unreadable array metadata ({e})") from None
-        self._parse(meta, meta_path)
-        self._fds: dict[int, int] = {}
-        self._offsets: np.ndarray | None = None  # every inner chunk's byte offset (see chunk_offsets)
-        self._loaded: np.ndarray | None = None  # which shards' indexes are in it
-        self._lock = threading.Lock()
-        self._closed = False
+    `path` is a StorePath (store/_safefs.py): shard files are opened once each, without
+    following symlinks, and must be regular files; the descriptors are kept, so reads
+    pay no file-system checks. `shape`: the shape the manifest implies (None entries
+    unknown), checked against zarr.json before anything is sized from it.
+    """
 
-    def _parse(self, meta: dict, where: Path) -> None:
-        try:
-            self.shape = tuple(int(s) for s in meta["shape"])
-            self.dtype = np.dtype(meta["data_type"]).newbyteorder("<")
-            self.shard_rows = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
-            (sharding,) = meta["codecs"]
-            cfg = sharding["configuration"]
-            inner_ok = [c["name"] for c in cfg["codecs"]] == ["bytes", "crc32c"]
-            index_ok = [c["name"] for c in cfg["index_codecs"]] == ["bytes", "crc32c"]
-            if sharding["name"] != "sharding_indexed" or not inner_ok or not index_ok or cfg["index_location"] != "end":
-                raise ValueError("codec chain is not sharding_indexed[bytes, crc32c] with an end index")
-            for c in cfg["codecs"] + cfg["index_codecs"]:
-                if c["name"] == "bytes" and c.get("configuration", {}).get("endian", "little") != "little":
-                    raise ValueError("only little-endian arrays are read directly")
-            self.inner_rows = int(cfg["chunk_shape"][0])
-            self.fill_value = meta.get("fill_value", 0)
-        except (KeyError, TypeError, ValueError) as e:
-            raise CorruptStoreError(f"{where}: not a lodestore token array ({e})") from None
+    def __init__(self, path: StorePath, shape: tuple[int | None, ...] | None = None):
+        self.path = _sp(path)
+        meta = read_array_meta(self.path, shape)
+        self.shape, self.dtype, self.shard_rows, self.inner_rows = meta.shape, meta.dtype, meta.chunks[0], meta.inner_rows
         self.row_shape = self.shape[1:]
         self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
         self.chunk_bytes = self.inner_rows * self.row_bytes
         self.chunks_per_shard = self.shard_rows // self.inner_rows
         self.n_shards = -(-self.shape[0] // self.shard_rows)
+        self._fds: dict[int, int] = {}
+        self._offsets: np.ndarray | None = None  # every inner chunk's byte offset (see chunk_offsets)
+        self._loaded: np.ndarray | None = None  # which shards' indexes are in it
+        self._lock = threading.Lock()
+        self._closed = False
+        self._check_shards_present()
+
+    def _check_shards_present(self) -> None:
+        """Every shard the shape implies has its entry under c/ (one listing at open), so the row
+        count in zarr.json cannot size the offset table beyond the files that exist."""
+        if not self.n_shards:
+            return
+        try:
+            names = (self.path / "c").iterdir_names()
+        except OSError as e:
+            raise CorruptStoreError(f"{self.path}/c: unreadable ({e})") from None
+        have = {int(n) for n in names if n.isdigit() and len(n) < 20 and int(n) < self.n_shards}
+        if len(have) != self.n_shards:
+            first = next(i for i in range(self.n_shards) if i not in have)
+            raise CorruptStoreError(f"{self.shard_file(first)}: shard file missing ({len(have)} of {self.n_shards} present)")
 
     # ------------------------------------------------------------------ files
-    def shard_file(self, shard: int) -> Path:
+    def _shard(self, shard: int) -> StorePath:
         tail = "/".join(["0"] * (len(self.shape) - 1))
         return self.path / "c" / (f"{shard}/{tail}" if tail else f"{shard}")
+
+    def shard_file(self, shard: int) -> Path:
+        """The path of shard file `shard` (for messages and tools; reads open it through `_shard`)."""
+        return self._shard(shard).path
 
     def _fd(self, shard: int) -> int:
         fd = self._fds.get(shard)
@@ -81,9 +84,11 @@ class RawShardedArray:
                 fd = self._fds.get(shard)
                 if fd is None:
                     try:
-                        fd = os.open(self.shard_file(shard), os.O_RDONLY)
+                        fd = self._shard(shard).open()
                     except FileNotFoundError:
                         raise CorruptStoreError(f"{self.shard_file(shard)}: shard file missing") from None
+                    except OSError as e:
+                        raise CorruptStoreError(f"{self.shard_file(shard)}: unreadable shard ({e})") from None
                     self._fds[shard] = fd
         return fd
 
@@ -98,7 +103,9 @@ class RawShardedArray:
         if google_crc32c.value(raw[:n]).to_bytes(4, "little") != raw[n:]:
             raise CorruptStoreError(f"{self.shard_file(shard)}: shard index checksum mismatch")
         idx = np.frombuffer(raw[:n], dtype="<u8").reshape(-1, 2)
-        ok = (idx[:, 0] == _MISSING) | ((idx[:, 1] == self.chunk_bytes + 4) & (idx[:, 0] + idx[:, 1] <= size - n - 4))
+        step, room = self.chunk_bytes + 4, size - n - 4  # no sum of two uint64s: it could wrap around
+        absent = (idx[:, 0] == _MISSING) & (idx[:, 1] == _MISSING)
+        ok = absent | ((idx[:, 1] == step) & (idx[:, 0] <= np.uint64(max(room - step, 0))) & (room >= step))
         if not ok.all():
             raise CorruptStoreError(f"{self.shard_file(shard)}: shard index points outside the file")
         return idx

@@ -13,7 +13,9 @@ from ._deletes import read_deletes
 from ._errors import StoreError
 from ._leases import READERS_DIR
 from ._manifest import read_manifest
+from ._safefs import StorePath
 from ._segment import SegmentReader, segment_disk_usage
+from ._structure import read_checked_codec
 from ._smallarray import verify_small
 from .codecs import settings_codec, verify_codec
 
@@ -50,7 +52,7 @@ def stats(store: "Store") -> dict[str, Any]:
     kind, pq_subspaces = settings_codec(m.settings)
     token_data = sum(arrays.get(k, 0) for k in ("codes", "residuals", "doc_offsets", "id_offsets", "id_bytes"))
     drift = _drift.summarize(
-        [(s.name, s.tokens, _drift.segment_far_tokens(root / SEGMENTS_DIR / s.name)) for s in m.segments],
+        [(s.name, s.tokens, _drift.segment_far_tokens(StorePath(root) / SEGMENTS_DIR / s.name)) for s in m.segments],
         store._drift_threshold(),
     )
     return {
@@ -88,16 +90,21 @@ def verify(store: "Store") -> VerifyReport:
         report.failures.append(str(e))
         return report
     if manifest.codec is not None:
-        c, f = verify_codec(root / manifest.codec.path)
+        c, f = verify_codec(StorePath(root) / manifest.codec.path)
         report.checked += c
         report.failures += f
+        if not f:  # the checksums hold: do the arrays also fit the manifest (FORMAT.md 11.1)?
+            try:
+                read_checked_codec(root, manifest.codec, nbits=store.nbits, dim=store.dim)
+            except StoreError as e:
+                report.failures.append(str(e))
         if store.input_dim != store.dim:
-            c, f = verify_small(root / PROJECTION_DIR / "matrix")
+            c, f = verify_small(StorePath(root) / PROJECTION_DIR / "matrix")
             report.checked += c
             report.failures += f
     for entry in manifest.segments:
         try:
-            seg = SegmentReader.open(root / SEGMENTS_DIR / entry.name)
+            seg = SegmentReader.open_entry(root, entry, manifest.codec)
         except StoreError as e:
             report.failures.append(str(e))
             continue
@@ -112,7 +119,7 @@ def verify(store: "Store") -> VerifyReport:
         if entry.deletes:
             report.checked += 1
             try:
-                read_deletes(root / SEGMENTS_DIR / entry.deletes, entry.documents)
+                read_deletes(root, entry)
             except StoreError as e:
                 report.failures.append(str(e))
     return report
@@ -122,5 +129,5 @@ def disk_usage(path: Path) -> int:
     """Bytes of the files under `path` (0 when it does not exist)."""
     total = 0
     for dirpath, _d, files in os.walk(path):
-        total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
+        total += sum(os.lstat(os.path.join(dirpath, f)).st_size for f in files)  # lstat: links are not followed
     return total

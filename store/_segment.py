@@ -28,7 +28,9 @@ from .codecs import Codec
 from ._errors import CorruptStoreError
 from ._payloads import PAYLOAD_ARRAYS, PayloadReader, write_payloads
 from ._rawarray import RawShardedArray
-from ._smallarray import read_attributes, read_small as _read_small, verify_small
+from ._safefs import StorePath
+from ._smallarray import _sp, read_attributes, read_small as _read_small, verify_small
+from ._structure import check_csr, check_ivf
 
 if TYPE_CHECKING:  # zarr is imported only to write: a searching process never loads it
     import zarr
@@ -107,7 +109,18 @@ class SegmentWriter:
     (centroid, document) pairs of the inverted lists (8 bytes per distinct pair).
     """
 
-    def __init__(self, path: Path, codec: Codec, n_docs: int, n_tokens: int, *, payloads: bool = False):
+    def __init__(self, path: StorePath, codec: Codec, n_docs: int, n_tokens: int, *, payloads: bool = False):
+        if isinstance(path, StorePath):
+            path.mkdir()  # a new, real directory (never through a symlink): zarr writes only inside it
+            try:
+                self._start(path, codec, n_docs, n_tokens, payloads)
+            except BaseException:
+                path.remove_tree()  # ours: made just now
+                raise
+        else:
+            self._start(path, codec, n_docs, n_tokens, payloads)
+
+    def _start(self, path, codec: Codec, n_docs: int, n_tokens: int, payloads: bool) -> None:
         self.path = Path(path)
         self.codec = codec
         self.n_docs, self.n_tokens = n_docs, n_tokens
@@ -187,37 +200,59 @@ def delta_decode_lists(deltas: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return (csum - np.repeat(base, counts)).astype(np.uint32)
 
 
-def read_small(path: Path, name: str) -> np.ndarray:
+def read_small(path: StorePath, name: str, shape: tuple[int | None, ...] | None = None) -> np.ndarray:
     """Decode a whole compressed array of a segment (CRC-checked, without zarr-python)."""
-    return _read_small(path / name)
+    return _read_small(_sp(path) / name, shape)
 
 
 @dataclass
 class SegmentReader:
-    """Read access to one committed segment. Token arrays are read on demand (pread + CRC)."""
+    """Read access to one committed segment. Token arrays are read on demand (pread + CRC).
 
-    path: Path
+    Open through `open` (or `open_entry` with the manifest's entry): it checks the
+    structure, not only the CRCs, before anything is sized or indexed by it.
+    """
+
+    path: StorePath
     name: str
     doc_offsets: np.ndarray
     codes: RawShardedArray
     residuals: RawShardedArray
     has_payloads: bool = False
     _payloads: PayloadReader | None = None
+    num_centroids: int | None = None  # K from the manifest: bounds the inverted lists and the codes
 
     @classmethod
-    def open(cls, path: Path) -> "SegmentReader":
-        path = Path(path)
-        if not (path / "zarr.json").exists():
-            raise CorruptStoreError(f"{path}: segment directory missing or incomplete")
+    def open(cls, path: StorePath, *, documents: int | None = None, tokens: int | None = None,
+             row_bytes: int | None = None, num_centroids: int | None = None) -> "SegmentReader":
+        """Open the segment at `path`; the manifest's counts (when given) must agree with its arrays."""
+        path = _sp(path)
         attrs = read_attributes(path)
-        if attrs.get("lodestore_segment") != SEGMENT_FORMAT:
+        if type(attrs.get("lodestore_segment")) is not int or attrs["lodestore_segment"] != SEGMENT_FORMAT:
             raise CorruptStoreError(f"{path}: not a lodestore segment (format {attrs.get('lodestore_segment')!r})")
-        offsets = read_small(path, "doc_offsets")
-        seg = cls(path, path.name, offsets, RawShardedArray(path / "codes"), RawShardedArray(path / "residuals"),
-                  has_payloads=bool(attrs.get("payloads", False)))
-        if seg.codes.shape[0] != offsets[-1] or seg.residuals.shape[0] != offsets[-1]:
-            raise CorruptStoreError(f"{path}: token arrays and doc_offsets disagree")
-        return seg
+        if not isinstance(attrs.get("payloads", False), bool):
+            raise CorruptStoreError(f"{path}: attribute payloads is not a boolean")
+        offsets = read_small(path, "doc_offsets", (None if documents is None else documents + 1,))
+        check_csr(offsets, len(offsets) - 1, tokens, path / "doc_offsets", "doc_offsets")
+        n_tokens = int(offsets[-1])
+        codes = RawShardedArray(path / "codes", (n_tokens,))
+        try:
+            residuals = RawShardedArray(path / "residuals", (n_tokens, row_bytes))
+        except BaseException:
+            codes.close()
+            raise
+        return cls(path, path.name, offsets, codes, residuals, has_payloads=attrs.get("payloads", False),
+                   num_centroids=num_centroids)
+
+    @classmethod
+    def open_entry(cls, root: str | os.PathLike, entry, codec_entry) -> "SegmentReader":
+        """Open the segment a manifest entry names, under `root`/segments/, checked against the entry."""
+        row_bytes = num_centroids = None
+        if codec_entry is not None:
+            num_centroids = codec_entry.num_centroids
+            row_bytes = codec_entry.pq_subspaces or codec_entry.dim * codec_entry.nbits // 8
+        return cls.open(StorePath(root) / "segments" / entry.name, documents=entry.documents, tokens=entry.tokens,
+                        row_bytes=row_bytes, num_centroids=num_centroids)
 
     @property
     def n_docs(self) -> int:
@@ -229,28 +264,34 @@ class SegmentReader:
 
     def ids(self) -> list[str]:
         """External ids, in local document order."""
-        offsets = read_small(self.path, "id_offsets")
-        blob = read_small(self.path, "id_bytes").tobytes()
-        return [blob[a:b].decode("utf-8") for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+        offsets, blob = self.id_table()
+        blob = blob.tobytes()
+        try:
+            return [blob[a:b].decode("utf-8") for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+        except UnicodeDecodeError as e:
+            raise CorruptStoreError(f"{self.path}/id_bytes: an id is not UTF-8 ({e})") from None
 
     def id_table(self) -> tuple[np.ndarray, np.ndarray]:
-        """The raw id table: (id_offsets (N+1,) int64, id_bytes (B,) uint8 UTF-8)."""
-        return read_small(self.path, "id_offsets"), read_small(self.path, "id_bytes")
+        """The raw id table: (id_offsets (N+1,) int64, id_bytes (B,) uint8 UTF-8), checked to fit each other."""
+        offsets = read_small(self.path, "id_offsets", (self.n_docs + 1,))
+        check_csr(offsets, self.n_docs, None, self.path / "id_offsets", "id_offsets")
+        return offsets, read_small(self.path, "id_bytes", (int(offsets[-1]),))
 
     def payloads(self, docs: np.ndarray) -> list[bytes] | None:
         """Payload bytes of local documents `docs` (None when the segment stores none)."""
         if not self.has_payloads:
             return None
         if self._payloads is None:
-            self._payloads = PayloadReader(self.path)
-            if len(self._payloads.offsets) != self.n_docs + 1:
-                raise CorruptStoreError(f"{self.path}: payload_offsets has {len(self._payloads.offsets)} entries for {self.n_docs} documents")
+            self._payloads = PayloadReader(self.path, self.n_docs)
         return self._payloads.get(docs)
 
     def ivf(self) -> tuple[np.ndarray, np.ndarray]:
         """Inverted lists: (ivf_offsets (K+1,) int64, ivf_docs (E,) uint32 absolute doc numbers)."""
-        offsets = read_small(self.path, "ivf_offsets")
-        return offsets, delta_decode_lists(read_small(self.path, "ivf_docs"), np.diff(offsets))
+        k = self.num_centroids
+        offsets = read_small(self.path, "ivf_offsets", (None if k is None else k + 1,))
+        deltas = read_small(self.path, "ivf_docs", (int(offsets[-1]) if len(offsets) else None,))
+        check_ivf(offsets, deltas, len(offsets) - 1, self.n_docs, self.path / "ivf_offsets")
+        return offsets, delta_decode_lists(deltas, np.diff(offsets))
 
     def read_docs(self, docs: np.ndarray, *, codes: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, dict]:
         """Token rows of local documents `docs` -> (codes, residuals, doclens, io counters).
@@ -267,7 +308,7 @@ class SegmentReader:
         return code_rows, residuals, stops - starts, io
 
     def verify(self) -> tuple[int, list[str]]:
-        """Check every chunk of every array in the segment -> (chunks checked, failures)."""
+        """Check every chunk of every array and the segment's structure -> (chunks checked, failures)."""
         checked, failures = 0, []
         for arr in (self.codes, self.residuals):
             c, f = arr.verify()
@@ -277,7 +318,26 @@ class SegmentReader:
             c, f = verify_small(self.path / name)
             checked += c
             failures += f
+        if not failures:
+            for check in (self.ids, self.ivf, self._check_codes) + ((self._check_payloads,) if self.has_payloads else ()):
+                try:
+                    check()
+                except CorruptStoreError as e:
+                    failures.append(str(e))
         return checked, failures
+
+    def _check_codes(self) -> None:
+        """Every code names a centroid (< K), one shard at a time."""
+        if self.num_centroids is None:
+            return
+        for lo in range(0, self.n_tokens, SHARD_ROWS):
+            rows, _ = self.codes.read_ranges(np.array([lo]), np.array([min(lo + SHARD_ROWS, self.n_tokens)]))
+            if len(rows) and int(rows.max()) >= self.num_centroids:
+                raise CorruptStoreError(f"{self.codes.path}: code {int(rows.max())} in rows {lo}.. is not below K "
+                                        f"= {self.num_centroids}")
+
+    def _check_payloads(self) -> None:
+        self.payloads(np.arange(0))
 
     def close(self) -> None:
         self.codes.close()
@@ -290,6 +350,6 @@ def segment_disk_usage(path: Path) -> dict[str, int]:
     for name in TOKEN_ARRAYS + SMALL_ARRAYS + PAYLOAD_ARRAYS:
         total = 0
         for dirpath, _d, files in os.walk(path / name):
-            total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
+            total += sum(os.lstat(os.path.join(dirpath, f)).st_size for f in files)  # lstat: links are not followed
         usage[name] = total
     return usage

@@ -3,111 +3,164 @@
 Their codec chain is `bytes(little)` [+ `gzip` | `blosc`] + `crc32c` (FORMAT.md
 section 8). Reading them here, rather than through zarr-python, keeps zarr out of
 a searching process: importing zarr costs ~20 MB of RSS. gzip decodes with the
-standard zlib; numcodecs' blosc (~6 MB) is imported only for older stores.
+standard zlib, with an output bound; blosc frames of older stores are walked and
+checked by store/_blosc.py before any decoder sees them.
+
+Every zarr.json is checked against the format's one allowed form of that array
+(store/_zarrmeta.py) and every file is opened through store/_safefs.py (no symlink
+followed, regular files only, sizes bounded), so a hostile store can make these
+reads fail only with CorruptStoreError or UnsupportedFormatError.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
+import os
 import zlib
-from pathlib import Path
 
 import google_crc32c
 import numpy as np
 
+from ._blosc import decode_blosc
 from ._errors import CorruptStoreError
+from ._safefs import MAX_JSON_BYTES, StorePath
+from ._zarrmeta import ArrayMeta, parse_array
+
+# Largest compressed chunk file: a chunk of at most 2^20 elements of 8 bytes, plus
+# room for a compressor that makes it larger (FORMAT.md 4.2).
+_MAX_CHUNK_FILE = (8 << 20) + (1 << 16) + 4
 
 
-def read_meta(path: Path) -> tuple[tuple[int, ...], tuple[int, ...], np.dtype, str | None]:
-    """(shape, chunk shape, dtype, compressor name or None) of the array at `path`, or CorruptStoreError."""
+def _sp(path: StorePath | os.PathLike | str) -> StorePath:
+    """A StorePath as given; a plain path is anchored at its own parent (tests and tools only)."""
+    if isinstance(path, StorePath):
+        return path
+    path = os.fspath(path)
+    head, tail = os.path.split(os.path.normpath(path))
+    return StorePath(head or ".", (tail,))
+
+
+def read_array_meta(path: StorePath, shape: tuple[int | None, ...] | None = None) -> ArrayMeta:
+    """The checked metadata of the array at `path` (its name says which array of the format it is)."""
+    path = _sp(path)
     meta_path = path / "zarr.json"
     try:
-        meta = json.loads(meta_path.read_bytes())
+        meta = meta_path.read_json()
     except FileNotFoundError:
         raise CorruptStoreError(f"{path}: array missing") from None
-    except (OSError, ValueError) as e:
+    except OSError as e:
         raise CorruptStoreError(f"{meta_path}: unreadable array metadata ({e})") from None
-    try:
-        shape = tuple(int(s) for s in meta["shape"])
-        chunks = tuple(int(c) for c in meta["chunk_grid"]["configuration"]["chunk_shape"])
-        dtype = np.dtype(meta["data_type"]).newbyteorder("<")
-        names = [c["name"] for c in meta["codecs"]]
-        endian = meta["codecs"][0].get("configuration", {}).get("endian", "little")
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-        raise CorruptStoreError(f"{meta_path}: not a lodestore array ({e!r})") from None
-    chains = (["bytes", "crc32c"], ["bytes", "gzip", "crc32c"], ["bytes", "blosc", "crc32c"])
-    if names not in chains or endian != "little" or len(shape) != len(chunks):
-        raise CorruptStoreError(f"{meta_path}: unsupported codec chain {names} for a lodestore array")
-    return shape, chunks, dtype, names[1] if len(names) == 3 else None
+    return parse_array(meta, path.name, meta_path, shape)
+
+
+def read_meta(path: StorePath, shape: tuple[int | None, ...] | None = None):
+    """(shape, chunk shape, dtype, compressor name or None) of the array at `path`, or CorruptStoreError."""
+    m = read_array_meta(path, shape)
+    return m.shape, m.chunks, m.dtype, m.compressor
 
 
 def _chunk_keys(shape: tuple[int, ...], chunks: tuple[int, ...]):
     return itertools.product(*[range(-(-s // c)) for s, c in zip(shape, chunks)])
 
 
-def chunk_payload(path: Path, key: tuple[int, ...]) -> bytes:
+def chunk_payload(path: StorePath, key: tuple[int, ...], max_size: int = _MAX_CHUNK_FILE) -> bytes:
     """A chunk file's bytes without its CRC32C trailer, after checking it."""
+    path = _sp(path)
     f = path / "c" / "/".join(map(str, key))
     try:
-        data = f.read_bytes()
+        data = f.read_bytes(max_size)
     except FileNotFoundError:
         raise CorruptStoreError(f"{f}: chunk file missing") from None
+    except OSError as e:
+        raise CorruptStoreError(f"{f}: unreadable chunk ({e})") from None
     if len(data) < 4 or google_crc32c.value(data[:-4]).to_bytes(4, "little") != data[-4:]:
         raise CorruptStoreError(f"{f}: checksum mismatch in chunk {'/'.join(map(str, key))}")
     return data[:-4]
 
 
-def read_small(path: Path) -> np.ndarray:
-    """The whole array at `path`, every chunk CRC-checked (CorruptStoreError names the chunk file)."""
-    path = Path(path)
-    shape, chunks, dtype, compressor = read_meta(path)
-    out = np.zeros(shape, dtype=dtype)
-    for key in _chunk_keys(shape, chunks):
-        payload = chunk_payload(path, key)
-        if compressor:
-            try:
-                payload = _decompress(compressor, payload)
-            except Exception as e:  # a chunk whose CRC matches but does not decompress
-                raise CorruptStoreError(f"{path}/c/{'/'.join(map(str, key))}: {compressor} decode failed ({e})") from None
-        n = int(np.prod(chunks, dtype=np.int64))
-        if len(payload) != n * dtype.itemsize:
-            raise CorruptStoreError(f"{path}/c/{'/'.join(map(str, key))}: chunk has {len(payload)} bytes, expected {n * dtype.itemsize}")
-        block = np.frombuffer(payload, dtype=dtype).reshape(chunks)
-        region = tuple(slice(k * c, min((k + 1) * c, s)) for k, c, s in zip(key, chunks, shape))
-        out[region] = block[tuple(slice(0, r.stop - r.start) for r in region)]
+def decode_chunk(path: StorePath, key: tuple[int, ...], meta: ArrayMeta) -> bytes:
+    """One chunk's decoded bytes: CRC checked, decompressed to exactly the chunk's size (never more)."""
+    expected = int(np.prod(meta.chunks, dtype=np.int64)) * meta.dtype.itemsize
+    where = f"{path}/c/{'/'.join(map(str, key))}"
+    payload = chunk_payload(path, key, expected + 4 if meta.compressor is None else _MAX_CHUNK_FILE)
+    if meta.compressor == "gzip":
+        payload = _gunzip(payload, expected, where)
+    elif meta.compressor == "blosc":
+        payload = decode_blosc(payload, expected, where)
+    if len(payload) != expected:
+        raise CorruptStoreError(f"{where}: chunk has {len(payload)} bytes, expected {expected}")
+    return payload
+
+
+def _gunzip(data: bytes, expected: int, where: str) -> bytes:
+    """One RFC 1952 gzip member that must inflate to exactly `expected` bytes; inflating stops at expected + 1."""
+    d = zlib.decompressobj(wbits=31)
+    try:
+        out = d.decompress(data, expected + 1)
+    except zlib.error as e:
+        raise CorruptStoreError(f"{where}: gzip decode failed ({e})") from None
+    if len(out) != expected or not d.eof or d.unused_data or d.unconsumed_tail:
+        raise CorruptStoreError(f"{where}: gzip chunk does not decode to exactly {expected} bytes")
     return out
 
 
-def _decompress(compressor: str, payload: bytes) -> bytes:
-    if compressor == "gzip":
-        return zlib.decompress(payload, wbits=31)  # RFC 1952 framing
-    from numcodecs import blosc  # stores written before gzip became the writer's choice
+def read_small(path: StorePath, shape: tuple[int | None, ...] | None = None) -> np.ndarray:
+    """The whole array at `path`, every chunk CRC-checked (CorruptStoreError names the chunk file).
 
-    return blosc.decompress(payload)
+    Chunks are decoded one at a time and only then put together, so memory grows
+    with the bytes actually on disk, never with a shape read from metadata alone.
+    """
+    path = _sp(path)
+    meta = read_array_meta(path, shape)
+    blocks = []
+    for key in _chunk_keys(meta.shape, meta.chunks):
+        block = np.frombuffer(decode_chunk(path, key, meta), dtype=meta.dtype).reshape(meta.chunks)
+        region = tuple(slice(0, min(c, s - k * c)) for k, c, s in zip(key, meta.chunks, meta.shape))
+        blocks.append(block[region])
+    if not blocks:
+        return np.zeros(meta.shape, dtype=meta.dtype)
+    if len(meta.shape) == 1:
+        return np.concatenate(blocks) if len(blocks) > 1 else blocks[0].copy()
+    if len(blocks) != 1:  # multi-dimensional arrays of the format are single-chunk (codec arrays)
+        raise CorruptStoreError(f"{path}: a multi-dimensional array must be one chunk")
+    return blocks[0].copy()
 
 
-def read_attributes(path: Path) -> dict:
-    """The `attributes` of the group or array at `path`."""
+def read_attributes(path: StorePath) -> dict:
+    """The `attributes` of the group or array at `path` (a JSON object, else CorruptStoreError)."""
+    path = _sp(path)
     try:
-        return json.loads((Path(path) / "zarr.json").read_bytes()).get("attributes", {})
+        meta = (path / "zarr.json").read_json(MAX_JSON_BYTES)
     except FileNotFoundError:
         raise CorruptStoreError(f"{path}: zarr.json missing") from None
-    except (OSError, ValueError) as e:
+    except OSError as e:
         raise CorruptStoreError(f"{path}/zarr.json: {e}") from None
+    attrs = meta.get("attributes", {}) if isinstance(meta, dict) else None
+    if not isinstance(attrs, dict):
+        raise CorruptStoreError(f"{path}/zarr.json: not a Zarr v3 node with an attributes object")
+    return attrs
 
 
-def verify_small(path: Path) -> tuple[int, list[str]]:
-    """CRC-check every chunk file of a small array -> (chunks checked, failure messages)."""
+def verify_small(path: StorePath, shape: tuple[int | None, ...] | None = None) -> tuple[int, list[str]]:
+    """Check (CRC and decode) every chunk of a small array -> (chunks checked, failure messages).
+
+    Stops at the first missing chunk file: a shape naming millions of chunks is one failure, not millions.
+    """
+    path = _sp(path)
     try:
-        shape, chunks, _, _ = read_meta(Path(path))
+        meta = read_array_meta(path, shape)
     except CorruptStoreError as e:
         return 0, [str(e)]
     checked, failures = 0, []
-    for key in _chunk_keys(shape, chunks):
+    for key in _chunk_keys(meta.shape, meta.chunks):
         checked += 1
         try:
-            chunk_payload(Path(path), key)
+            decode_chunk(path, key, meta)
         except CorruptStoreError as e:
             failures.append(str(e))
+            if "chunk file missing" in str(e):
+                break
+        except Exception as e:  # UnsupportedFormatError (a blosc variant this reader refuses)
+            failures.append(str(e))
+            break
     return checked, failures

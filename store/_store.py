@@ -19,11 +19,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import _drift, _report, _writer
-from .codecs import Codec, codec_class, creation_settings, ensure_trained, read_codec, resolve_codec
+from .codecs import Codec, codec_class, creation_settings, ensure_trained, resolve_codec
 from ._commit import (PROJECTION_DIR, SEGMENTS_DIR, acquire_lock, collect_garbage,
                       manifest_files)
 from ._deletes import read_deletes
-from ._errors import StoreError
+from ._errors import CorruptStoreError, StoreError
 from ._fs import fsync_dir
 from ._ingest import DocSource, InMemorySource, open_source
 from ._leases import Lease
@@ -31,7 +31,9 @@ from ._manifest import Manifest, read_manifest, write_manifest
 from ._payloads import check_payloads
 from ._projection import REDUCTIONS, project, read_projection
 from ._report import VerifyReport
+from ._safefs import StorePath
 from ._segment import SegmentReader
+from ._structure import read_checked_codec
 
 
 class Store:
@@ -167,7 +169,7 @@ class Store:
         if self._projection is None:
             if self.manifest.codec is None:
                 raise StoreError(f"{self.root}: the reduction is fitted at the first add; nothing was added yet")
-            self._projection = read_projection(self.root / PROJECTION_DIR, self.input_dim, self.dim)
+            self._projection = read_projection(StorePath(self.root) / PROJECTION_DIR, self.input_dim, self.dim)
         return self._projection
 
     def project(self, x: np.ndarray) -> np.ndarray:
@@ -180,14 +182,14 @@ class Store:
         """The trained codec, a ScalarCodec or PQCodec (StoreError if nothing was added yet)."""
         entry = self.manifest.codec
         if self._codec is None and entry is not None:
-            self._codec = read_codec(self.root / entry.path, entry, nbits=self.nbits, dim=self.dim)
+            self._codec = read_checked_codec(self.root, entry, nbits=self.nbits, dim=self.dim)
         return ensure_trained(self._codec)
 
     @property
     def segments(self) -> list[SegmentReader]:
         """Readers of the committed segments, in manifest order."""
         if self._segments is None:
-            self._segments = [SegmentReader.open(self.root / SEGMENTS_DIR / s.name) for s in self.manifest.segments]
+            self._segments = [SegmentReader.open_entry(self.root, s, self.manifest.codec) for s in self.manifest.segments]
         return self._segments
 
     def open_segments(self) -> list[SegmentReader]:
@@ -196,7 +198,7 @@ class Store:
         For a long-lived reader such as a Searcher: the store's own readers are
         closed and replaced when this handle commits.
         """
-        return [SegmentReader.open(self.root / SEGMENTS_DIR / s.name) for s in self.manifest.segments]
+        return [SegmentReader.open_entry(self.root, s, self.manifest.codec) for s in self.manifest.segments]
 
     def lease(self) -> Lease:
         """A new lease on this handle's generation, for a long-lived reader of it (a Searcher's corpus).
@@ -219,10 +221,7 @@ class Store:
         return self._deleted[i]
 
     def _load_deletes(self) -> None:
-        self._deleted = [
-            read_deletes(self.root / SEGMENTS_DIR / e.deletes, e.documents) if e.deletes else np.zeros(e.documents, dtype=bool)
-            for e in self.manifest.segments
-        ]
+        self._deleted = [read_deletes(self.root, e) for e in self.manifest.segments]
 
     def _ids_index(self) -> dict[str, tuple[int, int]]:
         """Map external id -> (segment number, local doc) over live documents."""
@@ -253,7 +252,10 @@ class Store:
         except KeyError:
             raise KeyError(f"no document with id {doc_id!r} in the store") from None
         codes, residuals, _, _ = self.segments[si].read_docs(np.array([local]))
-        return self.codec.decode(codes, residuals)
+        try:
+            return self.codec.decode(codes, residuals)
+        except IndexError as e:  # a code >= K (CRC-correct but forged rows): the numpy decode's error
+            raise CorruptStoreError(f"{self.segments[si].codes.path}: document {doc_id!r}: {e}") from None
 
     def payloads(self, ids: Sequence[str]) -> list[bytes | None]:
         """The payload bytes stored with each live document (None for one added without)."""
@@ -324,7 +326,7 @@ class Store:
         """The residual-norm threshold recorded at the first add; None for stores written before it was."""
         if self.manifest.codec is None:
             return None
-        return _drift.codec_threshold(self.root / self.manifest.codec.path)
+        return _drift.codec_threshold(StorePath(self.root) / self.manifest.codec.path)
 
     def delete(self, ids: Sequence[str]) -> int:
         """Mark documents deleted in one commit (new bitmap files; segments are never edited).

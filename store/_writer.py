@@ -21,6 +21,7 @@ from ._fs import failpoint, fsync_dir, fsync_tree, write_durable
 from ._ingest import DocSource
 from ._manifest import SegmentEntry
 from ._projection import project
+from ._safefs import StorePath
 from ._segment import SegmentWriter
 from ._training import train_codec_state, write_codec_state
 
@@ -42,12 +43,15 @@ def add_source(store: "Store", source: DocSource, replaced: list[str], *, progre
         projection, codec, limit = store.projection, store.codec, store._drift_threshold()
     generation = m.generation + 1
     name = f"seg-{generation:06d}"
-    seg_path = store.root / SEGMENTS_DIR / name
-    codec_path = store.root / CODEC_DIR
-    projection_path = store.root / PROJECTION_DIR
+    seg_path = StorePath(store.root) / SEGMENTS_DIR / name  # made new, never through a symlink (SegmentWriter)
+    codec_path = StorePath(store.root) / CODEC_DIR
+    projection_path = StorePath(store.root) / PROJECTION_DIR
     written: list[str] = []
     try:
         if new_codec:
+            if projection is not None:
+                projection_path.mkdir()  # new real directories: zarr never writes through a planted link
+            codec_path.mkdir()
             write_codec_state(codec_path, codec, limit, projection_path, projection, m.settings.get("reduction"))
             failpoint("add.codec_written")
         payloads = source.payloads
@@ -120,7 +124,7 @@ def write_deletes(store: "Store", generation: int, ids: list[str], written: list
         fname = f"{entries[si].name}.{generation:06d}.del"
         written.append(fname)  # before the write: a failed fsync leaves the file behind
         try:
-            write_durable(store.root / SEGMENTS_DIR / fname, encode_deletes(mask))
+            write_durable(StorePath(store.root) / SEGMENTS_DIR / fname, encode_deletes(mask))
         except FileExistsError:  # the exclusive create failed: the file there is not this commit's
             written.pop()
             raise
@@ -133,7 +137,8 @@ def compact(store: "Store") -> int:
     m = store.manifest
     generation = m.generation + 1
     name = f"seg-{generation:06d}"
-    seg_path = store.root / SEGMENTS_DIR / name
+    seg_path = StorePath(store.root) / SEGMENTS_DIR / name
+    store.segments  # opened (and checked against the manifest) before masks sized by its counts are used
     keep = [np.flatnonzero(~store.deleted(si)) for si in range(len(m.segments))]
     n_docs = sum(len(k) for k in keep)
     n_tokens = sum(int(np.diff(seg.doc_offsets)[k].sum()) for seg, k in zip(store.segments, keep))
