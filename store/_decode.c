@@ -31,7 +31,7 @@
 /* One token: v = centroid + the m lut entries of its row, widths W known at compile time where a
  * codec uses them. The entries are first copied side by side into v (fixed-size moves), then the
  * centroid is added in one pass over dim floats: the same single addition per float as adding
- * entry by entry, but vectorized whatever W is (entry by entry, W = 6 ran ~300 ns a token at d=384). */
+ * entry by entry, but vectorized whatever W is (docs/BENCHMARKS.md 3.4). */
 #define ADD_ROW(W)                                                                       \
     for (int64_t s = 0; s < m; s++)                                                      \
         memcpy(v + s * (W), lut + s * lut_pos_stride + (int64_t)row[s] * (W), (W) * sizeof(float)); \

@@ -55,7 +55,7 @@ class Lease:
         `readers/` is used only as a real directory of the store (never through a symlink).
         """
         readers = StorePath(root) / READERS_DIR
-        name = f"{os.getpid()}-{os.urandom(6).hex()}"  # not `secrets`: it imports hashlib (~4 MB of RSS)
+        name = f"{os.getpid()}-{os.urandom(6).hex()}"  # not `secrets`: it imports hashlib (RSS: BENCHMARKS 4)
         tmp, path = name + TMP_SUFFIX, readers / (name + LEASE_SUFFIX)
         for attempt in range(10):
             try:

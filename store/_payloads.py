@@ -22,7 +22,7 @@ from ._structure import check_csr
 if TYPE_CHECKING:
     import zarr
 
-PAYLOAD_CHUNK = 1 << 13  # bytes per chunk: a hit costs one or two chunk reads (8 KiB: gzip 0.43 of raw, ~0.1 ms to inflate)
+PAYLOAD_CHUNK = 1 << 13  # bytes per chunk: a hit costs one or two chunk reads (the size chosen in docs/BENCHMARKS.md 7.4)
 PAYLOAD_ARRAYS = ("payload_offsets", "payload_bytes")
 
 

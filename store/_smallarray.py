@@ -2,7 +2,7 @@
 
 Their codec chain is `bytes(little)` [+ `gzip` | `blosc`] + `crc32c` (FORMAT.md
 section 8). Reading them here, rather than through zarr-python, keeps zarr out of
-a searching process: importing zarr costs ~20 MB of RSS. gzip decodes with the
+a searching process: importing zarr costs RSS (docs/BENCHMARKS.md 4). gzip decodes with the
 standard zlib, with an output bound; blosc frames of older stores are walked and
 checked by store/_blosc.py before any decoder sees them.
 

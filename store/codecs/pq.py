@@ -36,7 +36,7 @@ PQ_CODES = 1 << PQ_BITS
 PQ_TRAINING_SAMPLE = 1 << 16
 FAISS_FAST_DSUB = (2, 4, 8)  # subspace widths faiss's compute_codes has SIMD code for (faster there than BLAS)
 BLAS_ENCODE_ROWS = 8192  # tokens per distance block of the matmul encoder
-PQ_ITERATIONS = 20  # measured on 1e6-token residuals: fewer lose token cosine, more barely add any
+PQ_ITERATIONS = 20  # fewer iterations lose token cosine, more barely add any (1e6-token residuals)
 ARRAYS = ("centroids", "pq_codebooks")
 
 
@@ -149,7 +149,7 @@ class PQCodec(CentroidCodec):
         if len(train) < PQ_CODES:  # k-means needs at least as many points as codewords: repeat them
             train = np.ascontiguousarray(np.resize(train, (PQ_CODES, dim)))
         threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)  # measured: one thread trains several times faster than two on a shared box
+        faiss.omp_set_num_threads(1)  # one thread trains faster than two on a shared 2-core box
         try:
             pq.train(train)
         finally:
