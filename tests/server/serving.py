@@ -106,6 +106,7 @@ def start_server(path: Path, *args: str, log_dir: Path) -> Iterator[Server]:
         wait_ready(url, proc, log)
         yield server
     finally:
+        proc = server.proc  # the process now serving: restart() may have replaced the first one
         if proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
