@@ -118,12 +118,13 @@ def int8_query(scaled: np.ndarray, d4: int) -> tuple[np.ndarray, np.ndarray, np.
 def score_table_i8(cent: tuple[np.ndarray, np.ndarray, np.ndarray], query: tuple[np.ndarray, np.ndarray, np.ndarray],
                    out: np.ndarray) -> None:
     """out (k, q) int16 = trunc((<cent row, query row> x cent scale) x query scale), from int8_centroids
-    (or a block of its rows) and int8_query. The int8 products are exact, so the C kernel (AVX-512 VNNI, 4x
-    the float32 product's rate) and this float32 BLAS product (exact for d <= 1040: |sums| < 2^24) agree."""
+    (or a block of its rows) and int8_query. The int8 products are exact, so the C kernel (on AVX-512 VNNI
+    only: faster than BLAS there, slower without it) and this float32 BLAS product (exact for d <= 1040:
+    |sums| < 2^24) agree bit for bit."""
     rows, csum, cscale = cent
     qrows, qscale, layout = query
     q = len(qrows)
-    if native.score_table_i8 is not None:
+    if native.score_table_i8 is not None and native.VNNI:
         native.score_table_i8(rows, csum, cscale, layout, qscale, q, out)
         return
     dt = np.float32 if rows.shape[1] <= 1040 else np.float64

@@ -152,3 +152,6 @@ segment_max_sum = _segment_max_sum if _LIB is not None else None
 top_rows = _top_rows if _LIB is not None else None
 residual_maxsim = _residual_maxsim if _LIB is not None else None
 score_table_i8 = _score_table_i8 if _LIB is not None else None
+#: The product runs in C only on AVX-512 VNNI: without it the portable loops are slower than numpy's
+#: float32 BLAS product of the same int8 values (the same table bit for bit; docs/BENCHMARKS.md C6).
+VNNI = has_vnni()
