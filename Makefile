@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # torch first (the CPU build from the local wheel), then the project with its test extras.
-$(STAMP): pyproject.toml setup.py store/_decode.c engine/_kernels.c
+$(STAMP): pyproject.toml setup.py store/_decode.c engine/_kernels.c lodestore/_abi.h
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
