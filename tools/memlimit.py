@@ -106,20 +106,25 @@ class MemoryLimit:
 
     def close(self) -> None:
         """Move every process of the child back to the parent and remove the child."""
-        if not self.path.exists():
-            return
-        for pid in (self.path / "cgroup.procs").read_text().split():
-            try:
-                (self.parent / "cgroup.procs").write_text(pid)
-            except OSError:
-                pass  # the process has exited meanwhile
-        _rmdir(self.path)
+        _release(self.path, self.parent)
 
     def __enter__(self) -> "MemoryLimit":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _release(child: Path, parent: Path) -> None:
+    """Move every process of a child cgroup back to its parent, then remove the child."""
+    if not child.exists():
+        return
+    for pid in (child / "cgroup.procs").read_text().split():
+        try:
+            (parent / "cgroup.procs").write_text(pid)
+        except OSError:
+            pass  # the process has exited meanwhile
+    _rmdir(child)
 
 
 def _rmdir(path: Path, tries: int = 50) -> bool:
@@ -180,14 +185,8 @@ class ReadThrottle:
             raise
 
     def close(self) -> None:
-        if not self.path.exists():
-            return
-        for pid in (self.path / "cgroup.procs").read_text().split():
-            try:
-                (self.parent / "cgroup.procs").write_text(pid)
-            except OSError:
-                pass
-        _rmdir(self.path)
+        """Move every process of the child back to the parent and remove the child."""
+        _release(self.path, self.parent)
 
     def __enter__(self) -> "ReadThrottle":
         return self
