@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from ._errors import CorruptStoreError
 from ._safefs import StorePath
 from ._smallarray import _sp, decode_chunk, read_array_meta, read_small
 from ._structure import check_csr

@@ -265,7 +265,7 @@ class RawShardedArray:
         n_chunks = -(-self.shape[0] // self.inner_rows)
         for shard in range(self.n_shards):
             try:
-                idx = self.shard_index(shard)
+                self.shard_index(shard)  # its checks raise for a damaged index
             except CorruptStoreError as e:
                 failures.append(str(e))
                 continue

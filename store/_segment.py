@@ -15,7 +15,6 @@ inverted lists each time they are asked for (a Searcher asks once).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path

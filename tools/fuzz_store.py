@@ -24,24 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from lodestore import store
 from lodestore.store.testing.hostile import exercise, make_outside, run_limited, snapshot
-from lodestore.store.testing.mutate import HOSTILE_NAMES, PLANTS, SPECIALS, apply
+from lodestore.store.testing.mutate import HOSTILE_NAMES, PLANTS, SPECIALS, apply, build_template
 
 _JSON_VALUES = (None, True, False, 0, 1, -1, 2**31, 2**40 + 1, 2**70, -(2**63), 1.5, float("inf"), "", "x",
                 "float64", "int8", "zstd", "blosc", "../x", [], [0], [2**40], [1, 2, 3], {}, {"name": "gzip"},
                 {"a": [None]}, [[[]]])
-
-
-def build_template(path: Path, seed: int = 0) -> Path:
-    """The fuzzed store: dim 16, nbits 2, K 8; a segment with payloads, a second one, one deletion."""
-    rng = np.random.default_rng(seed)
-    docs = [rng.standard_normal((int(rng.integers(2, 9)), 16)).astype(np.float32) for _ in range(12)]
-    with store.Store.create(path, dim=16, nbits=2, num_centroids=8, seed=seed) as s:
-        s.add([f"a{i}" for i in range(6)], docs[:6], payloads=[f"text {i}".encode() for i in range(6)])
-        s.add([f"b{i}" for i in range(6)], docs[6:])
-        s.delete(["a1", "b2"])
-    return path
 
 
 def draw(rng: np.random.Generator) -> tuple:

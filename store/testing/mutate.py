@@ -208,3 +208,18 @@ def _hostile_name(store: Path, target: int, value: Any) -> str:
     (doc["codec"] if owner == "codec" else segs[owner])[field] = value
     path.write_bytes(fix_manifest(doc))
     return f"name {owner}.{field} = {value!r}"
+
+
+def build_template(path: Path, seed: int = 0) -> Path:
+    """The store the fuzzers mutate: dim 16, nbits 2, K 8; a segment with payloads, a second one, one deletion."""
+    import numpy as np
+
+    from .. import Store
+
+    rng = np.random.default_rng(seed)
+    docs = [rng.standard_normal((int(rng.integers(2, 9)), 16)).astype(np.float32) for _ in range(12)]
+    with Store.create(path, dim=16, nbits=2, num_centroids=8, seed=seed) as s:
+        s.add([f"a{i}" for i in range(6)], docs[:6], payloads=[f"text {i}".encode() for i in range(6)])
+        s.add([f"b{i}" for i in range(6)], docs[6:])
+        s.delete(["a1", "b2"])
+    return path

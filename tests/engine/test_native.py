@@ -387,7 +387,7 @@ def test_store_kernels_check_their_bounds():
     assert lib.ls_decode(c, 4, 8, np.array([0, 4], np.uint16), 2, np.zeros(1024, np.float32), 1024, 0, 4, rows, 2,
                          1, out) == _cabi.LS_ERR_BAD_INDEX
     bad = np.zeros(1, np.int64)
-    fds, offs = np.array([0], np.int32), np.array([0])
+    fds = np.array([0], np.int32)
     # more chunks than the output holds, a negative count or offset: refused before any read
     for counts, offsets, room in (([3], [0], 2 * 64), ([-1], [0], 64), ([1], [-5], 64)):
         assert lib.ls_read_chunks(fds, np.array(offsets), np.array(counts), 1, 64, np.zeros(3 * 64, np.uint8), room,

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from lodestore import store
 from lodestore.store.testing.hostile import exercise, make_outside, run_limited, snapshot
-from lodestore.store.testing.mutate import HOSTILE_NAMES, PLANTS, SPECIALS, apply
+from lodestore.store.testing.mutate import HOSTILE_NAMES, PLANTS, SPECIALS, apply, build_template
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.sampled_from([0, 1, -1, 2**31, 2**40 + 1, 65536])
@@ -42,20 +40,9 @@ mutations = st.one_of(
 )
 
 
-def build_fuzz_template(path, seed: int = 0):
-    """The fuzzed store: dim 16, nbits 2, K 8; a segment with payloads, a second one, one deletion."""
-    rng = np.random.default_rng(seed)
-    docs = [rng.standard_normal((int(rng.integers(2, 9)), 16)).astype(np.float32) for _ in range(12)]
-    with store.Store.create(path, dim=16, nbits=2, num_centroids=8, seed=seed) as s:
-        s.add([f"a{i}" for i in range(6)], docs[:6], payloads=[f"text {i}".encode() for i in range(6)])
-        s.add([f"b{i}" for i in range(6)], docs[6:])
-        s.delete(["a1", "b2"])
-    return path
-
-
 @pytest.fixture(scope="module")
 def fuzz_template(tmp_path_factory):
-    return build_fuzz_template(tmp_path_factory.mktemp("fuzz") / "store")
+    return build_template(tmp_path_factory.mktemp("fuzz") / "store")
 
 
 def run_case(template, sandbox, muts):

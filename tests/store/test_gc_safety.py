@@ -8,7 +8,6 @@ Whatever the store does with such a directory (use it or refuse it), the outside
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
