@@ -138,8 +138,7 @@ def _score_table_i8(cent: np.ndarray, csum: np.ndarray, cscale: np.ndarray, qt: 
                          f"out {out.shape} {out.dtype}, q {q}")
     if k and q:
         fn = _LIB.ls_score_table_i8_plain if plain else _LIB.ls_score_table_i8
-        if fn(cent, csum, cscale, k, d, qt, qp, qscale, q, out) != 0:
-            raise ValueError("score_table_i8: d must be a multiple of 4 and qp of 16, qp >= q")
+        _check(fn(cent, csum, cscale, k, d, qt, qp, qscale, q, out), "score_table_i8")
 
 
 def has_vnni() -> bool:

@@ -70,8 +70,9 @@ class Prober:
         if delta is not None:
             rows, cols, vals = (np.concatenate([p[1][j] for p in parts]) for j in range(3))
             best = np.full(q, np.iinfo(np.int16).min, dtype=np.int64)
-            np.maximum.at(best, rows, vals.astype(np.int64))
-            close = vals.astype(np.int64) >= best[rows] - delta
+            wide = vals.astype(np.int64)
+            np.maximum.at(best, rows, wide)
+            close = wide >= best[rows] - delta
             t2, c2 = best_per_row(rows[close], cols[close], vals[close], q, MAX_PROBE)
             tokens, cents = np.concatenate([tokens, t2]), np.concatenate([cents, c2])
         return table, tokens, cents

@@ -27,6 +27,7 @@ STOP_MARGIN = 0.5  # stop()'s allowance over the largest gain seen (BENCHMARKS 3
 EXACT_DOCS = 32  # the best of residual interaction that exact MaxSim re-ranks (at least 2k)
 RESIDUAL_SLICE = 128  # survivors read and scored by residual interaction per step (steps spread over threads)
 PREFETCH_SLICE = 16  # the step with prefetch on, so steps whose rows have arrived can go first
+READY_WINDOW = 16  # pending exact-MaxSim chunks checked for arrived rows before taking the next one
 STREAM_CHUNK = 8  # survivors scored per exact-MaxSim step (a larger step held more heap, no faster)
 # waves are whole slices and slices whole prefetch steps: then the survivors scored so far are exactly the first
 # ones in centroid-interaction order, and the next one's score bounds every later one's (stop() relies on it)
@@ -119,9 +120,14 @@ class Reranker:
 
             self.workers.map(one, len(pending))
             pending = []
+        pending.reverse()  # the next chunk is last: taking one near the end costs O(1), not O(chunks)
         while pending:
-            a = next((a for a in pending if ready(final[a : a + step])), pending[0]) if ready else pending[0]
-            pending.remove(a)
+            # of the next READY_WINDOW chunks, one whose rows have arrived goes first (else the next one)
+            i = len(pending) - 1
+            if ready:
+                i = next((j for j in range(len(pending) - 1, max(len(pending) - READY_WINDOW, 0) - 1, -1)
+                          if ready(final[pending[j] : pending[j] + step])), i)
+            a = pending.pop(i)
             scores[a : a + step] = self.exact(Q, *rows_of(final[a : a + step], a))
         return [(self.corpus.doc_id(int(final[i])), float(scores[i])) for i in top_k(scores, k)]
 

@@ -32,7 +32,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import re
 import shutil
 import stat
 import warnings
@@ -42,7 +41,8 @@ from typing import TYPE_CHECKING, Iterable
 from ._errors import StoreError, StoreLockedError
 from ._fs import failpoint
 from ._leases import READERS_DIR, UNKNOWN, live_leases
-from ._manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
+from ._manifest import (DELETES_NAME, MANIFEST_NAME, SEGMENT_NAME, SPILL_NAME, Manifest, read_manifest,
+                        write_manifest)
 from ._safefs import StorePath
 
 if TYPE_CHECKING:
@@ -151,20 +151,25 @@ def manifest_files(manifest: Manifest) -> set[str]:
     return {s.name for s in manifest.segments} | {s.deletes for s in manifest.segments if s.deletes}
 
 
-_GENERATION_IN_NAME = re.compile(r"^seg-(\d+)(?:\.(\d+)\.del)?$")
-# Entries of segments/ this writer creates, and of what type: segment directories, deletion
-# bitmaps, and the Index's encoding spill (lodestore/index.py: `.spill-{pid}-{generation}`).
-# Nothing else there is ever removed (FORMAT.md section 13: garbage is what a writer made).
-_OWN_DIR = re.compile(r"^(?:seg-\d+|\.spill-\d+-\d+)$")
-_OWN_FILE = re.compile(r"^seg-\d+\.\d+\.del$")
+# Entries of segments/ this writer creates, and of what type, by the format's name grammar
+# (store/_manifest.py, FORMAT.md 4.1): segment directories, deletion bitmaps, and the old
+# Index encoding spill (`.spill-{pid}-{generation}`). Nothing else there is ever removed
+# (FORMAT.md section 13: garbage is what a writer made).
+_OWN_DIRS = (SEGMENT_NAME, SPILL_NAME)
+_OWN_FILES = (DELETES_NAME,)
 
 
 def name_generation(name: str) -> int | None:
-    """The generation that created `seg-{G}` or `{segment}.{G}.del` (None for any other name)."""
-    m = _GENERATION_IN_NAME.match(name)
-    if m is None:
-        return None
-    return int(m.group(2) or m.group(1))
+    """The generation that created `seg-{G}`, `{segment}.{G}.del` or `.spill-{pid}-{G}` (None for any other name)."""
+    for pattern, group in ((SEGMENT_NAME, 1), (DELETES_NAME, 2), (SPILL_NAME, 1)):
+        m = pattern.match(name)
+        if m is not None:
+            return int(m.group(group))
+    return None
+
+
+def _own(name: str, patterns: tuple) -> bool:
+    return any(p.match(name) for p in patterns)
 
 
 def collect_garbage(root: Path, manifest: Manifest) -> None:
@@ -209,13 +214,13 @@ def _collect_segments(root: Path, root_fd: int, seg_fd: int, manifest: Manifest)
         for e in entries:
             if e.name in named:
                 continue
-            if not (_OWN_DIR.match(e.name) or _OWN_FILE.match(e.name)):
+            if not (_own(e.name, _OWN_DIRS) or _own(e.name, _OWN_FILES)):
                 continue
             if e.is_symlink():  # planted where the writer's own name goes: the link goes, its target never
                 garbage.append((e.name, "link"))
-            elif _OWN_DIR.match(e.name) and e.is_dir(follow_symlinks=False):
+            elif _own(e.name, _OWN_DIRS) and e.is_dir(follow_symlinks=False):
                 garbage.append((e.name, "dir"))
-            elif _OWN_FILE.match(e.name) and e.is_file(follow_symlinks=False):
+            elif _own(e.name, _OWN_FILES) and e.is_file(follow_symlinks=False):
                 garbage.append((e.name, "file"))
     if garbage:
         readers = _kind(root_fd, READERS_DIR)

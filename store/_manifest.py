@@ -155,7 +155,7 @@ class Manifest:
                 f"{source}: store needs reader features {sorted(unknown)} unknown to this lodestore; upgrade it"
             )
         codec = doc.get("codec")
-        if isinstance(codec, dict) and codec.get("kind") not in KNOWN_CODEC_KINDS:
+        if isinstance(codec, dict) and not (isinstance(codec.get("kind"), str) and codec["kind"] in KNOWN_CODEC_KINDS):
             raise UnsupportedFormatError(
                 f"{source}: store uses codec {codec.get('kind')!r}, unknown to this lodestore "
                 f"(it reads {sorted(KNOWN_CODEC_KINDS)}); upgrade lodestore to open this store"

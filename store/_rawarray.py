@@ -61,7 +61,7 @@ class RawShardedArray:
             names = (self.path / "c").iterdir_names()
         except OSError as e:
             raise CorruptStoreError(f"{self.path}/c: unreadable ({e})") from None
-        have = {int(n) for n in names if n.isdigit() and len(n) < 20 and int(n) < self.n_shards}
+        have = {int(n) for n in names if n.isascii() and n.isdigit() and len(n) < 20 and int(n) < self.n_shards}
         if len(have) != self.n_shards:
             first = next(i for i in range(self.n_shards) if i not in have)
             raise CorruptStoreError(f"{self.shard_file(first)}: shard file missing ({len(have)} of {self.n_shards} present)")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _drift
@@ -13,7 +11,7 @@ from ._deletes import read_deletes
 from ._errors import StoreError
 from ._leases import READERS_DIR
 from ._manifest import read_manifest
-from ._safefs import StorePath
+from ._safefs import StorePath, tree_bytes
 from ._segment import SegmentReader, segment_disk_usage
 from ._structure import read_checked_codec
 from ._smallarray import verify_small
@@ -44,10 +42,10 @@ def stats(store: "Store") -> dict[str, Any]:
     m, root = store.manifest, store.root
     arrays: dict[str, int] = {}
     for s in m.segments:
-        for name, size in segment_disk_usage(root / SEGMENTS_DIR / s.name).items():
+        for name, size in segment_disk_usage(root, s.name).items():
             arrays[name] = arrays.get(name, 0) + size
-    arrays["codec"] = disk_usage(root / CODEC_DIR)
-    total = disk_usage(root) - disk_usage(root / READERS_DIR)  # not the readers' own lease files
+    arrays["codec"] = tree_bytes(root, CODEC_DIR)
+    total = tree_bytes(root) - tree_bytes(root, READERS_DIR)  # not the readers' own lease files
     tokens = m.tokens
     kind, pq_subspaces = settings_codec(m.settings)
     token_data = sum(arrays.get(k, 0) for k in ("codes", "residuals", "doc_offsets", "id_offsets", "id_bytes"))
@@ -124,10 +122,3 @@ def verify(store: "Store") -> VerifyReport:
                 report.failures.append(str(e))
     return report
 
-
-def disk_usage(path: Path) -> int:
-    """Bytes of the files under `path` (0 when it does not exist)."""
-    total = 0
-    for dirpath, _d, files in os.walk(path):
-        total += sum(os.lstat(os.path.join(dirpath, f)).st_size for f in files)  # lstat: links are not followed
-    return total

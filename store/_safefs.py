@@ -280,3 +280,23 @@ def parse_json(data: bytes, shown: object) -> Any:
         return json.loads(data)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise CorruptStoreError(f"{shown}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def tree_bytes(root: str | os.PathLike, relative: str = "") -> int:
+    """Bytes of the regular files under root/relative, for stats: 0 when it is missing or when any
+    component below the root is a symlink (the walk never leaves the store); links inside are not
+    followed, and files that vanish meanwhile are skipped."""
+    root = os.path.realpath(root)
+    top = os.path.join(root, relative) if relative else root
+    if os.path.realpath(top) != os.path.normpath(top) or not os.path.isdir(top):
+        return 0
+    total = 0
+    for dirpath, _dirs, files in os.walk(top):  # followlinks=False: a linked directory is not entered
+        for f in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, f))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total

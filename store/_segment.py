@@ -27,7 +27,7 @@ from .codecs import Codec
 from ._errors import CorruptStoreError
 from ._payloads import PAYLOAD_ARRAYS, PayloadReader, write_payloads
 from ._rawarray import RawShardedArray
-from ._safefs import StorePath
+from ._safefs import StorePath, tree_bytes
 from ._smallarray import _sp, read_attributes, read_small as _read_small, verify_small
 from ._structure import check_csr, check_ivf
 
@@ -343,12 +343,6 @@ class SegmentReader:
         self.residuals.close()
 
 
-def segment_disk_usage(path: Path) -> dict[str, int]:
-    """Bytes on disk per array of a segment directory."""
-    usage = {}
-    for name in TOKEN_ARRAYS + SMALL_ARRAYS + PAYLOAD_ARRAYS:
-        total = 0
-        for dirpath, _d, files in os.walk(path / name):
-            total += sum(os.lstat(os.path.join(dirpath, f)).st_size for f in files)  # lstat: links are not followed
-        usage[name] = total
-    return usage
+def segment_disk_usage(root: Path, segment: str) -> dict[str, int]:
+    """Bytes on disk per array of segment `segment` of the store at `root` (never through a symlink)."""
+    return {name: tree_bytes(root, f"segments/{segment}/{name}") for name in TOKEN_ARRAYS + SMALL_ARRAYS + PAYLOAD_ARRAYS}

@@ -53,12 +53,6 @@ def read_array_meta(path: StorePath, shape: tuple[int | None, ...] | None = None
     return parse_array(meta, path.name, meta_path, shape)
 
 
-def read_meta(path: StorePath, shape: tuple[int | None, ...] | None = None):
-    """(shape, chunk shape, dtype, compressor name or None) of the array at `path`, or CorruptStoreError."""
-    m = read_array_meta(path, shape)
-    return m.shape, m.chunks, m.dtype, m.compressor
-
-
 def _chunk_keys(shape: tuple[int, ...], chunks: tuple[int, ...]):
     return itertools.product(*[range(-(-s // c)) for s, c in zip(shape, chunks)])
 

@@ -59,6 +59,8 @@ def parse_json(body: bytes) -> dict[str, Any]:
         raise ApiError(400, "malformed_json", "the request body is not UTF-8", "body") from None
     except ValueError as e:
         raise ApiError(400, "malformed_json", f"the request body is not valid JSON ({e})", "body") from None
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "the request body is nested too deeply", "body") from None
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", f"the request body must be a JSON object, not {type(data).__name__}",
                        "body")
@@ -124,7 +126,10 @@ def matrix(value: Any, field: str, dim: int, max_rows: int) -> np.ndarray:
         widths = {len(row) for row in value}
         if len(widths) > 1:
             raise invalid(field, f"rows have different lengths {sorted(widths)}")
-        a = np.asarray(value, dtype=np.float64).reshape(len(value), widths.pop() if widths else 0)
+        try:
+            a = np.asarray(value, dtype=np.float64).reshape(len(value), widths.pop() if widths else 0)
+        except OverflowError:  # an integer too large for a float64
+            raise invalid(field, "values must be finite float32 numbers") from None
         with np.errstate(over="ignore"):
             a = a.astype(np.float32)
     else:
@@ -179,7 +184,7 @@ def search_request(data: dict[str, Any], limits: Limits, dim: int, takes_text: b
             raise ApiError(422, "text_not_supported", f"{given[0]}: this store holds vectors without an encoder; "
                                                       "send query vectors", given[0])
         for q, f in zip(items, fields_):
-            if not q.strip():
+            if not q or q.isspace():  # no copy of a long text (lodestore/index.py tests it the same way)
                 raise invalid(f, "the query is empty")
             if len(q) > limits.max_query_chars:
                 raise ApiError(422, "limit_exceeded", f"{f}: {len(q)} characters is over this server's limit of "
@@ -255,7 +260,7 @@ def add_request(data: dict[str, Any], limits: Limits, dim: int, takes_text: bool
     elif vectors is None:
         raise ApiError(422, "missing_field", "vectors: this field is required (this store holds vectors)", "vectors")
     for i, text in enumerate(texts or []):
-        if not isinstance(text, str) or (takes_text and not text.strip()):
+        if not isinstance(text, str) or (takes_text and (not text or text.isspace())):
             raise invalid(f"texts[{i}]", "must be a non-empty string")
         if len(text) > limits.max_text_chars:
             raise ApiError(422, "limit_exceeded", f"texts[{i}]: {len(text)} characters is over this server's limit of "

@@ -82,8 +82,9 @@ def test_non_integer_k_is_a_value_error(searcher, good, k):
 def test_bad_input_is_rejected_before_any_work(searcher, good):
     """A rejected query neither counts as a query nor touches the cache."""
     searcher.reset_stats()
-    for bad in (np.ones(DIM), good[:, :5], np.zeros((0, DIM))):
-        with pytest.raises(ValueError):
+    for bad, message in ((np.ones(DIM), r"query must be \(q_len"), (good[:, :5], r"expected \(q_len"),
+                         (np.zeros((0, DIM)), "empty query")):
+        with pytest.raises(ValueError, match=message):
             searcher.search(bad, k=10)
     st = searcher.stats()
     assert st["queries"] == 0 and st["misses"] == 0 and st["bytes_read"] == 0

@@ -25,6 +25,8 @@ BAD = [
     ("/search", b"[1, 2]", 400, "body"),
     ("/search", b'{"vectors": [[NaN, 1.0]]}', 400, "body"),
     ("/search", b"\xff\xfe", 400, "body"),
+    ("/search", b"[" * 100_000 + b"]" * 100_000, 400, "body"),  # nested past the parser's recursion limit
+    ("/search", b'{"vectors": [[' + b"9" * 400 + b', 1.0]]}', 422, "vectors"),  # an integer past float64
     ("/search", {}, 422, "query"),
     ("/search", {"vectors": [ROW], "k": 0}, 422, "k"),
     ("/search", {"vectors": [ROW], "k": "5"}, 422, "k"),
@@ -207,10 +209,10 @@ def test_corrupt_chunk_is_503_naming_it(vec_store: Path, vec_corpus: VectorCorpu
         assert client.get("/stats").json()["server"]["errors"] >= 1
 
 
-def test_corrupt_store_at_startup_is_503_not_ready(vec_store: Path) -> None:
+def test_a_store_corrupt_at_startup_stops_the_app_with_the_stores_error(vec_store: Path) -> None:
     manifest = vec_store / "manifest.json"
     manifest.write_bytes(manifest.read_bytes().replace(b'"generation"', b'"generatiom"', 1))
-    with pytest.raises(Exception):
+    with pytest.raises(lodestore.StoreError):
         lodestore.Store.open(vec_store)
     # The app cannot learn the store's kind: creating it fails with the store's own message
     with pytest.raises(lodestore.StoreError):

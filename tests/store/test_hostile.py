@@ -340,6 +340,26 @@ def test_manifest_field_types_and_ranges(sandbox, field, value):
     refused(store.Store.open, root, words=("manifest.json",))
 
 
+@pytest.mark.parametrize("kind", [["pq"], {"a": 1}])
+def test_unhashable_codec_kind_is_a_store_error(sandbox, kind):
+    root, _ = sandbox
+    doc = manifest(root)
+    doc["codec"]["kind"] = kind
+    write_manifest_doc(root, doc)
+    refused(store.Store.open, root, words=("codec",))
+
+
+def test_non_ascii_digit_shard_name_is_a_store_error(sandbox):
+    """'\u00b2' and '\u0663' pass str.isdigit(): a file so named under c/ must neither crash int() nor count as a shard."""
+    root, _ = sandbox
+    codes = next((root / "segments").glob("seg-*/codes/c"))
+    for f in codes.iterdir():
+        f.unlink()
+    (codes / "\u00b2").write_bytes(b"x")
+    (codes / "\u0663").write_bytes(b"x")
+    refused(read_op, root, words=("shard file missing",))
+
+
 @pytest.mark.parametrize("command", ["verify", "info"])
 def test_cli_reports_a_hostile_store_in_one_line(sandbox, command):
     root, _ = sandbox
