@@ -30,6 +30,12 @@ def check_options(nprobe: Any, ndocs: Any, probe_delta: Any, max_query_tokens: A
         raise ValueError(f"max_query_tokens must be a positive integer, got {max_query_tokens!r}")
 
 
+def check_read_hints(read_hints: Any) -> None:
+    """True, False or "auto"."""
+    if not (isinstance(read_hints, bool) or (isinstance(read_hints, str) and read_hints == "auto")):
+        raise ValueError(f"read_hints must be True, False or 'auto', got {read_hints!r}")
+
+
 def check_k(k: Any) -> int:
     """k as an int: a positive integer, at most MAX_K."""
     if not _positive_int(k):

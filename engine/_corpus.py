@@ -152,12 +152,12 @@ class Corpus:
         if len(docs) == 0:
             s0 = self.segments[0]
             return (np.zeros(0, self.codec.code_dtype), np.zeros((0,) + s0.residuals.row_shape, s0.residuals.dtype),
-                    np.zeros(0, np.int64), {"bytes": 0, "calls": 0})
+                    np.zeros(0, np.int64), {"bytes": 0, "calls": 0, "rows": 0})
         order = np.argsort(docs, kind="stable")
         sorted_docs = docs[order]
         seg_of = np.searchsorted(self.seg_base, sorted_docs, side="right") - 1
         codes_parts, res_parts, len_parts = [], [], []
-        io = {"bytes": 0, "calls": 0}
+        io = {"bytes": 0, "calls": 0, "rows": 0}
         for s in np.unique(seg_of).tolist():
             sel = np.nonzero(seg_of == s)[0]
             local = sorted_docs[sel] - self.seg_base[s]
@@ -167,8 +167,8 @@ class Corpus:
             codes_parts.append(codes)
             res_parts.append(res)
             len_parts.append(lens)
-            io["bytes"] += seg_io["bytes"]
-            io["calls"] += seg_io["calls"]
+            for key, value in seg_io.items():
+                io[key] = io.get(key, 0) + value
         codes = np.concatenate(codes_parts)
         res = np.concatenate(res_parts)
         lens_sorted = np.concatenate(len_parts).astype(np.int64)
@@ -180,6 +180,19 @@ class Corpus:
         lens = lens_sorted[where]
         idx = np.repeat(starts_sorted[where], lens) + ramp(lens)
         return np.take(codes, idx), np.take(res, idx, axis=0), lens, io
+
+    def advise(self, docs: np.ndarray) -> int:
+        """Ask the kernel to start reading the global docs' token rows (codes too unless resident) into the
+        page cache now, segment by segment; returns the hints given (store/_rawarray.py advise)."""
+        docs = np.asarray(docs, dtype=np.int64)
+        if not len(docs):
+            return 0
+        seg_of = np.searchsorted(self.seg_base, docs, side="right") - 1
+        n = 0
+        for s in np.unique(seg_of).tolist():
+            local = np.sort(docs[seg_of == s] - self.seg_base[s])
+            n += self.segments[s].advise_docs(local, codes=self.codes is None)
+        return n
 
     def read_rows(self, docs: np.ndarray) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
         """(codes, residuals) of each global doc, in the given order, read from disk (CRC-checked):

@@ -39,6 +39,8 @@ class Prefetcher:
     def reset_stats(self) -> None:
         self.hits = self.waited = self.misses = 0
         self.bytes_read = self.read_calls = 0
+        self.row_bytes = 0  # bytes of the rows read from the store files (what was needed), for read amplification
+        self.read_waits = 0  # read calls that had to wait for the device (the rest found the page cache filled)
         self.io_wait_s = 0.0
 
     def prefetch(self, docs: np.ndarray) -> None:
@@ -63,12 +65,18 @@ class Prefetcher:
             fut.set_exception(e)
             return
         with self._lock:
-            self.bytes_read += io["bytes"]
-            self.read_calls += io["calls"]
+            self._count(io)
             for d, r in zip(docs.tolist(), rows):
                 self._put(d, r)
             self._forget(docs, fut)
         fut.set_result(None)
+
+    def _count(self, io: dict) -> None:
+        """Add a read's counters (the caller holds the lock)."""
+        self.bytes_read += io["bytes"]
+        self.read_calls += io["calls"]
+        self.row_bytes += io.get("rows", 0)
+        self.read_waits += io.get("waits", 0)
 
     def _forget(self, docs: np.ndarray, fut: Future) -> None:
         for d in docs.tolist():
@@ -114,8 +122,7 @@ class Prefetcher:
             order = np.argsort(ids, kind="stable")
             rows, io = self._read(ids[order])
             with self._lock:
-                self.bytes_read += io["bytes"]
-                self.read_calls += io["calls"]
+                self._count(io)
             for j, r in zip(order.tolist(), rows):
                 out[missing[j]] = r
         for i, fut in wait.items():
@@ -132,8 +139,7 @@ class Prefetcher:
             if lost:
                 rows, io = self._read(np.asarray(docs)[lost])
                 with self._lock:
-                    self.bytes_read += io["bytes"]
-                    self.read_calls += io["calls"]
+                    self._count(io)
                 for i, r in zip(lost, rows):
                     out[i] = r
         # keep the rows just used (the cache is an LRU of recently scored documents)
@@ -149,8 +155,7 @@ class Prefetcher:
         codes, res, lens, io = self._read_concat(docs)
         with self._lock:
             self.misses += len(docs)
-            self.bytes_read += io["bytes"]
-            self.read_calls += io["calls"]
+            self._count(io)
             self.io_wait_s += time.perf_counter() - t0
         return codes, res, lens
 

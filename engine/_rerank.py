@@ -86,12 +86,15 @@ class Reranker:
             cuts = list(range(done, end, step))
             if ahead:  # small steps, those read ahead already first
                 cuts.sort(key=lambda a: not self.rows.ready(docs[a : a + step]))
-                if end < len(docs):  # the next wave, while this one is scored
-                    self.rows.read_ahead(final[end : end + WAVE])
+            if end < len(docs):  # the next wave, while this one is scored
+                self.rows.read_ahead(final[end : end + WAVE])
             kept += self.workers.map(lambda j: one(cuts[j]), len(cuts))
             done = end
             if done < len(docs) and stop(scores[:done], ci[at[:done]], float(ci[done]), n_exact):
                 break
+            # going on: the kernel reads all of the next wave at once (hints are only given for rows that will
+            # be read, so a stop never wastes the device's time on a wave nobody scores)
+            self.rows.hint(docs[done : min(len(docs), done + WAVE)])
         kept.sort(key=lambda p: int(p[0][0]))  # by position: ready-first order may have scored them out of order
         best = np.sort(top_k(scores[:done], n_exact))  # positions in docs, ascending
         pos = np.concatenate([p[0] for p in kept])  # ascending: steps in order, each sorted

@@ -22,8 +22,26 @@ RowsOf = Callable[[np.ndarray, int], Rows]  # rows_of(docs, a): the rows of docs
 class RowReader:
     """The rows of a corpus's documents: resident, through the prefetcher's cache (prefetch on), or read now."""
 
-    def __init__(self, corpus: Corpus, prefetcher: Prefetcher, prefetch: bool):
+    def __init__(self, corpus: Corpus, prefetcher: Prefetcher, prefetch: bool, hints: bool | str = False):
         self.corpus, self.prefetcher, self.prefetch = corpus, prefetcher, prefetch
+        self.policy = HintPolicy(hints)
+        self.hinted = 0  # read hints given to the kernel (runs of chunks), since reset
+
+    @property
+    def hints(self) -> bool:
+        """Whether read hints are given now (fixed, or as the auto policy last decided)."""
+        return self.policy.on
+
+    def begin(self) -> tuple[int, int] | None:
+        """Before a group of queries: what the auto policy needs to judge it (None when nothing to judge)."""
+        if not self.policy.auto or self.resident or self.prefetch:
+            return None
+        return self.policy.device_bytes() or 0, self.prefetcher.row_bytes
+
+    def end(self, mark: tuple[int, int] | None) -> None:
+        """After the group: the auto policy sees how much of the rows it read came from the device."""
+        if mark is not None:
+            self.policy.observe((self.policy.device_bytes() or 0) - mark[0], self.prefetcher.row_bytes - mark[1])
 
     @property
     def resident(self) -> bool:
@@ -47,6 +65,14 @@ class RowReader:
         if self.reading_ahead:
             self.prefetcher.prefetch(docs)
 
+    def hint(self, docs: np.ndarray) -> None:
+        """Tell the kernel docs' rows will be read soon (best first), so the device reads them all at
+        once, in parallel, while the query works; nothing when rows are resident or read ahead by the
+        prefetch threads, or hints are off. Costs a system call per run of chunks, no threads, no memory
+        of ours: the pages land in the OS page cache, where the reads find them."""
+        if self.policy.on and not self.resident and not self.prefetch and len(docs):
+            self.hinted += self.corpus.advise(docs)
+
     def ready(self, docs: np.ndarray) -> bool:
         """Whether docs' rows can be had without waiting for a read."""
         return not self.reading_ahead or self.prefetcher.cached(docs)
@@ -62,6 +88,51 @@ class RowReader:
         if not self.prefetch:
             return sliced(*self.prefetcher.read_through(final)), None
         return (lambda docs, a: stack(self.prefetcher.get(docs))), self.prefetcher.cached
+
+
+class HintPolicy:
+    """Whether to tell the kernel which rows come next: always, never, or "auto".
+
+    Auto decides from what the queries measure: the bytes this process read from the device
+    (/proc/self/io read_bytes) against the bytes of rows it read. Where the rows come from the page
+    cache, a hint is a wasted system call per run of chunks, and the policy turns hints off; where a
+    share above DEVICE_SHARE of them comes from the device, it turns them on. The device bytes are the
+    same with hints or without (a hint moves a read earlier, it does not add one), so the decision
+    does not feed back on itself. An average over the last ~8 query groups (EWMA), starting on: a
+    Searcher's first queries are the coldest. Where /proc/self/io is missing, auto means on.
+    """
+
+    DEVICE_SHARE = 0.05
+    SMOOTHING = 0.125
+
+    def __init__(self, mode: bool | str):
+        self.auto = isinstance(mode, str)
+        if self.auto and mode != "auto":
+            raise ValueError(f"read_hints must be True, False or 'auto', got {mode!r}")
+        self.on = True if self.auto else bool(mode)
+        self.share = 1.0  # smoothed device bytes / row bytes
+        if self.auto and self.device_bytes() is None:
+            self.auto = False  # nothing to measure: stay on
+
+    @staticmethod
+    def device_bytes() -> int | None:
+        """Bytes this process has caused to be read from storage so far (None where unknown)."""
+        try:
+            with open("/proc/self/io", "rb") as f:
+                text = f.read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+        return None
+
+    def observe(self, device: int, rows: int) -> None:
+        """A query group read `rows` bytes of rows while the process read `device` bytes from storage."""
+        if rows <= 0:
+            return
+        self.share += self.SMOOTHING * (min(device / rows, 4.0) - self.share)
+        self.on = self.share > self.DEVICE_SHARE
 
 
 def sliced(codes: np.ndarray, res: np.ndarray, lens: np.ndarray) -> RowsOf:

@@ -22,7 +22,7 @@ import numpy as np
 
 from lodestore.store import Store
 
-from ._args import check_k, check_options, check_queries, check_subset, split_queries
+from ._args import check_k, check_options, check_queries, check_read_hints, check_subset, split_queries
 from ._budget import AUTO_CACHE, AUTO_CACHE_NO_PREFETCH, Placement, parse_size, place
 from ._corpus import Corpus
 from ._maxsim import aligned_empty
@@ -65,6 +65,12 @@ class Searcher:
     default: it reads more bytes and holds more memory, and measured slower
     with two query threads (docs/BENCHMARKS.md 2.0b); it can pay where reads
     block for long and cores are spare.
+    read_hints: as soon as a query knows which documents' rows it will read (the first wave of
+    survivors, then each next wave once the stop rule lets it go on), tell the kernel
+    (posix_fadvise WILLNEED), so the device reads them all at once while the query works, instead
+    of one read at a time when they are needed. "auto" (the default) gives hints while the rows
+    come from the device and stops while the page cache holds them (engine/_rows.py HintPolicy);
+    True / False force it. stats()["read_hit_rate"] says how many reads found their rows cached.
     threads: threads one query's work is spread over (query-centroid product,
     centroid interaction, re-ranking chunks); default 2 where the process may
     use 2 cores. Results do not depend on it.
@@ -73,8 +79,10 @@ class Searcher:
     def __init__(self, store_or_path: Store | str | os.PathLike, memory_budget: int | str | None = DEFAULT_BUDGET,
                  nprobe: int | None = None, ndocs: int | None = None, *, device: str = "cpu",
                  prefetch: bool = False, prefetch_threads: int = 2, threads: int | None = None,
-                 probe_delta: float | None | str = "auto", max_query_tokens: int | None = None):
+                 probe_delta: float | None | str = "auto", max_query_tokens: int | None = None,
+                 read_hints: bool | str = "auto"):
         check_options(nprobe, ndocs, probe_delta, max_query_tokens)
+        check_read_hints(read_hints)
         workers = Workers(default_threads() if threads is None else threads)  # checked before anything is opened
         self._own_store = not isinstance(store_or_path, Store)
         self.store = Store.open(Path(store_or_path)) if self._own_store else store_or_path
@@ -86,7 +94,7 @@ class Searcher:
         self.settings: SearchSettings = choose_settings(
             sum(seg.tokens for seg in self.store.manifest.segments), nprobe=nprobe, ndocs=ndocs,
             probe_delta=probe_delta, device=device, prefetch=prefetch, prefetch_threads=prefetch_threads,
-            memory_budget=memory_budget, max_query_tokens=max_query_tokens)
+            memory_budget=memory_budget, max_query_tokens=max_query_tokens, read_hints=read_hints)
         self.workers = workers
         self.generation = self.store.generation
         try:
@@ -129,7 +137,7 @@ class Searcher:
         self.corpus, self.placement = corpus, placement
         self.prefetcher = Prefetcher(corpus.read_rows, placement.cache_bytes or (1 << 20),
                                      threads=self.settings.prefetch_threads, read_concat=corpus.read_concat)
-        self.rows = RowReader(corpus, self.prefetcher, self.settings.prefetch)
+        self.rows = RowReader(corpus, self.prefetcher, self.settings.prefetch, hints=self.settings.read_hints)
         self.prober = Prober(corpus, self.workers, self.rows)
         self.reranker = Reranker(corpus, self.workers, self.rows, self.prober.scale, self.settings.device)
 
@@ -218,7 +226,11 @@ class Searcher:
         them (read ahead by the prefetch threads, or kept from earlier queries);
         waited: in flight in a prefetch thread, so re-ranking waited; misses:
         read when needed. hit_rate = hits / (hits + waited + misses).
-        bytes_read / read_calls: what the store files saw; io_wait_s: time the
+        bytes_read / read_calls: what the store files saw (whole inner chunks); row_bytes: the
+        bytes of the rows asked for (bytes_read / row_bytes is the reader's amplification);
+        read_waits: read calls that had to wait for the device (the rest found their bytes in the page
+        cache: read ahead in time, or cached before); read_hints: runs of chunks the kernel was told
+        to read ahead (read_hints); io_wait_s: time the
         query's threads spent reading or waiting for rows (summed over threads,
         so it can exceed wall time). resident_bytes: index + resident
         arrays + cache + residual interaction's byte tables (float32, 0.1-0.4 MB);
@@ -238,7 +250,12 @@ class Searcher:
             "misses": p.misses,
             "hit_rate": p.hits / requested if requested else 1.0,
             "bytes_read": p.bytes_read,
+            "row_bytes": p.row_bytes,
             "read_calls": p.read_calls,
+            "read_waits": p.read_waits,
+            "read_hit_rate": 1 - p.read_waits / p.read_calls if p.read_calls else 1.0,
+            "read_hints": self.rows.hinted,
+            "read_hints_on": self.rows.hints,
             "io_wait_s": p.io_wait_s,
             "resident_bytes": resident,
             "cache_bytes": p.resident_bytes,
@@ -254,6 +271,7 @@ class Searcher:
 
     def reset_stats(self) -> None:
         self.prefetcher.reset_stats()
+        self.rows.hinted = 0
         self.queries = 0
         self._scored = 0
         self.query_time_s = 0.0
@@ -285,6 +303,13 @@ class Searcher:
             return out + self._search_group(group, k, allowed)
 
     def _search_group(self, queries: list[np.ndarray], k: int, allowed: np.ndarray | None) -> list[Hits]:
+        mark = self.rows.begin()
+        try:
+            return self._search_group_in(queries, k, allowed)
+        finally:
+            self.rows.end(mark)
+
+    def _search_group_in(self, queries: list[np.ndarray], k: int, allowed: np.ndarray | None) -> list[Hits]:
         settings = self.settings
         bounds = np.concatenate([[0], np.cumsum([len(q) for q in queries])])
         table, tokens, probed = self.prober.score_and_probe(np.concatenate(queries), settings)  # once per group
@@ -301,6 +326,7 @@ class Searcher:
         del table
         for cand, _ in cands:  # the first wave, best first (those not read ahead already); rerank asks for the next
             self.rows.read_ahead(cand[:FIRST_WAVE])
+            self.rows.hint(cand[:FIRST_WAVE])
         out = []
         for q, own, (cand, ci) in zip(queries, tables, cands):
             hits, scored = self.reranker.rerank(q, own, cand, ci, k)

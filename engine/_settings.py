@@ -28,6 +28,9 @@ LARGE_NDOCS = 256
 # Query tokens a single query may have: a query's working set grows with its tokens times the centroids
 # (the (K, q) score table) and times the candidates' tokens; ColBERT-style encoders emit 32-512.
 DEFAULT_MAX_QUERY_TOKENS = 1024
+# Kernel read hints (posix_fadvise WILLNEED) for the survivors' rows as soon as they are known: "auto" gives them
+# while the rows come from the device and not while the page cache holds them (engine/_rows.py HintPolicy)
+DEFAULT_READ_HINTS = "auto"
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class SearchSettings:
     device: "cpu" (numpy) or a torch device for exact re-ranking. prefetch / prefetch_threads:
     background reads of the likely survivors' rows. memory_budget: as parse_size takes it.
     max_query_tokens: the most token vectors one query may hold (ValueError above it).
+    read_hints: tell the kernel which rows are read next (True, False, or "auto": while they come
+    from the device; engine/_rows.py HintPolicy).
     """
 
     nprobe: int
@@ -50,6 +55,7 @@ class SearchSettings:
     prefetch_threads: int = 2
     memory_budget: int | str | None = DEFAULT_BUDGET
     max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS
+    read_hints: bool | str = DEFAULT_READ_HINTS
 
     def survivors(self, k: int) -> int:
         """How many candidates centroid interaction keeps for a top-k query."""
@@ -62,7 +68,7 @@ class SearchSettings:
 def choose_settings(store_tokens: int, *, nprobe: int | None = None, ndocs: int | None = None,
                     probe_delta: float | None | str = "auto", device: str = "cpu", prefetch: bool = False,
                     prefetch_threads: int = 2, memory_budget: int | str | None = DEFAULT_BUDGET,
-                    max_query_tokens: int | None = None) -> SearchSettings:
+                    max_query_tokens: int | None = None, read_hints: bool | str = DEFAULT_READ_HINTS) -> SearchSettings:
     """The settings for a store of `store_tokens` tokens: what the caller gave (already checked by
     engine/_args.py check_options), the defaults by store size for the rest."""
     large = store_tokens >= LARGE_STORE_TOKENS
@@ -75,4 +81,5 @@ def choose_settings(store_tokens: int, *, nprobe: int | None = None, ndocs: int 
         prefetch_threads=prefetch_threads,
         memory_budget=memory_budget,
         max_query_tokens=DEFAULT_MAX_QUERY_TOKENS if max_query_tokens is None else int(max_query_tokens),
+        read_hints=read_hints if isinstance(read_hints, str) else bool(read_hints),
     )

@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <fcntl.h>
 
 #include "_abi.h" /* lodestore/_abi.h: status codes and ABI versions */
 
@@ -159,10 +160,19 @@ uint32_t ls_crc32c_table(const uint8_t *p, int64_t n) { return crc32c_soft(p, (s
  * A read that stops early is continued; only the end of the file counts as short.
  * Returns LS_OK; LS_READ_SHORT when run *bad fell short (file truncated); LS_READ_ERROR on a read error
  * in run *bad (errno set); LS_READ_BAD_CRC when chunk *bad (counted over all runs) does not match its
- * CRC; LS_ERR_ARGS (nothing read) when a count or offset is negative or the runs do not fit out_bytes. */
+ * CRC; LS_ERR_ARGS (nothing read) when a count or offset is negative or the runs do not fit out_bytes.
+ * waits[0]: how many of its read calls (runs of up to RUN_IOV chunks) had to wait for the device: each is
+ * first tried with RWF_NOWAIT, which reads only what the page cache holds; -1 where the kernel cannot say
+ * (then every call is a plain blocking read). It is what tells whether read-ahead came in time. */
 int ls_read_chunks(const int32_t *fds, const int64_t *offs, const int64_t *nchunks, int64_t nruns,
-                   int64_t chunk_bytes, uint8_t *out, int64_t out_bytes, int64_t *bad)
+                   int64_t chunk_bytes, uint8_t *out, int64_t out_bytes, int64_t *bad, int64_t *waits)
 {
+#ifdef RWF_NOWAIT
+    int nowait_ok = 1;
+#else
+    int nowait_ok = 0;
+#endif
+    waits[0] = 0;
     if (chunk_bytes <= 0)
         return LS_ERR_ARGS;
     int64_t room = out_bytes / chunk_bytes; /* chunks out can hold */
@@ -188,8 +198,25 @@ int ls_read_chunks(const int32_t *fds, const int64_t *offs, const int64_t *nchun
             struct iovec *iv = iov;
             int left = (int)(2 * n);
             off_t at = (off_t)off;
+            int cached_only = nowait_ok, waited = 0;
             for (ssize_t need = want; need > 0;) { /* a read may stop early (a signal, a network file): go on */
-                ssize_t got = preadv(fds[r], iv, left, at);
+                ssize_t got;
+#ifdef RWF_NOWAIT
+                if (cached_only) {
+                    got = preadv2(fds[r], iv, left, at, RWF_NOWAIT);
+                    if (got < 0 && errno == EAGAIN) { /* not (all) in the page cache: wait for the device */
+                        cached_only = 0, waited = 1;
+                        continue;
+                    }
+                    if (got < 0 && (errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS)) {
+                        cached_only = nowait_ok = 0; /* this file system cannot say: plain reads from now on */
+                        continue;
+                    }
+                    if (got > 0 && got < need) /* the cached part: the rest must come from the device */
+                        cached_only = 0, waited = 1;
+                } else
+#endif
+                    got = preadv(fds[r], iv, left, at);
                 if (got < 0 && errno == EINTR)
                     continue;
                 if (got < 0) {
@@ -212,6 +239,7 @@ int ls_read_chunks(const int32_t *fds, const int64_t *offs, const int64_t *nchun
                     iv->iov_len -= (size_t)got;
                 }
             }
+            waits[0] += waited;
             for (int64_t k = 0; k < n; k++) {
                 uint8_t le[4];
                 uint32_t c = ls_crc32c(out + (done + k) * chunk_bytes, chunk_bytes);
@@ -225,7 +253,21 @@ int ls_read_chunks(const int32_t *fds, const int64_t *offs, const int64_t *nchun
             done += n;
         }
     }
+    if (!nowait_ok)
+        waits[0] = -1;
     return LS_OK;
+}
+
+/* Ask the kernel to read ranges into the page cache now (posix_fadvise WILLNEED queues the reads and
+ * returns): range r is lens[r] bytes of file fds[r] from offs[r]. A hint is never an error: failures
+ * are ignored. Returns the hints given. */
+int64_t ls_advise(const int32_t *fds, const int64_t *offs, const int64_t *lens, int64_t n)
+{
+    int64_t given = 0;
+    for (int64_t r = 0; r < n; r++)
+        if (offs[r] >= 0 && lens[r] > 0)
+            given += posix_fadvise(fds[r], (off_t)offs[r], (off_t)lens[r], POSIX_FADV_WILLNEED) == 0;
+    return given;
 }
 
 /* An importable (empty) module, so setuptools builds and names the file like any extension. */

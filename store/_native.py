@@ -28,11 +28,14 @@ _LIB = bind(load_library("lodestore.store._decode"), ("ls_decode_abi", LS_DECODE
     # centroids (k, dim), k, dim, codes (n,), n, lut, lut_len, lut_pos_stride, w, rows (n, m), m, normalize, out (n, dim)
     "ls_decode": [array(np.float32, 2), _I, _I, array(np.uint16, 1), _I, array(np.float32), _I, _I, _I,
                   array(np.uint8, 2), _I, ctypes.c_int, array(np.float32, 2, writeable=True)],
-    # fds, offsets, counts, nruns, chunk_bytes, out, out_bytes, bad
+    # fds, offsets, counts, nruns, chunk_bytes, out, out_bytes, bad, waits
     "ls_read_chunks": [array(np.int32, 1), array(np.int64, 1), array(np.int64, 1), _I, _I,
-                       array(np.uint8, writeable=True), _I, array(np.int64, 1, writeable=True)],
+                       array(np.uint8, writeable=True), _I, array(np.int64, 1, writeable=True),
+                       array(np.int64, 1, writeable=True)],
 }, ctypes.c_int)
 if _LIB is not None:
+    _LIB.ls_advise.argtypes = [array(np.int32, 1), array(np.int64, 1), array(np.int64, 1), _I]
+    _LIB.ls_advise.restype = _I
     for _name in ("ls_crc32c", "ls_crc32c_table"):
         getattr(_LIB, _name).argtypes, getattr(_LIB, _name).restype = [_BYTES, _I], ctypes.c_uint32
 
@@ -69,11 +72,12 @@ RUN_CHUNKS = 512  # chunks per preadv in the kernel (its RUN_IOV)
 
 
 def _read_chunks(fds: np.ndarray, offsets: np.ndarray, counts: np.ndarray, chunk_bytes: int,
-                 out: np.ndarray) -> tuple[int, int, int]:
+                 out: np.ndarray) -> tuple[int, int, int, int]:
     """Read runs of chunks into out (C-contiguous, counts.sum() * chunk_bytes bytes): run r is counts[r]
     chunks back to back in file descriptor fds[r] from byte offsets[r], each followed by its CRC32C.
-    Returns (status, which, errno): status 0, or READ_SHORT / READ_ERROR (which = the run) or
-    READ_BAD_CRC (which = the chunk, counted over all runs)."""
+    Returns (status, which, errno, waits): status 0, or READ_SHORT / READ_ERROR (which = the run) or
+    READ_BAD_CRC (which = the chunk, counted over all runs); waits: read calls that had to wait for the
+    device (not all in the page cache), -1 where the kernel cannot tell."""
     fds = np.ascontiguousarray(fds, dtype=np.int32)
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     counts = np.ascontiguousarray(counts, dtype=np.int64)
@@ -83,12 +87,13 @@ def _read_chunks(fds: np.ndarray, offsets: np.ndarray, counts: np.ndarray, chunk
     if not out.flags["C_CONTIGUOUS"] or not out.flags["WRITEABLE"] or out.nbytes != int(counts.sum()) * chunk_bytes:
         raise ValueError(f"output of {out.nbytes} bytes does not hold {int(counts.sum())} chunks of {chunk_bytes}")
     bad = np.zeros(1, dtype=np.int64)
+    waits = np.zeros(1, dtype=np.int64)
     status = _LIB.ls_read_chunks(fds, offsets, counts, len(counts), chunk_bytes, out.reshape(-1).view(np.uint8),
-                                 out.nbytes, bad)
+                                 out.nbytes, bad, waits)
     if status == LS_ERR_ARGS:
         raise ValueError(f"read_chunks: runs of {counts.tolist()[:8]} chunks of {chunk_bytes} bytes, offsets "
                          f"{offsets.tolist()[:8]}: a negative count or offset, or more than {out.nbytes} bytes")
-    return int(status), int(bad[0]), ctypes.get_errno() if status == READ_ERROR else 0
+    return int(status), int(bad[0]), ctypes.get_errno() if status == READ_ERROR else 0, int(waits[0])
 
 
 def _crc32c(data, table: bool = False) -> int:
@@ -100,3 +105,17 @@ def _crc32c(data, table: bool = False) -> int:
 
 read_chunks = _read_chunks if _LIB is not None else None
 crc32c = _crc32c if _LIB is not None else None
+
+
+def _advise(fds: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> int:
+    """posix_fadvise(WILLNEED) of lengths[r] bytes at offsets[r] of fds[r], every r, in one call; returns
+    the hints the kernel took (failures are ignored: a hint is never an error)."""
+    fds = np.ascontiguousarray(fds, dtype=np.int32)
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+    if not len(fds) == len(offsets) == len(lengths):
+        raise ValueError(f"advise: {len(fds)} files, {len(offsets)} offsets, {len(lengths)} lengths")
+    return int(_LIB.ls_advise(fds, offsets, lengths, len(fds)))
+
+
+advise = _advise if _LIB is not None else None  # else store/_rawarray.py calls os.posix_fadvise run by run

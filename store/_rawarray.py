@@ -85,6 +85,7 @@ class RawShardedArray:
                 if fd is None:
                     try:
                         fd = self._shard(shard).open()
+                        _advise_random(fd)
                     except FileNotFoundError:
                         raise CorruptStoreError(f"{self.shard_file(shard)}: shard file missing") from None
                     except OSError as e:
@@ -152,8 +153,11 @@ class RawShardedArray:
             self._offsets = self._loaded = None
 
     # ------------------------------------------------------------------ reads
-    def read_chunks(self, chunk_ids: np.ndarray) -> tuple[np.ndarray, int, int]:
+    def read_chunks(self, chunk_ids: np.ndarray, waits: dict | None = None) -> tuple[np.ndarray, int, int]:
         """Read sorted unique inner-chunk ids -> ((n, inner_rows, *row) array, bytes read, read calls).
+
+        waits: a dict whose "waits" entry gains the read calls that had to wait for the device
+        (the C reader tries each from the page cache first); left alone where that is unknown.
 
         Chunks that lie back to back in one shard file are read with one preadv,
         straight into the output (no intermediate copy). Every chunk's CRC32C is checked.
@@ -176,7 +180,10 @@ class RawShardedArray:
         brk[::_MAX_RUN] = True  # preadv takes at most IOV_MAX (1024) buffers: 2 per chunk
         starts = np.nonzero(brk)[0].tolist()
         if native.read_chunks is not None and n:
-            return out, *self._read_native(chunk_ids, shards, pos, offs, missing, starts, flat)
+            nbytes, calls, waited = self._read_native(chunk_ids, shards, pos, offs, missing, starts, flat)
+            if waits is not None and waited >= 0:
+                waits["waits"] = waits.get("waits", 0) + waited
+            return out, nbytes, calls
         nbytes = calls = 0
         stored = np.empty((n, 4), dtype=np.uint8)  # each chunk's CRC32C, read beside its bytes
         # memoryview slices for the iovecs: cheaper to make than numpy views, and a query reads hundreds of chunks
@@ -208,8 +215,9 @@ class RawShardedArray:
         return CorruptStoreError(f"{self.shard_file(int(shards[k]))}: checksum mismatch in inner chunk {int(pos[k])} "
                                  f"(rows {first}..{first + self.inner_rows - 1})")
 
-    def _read_native(self, chunk_ids, shards, pos, offs, missing, starts, flat) -> tuple[int, int]:
-        """read_chunks' runs in one call of the C reader -> (bytes read, read calls)."""
+    def _read_native(self, chunk_ids, shards, pos, offs, missing, starts, flat) -> tuple[int, int, int]:
+        """read_chunks' runs in one call of the C reader -> (bytes read, read calls, calls that waited for
+        the device or -1 where unknown)."""
         n = len(chunk_ids)
         first = np.asarray(starts, dtype=np.int64)
         if missing[first].any():  # v1 writers write every chunk inside the array (FORMAT.md 8.4)
@@ -219,7 +227,7 @@ class RawShardedArray:
         counts = np.diff(np.append(first, n))
         fd_of = {s: self._fd(s) for s in np.unique(shards[first]).tolist()}
         fds = np.array([fd_of[s] for s in shards[first].tolist()], dtype=np.int32)
-        status, which, err = native.read_chunks(fds, offs[first].astype(np.int64), counts, self.chunk_bytes, flat)
+        status, which, err, waits = native.read_chunks(fds, offs[first].astype(np.int64), counts, self.chunk_bytes, flat)
         if status == native.READ_BAD_CRC:
             raise self._checksum_mismatch(chunk_ids, shards, pos, which)
         if status == native.READ_SHORT:
@@ -227,12 +235,13 @@ class RawShardedArray:
         if status == native.READ_ERROR:
             raise OSError(err, os.strerror(err), str(self.shard_file(int(shards[first[which]]))))
         calls = int((-(-counts // native.RUN_CHUNKS)).sum())
-        return n * (self.chunk_bytes + 4), calls
+        return n * (self.chunk_bytes + 4), calls, waits
 
     def read_ranges(self, starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, dict]:
         """Rows [starts[i], stops[i]) for every i, concatenated in the given order.
 
-        Returns (rows, io) where io = {"bytes": ..., "calls": ...}.
+        Returns (rows, io) where io = {"bytes": ..., "calls": ...} and, where the reader can tell,
+        "waits": the calls that had to wait for the device.
         """
         starts = np.asarray(starts, dtype=np.int64)
         stops = np.asarray(stops, dtype=np.int64)
@@ -243,16 +252,52 @@ class RawShardedArray:
         if starts.min() < 0 or stops.max() > self.shape[0] or (lens < 0).any():
             raise IndexError(f"row range outside {self.path.name} of {self.shape[0]} rows")
         ir = self.inner_rows
-        first, last = starts // ir, (stops - 1) // ir
-        nonempty = lens > 0
-        span = np.where(nonempty, last - first + 1, 0)
-        chunk_ids = np.unique(np.repeat(first, span) + _ramp(span))
-        data, nbytes, calls = self.read_chunks(chunk_ids)
+        first = starts // ir
+        chunk_ids = self._chunks_of(starts, stops)
+        io: dict = {}
+        data, io["bytes"], io["calls"] = self.read_chunks(chunk_ids, io)
         # a range's chunks are consecutive in `data`, so its rows are too: place each range once
         first_pos = np.searchsorted(chunk_ids, first) * ir + starts % ir
         rows = np.repeat(first_pos, lens) + _ramp(lens)
         gathered = np.take(data.reshape((-1,) + self.row_shape), rows, axis=0)
-        return gathered, {"bytes": nbytes, "calls": calls}
+        return gathered, io
+
+    def _chunks_of(self, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+        """Sorted unique inner-chunk ids that rows [starts[i], stops[i]) cover (ranges checked by the caller)."""
+        ir = self.inner_rows
+        first, last = starts // ir, (stops - 1) // ir
+        span = np.where(stops > starts, last - first + 1, 0)
+        return np.unique(np.repeat(first, span) + _ramp(span))
+
+    def advise(self, starts: np.ndarray, stops: np.ndarray) -> int:
+        """Ask the kernel to start reading rows [starts[i], stops[i]) into the page cache now
+        (posix_fadvise WILLNEED, which queues the reads and returns without waiting for them), so a
+        later read_ranges of them finds them cached or in flight. Back-to-back chunks are one hint.
+        Ranges outside the array are ignored (a hint is never an error). Returns the hints given."""
+        starts = np.asarray(starts, dtype=np.int64)
+        stops = np.minimum(np.asarray(stops, dtype=np.int64), self.shape[0])
+        keep = (starts >= 0) & (stops > starts)
+        if not keep.any():
+            return 0
+        chunk_ids = self._chunks_of(starts[keep], stops[keep])
+        shards = chunk_ids // self.chunks_per_shard
+        offs, missing = self.chunk_offsets(chunk_ids)
+        step = self.chunk_bytes + 4
+        n = len(chunk_ids)
+        brk = np.ones(n, dtype=bool)
+        brk[1:] = (shards[1:] != shards[:-1]) | (offs[1:] != offs[:-1] + np.uint64(step)) | missing[1:] | missing[:-1]
+        first = np.flatnonzero(brk & ~missing)
+        if not len(first):
+            return 0
+        ends = np.append(np.flatnonzero(brk)[1:], n)  # each run ends where the next one starts
+        ends = ends[np.searchsorted(np.flatnonzero(brk), first)]
+        fds = [self._fd(s) for s in shards[first].tolist()]
+        if native.advise is not None:
+            return native.advise(np.array(fds, dtype=np.int32), offs[first].astype(np.int64),
+                                 ((ends - first) * step).astype(np.int64))
+        for fd, off, length in zip(fds, offs[first].tolist(), ((ends - first) * step).tolist()):
+            os.posix_fadvise(fd, off, length, os.POSIX_FADV_WILLNEED)
+        return len(first)
 
     def read_all(self) -> np.ndarray:
         """The whole array (used to make it resident, and by tests)."""
@@ -277,6 +322,16 @@ class RawShardedArray:
                 except CorruptStoreError as e:
                     failures.append(str(e))
         return checked, failures
+
+
+def _advise_random(fd: int) -> None:
+    """Token rows are read at random: no kernel readahead around each read (it would read, and hold in
+    the page cache, up to the device's read_ahead_kb of neighbours nobody asked for). Reads that want
+    more ask for it with advise()."""
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    except OSError:
+        pass  # a file system without fadvise reads as it always did
 
 
 def _ramp(lengths: np.ndarray) -> np.ndarray:

@@ -296,6 +296,7 @@ class SegmentReader:
         """Token rows of local documents `docs` -> (codes, residuals, doclens, io counters).
 
         codes=False skips the codes array (for a reader that keeps codes in RAM) and returns None for it.
+        io: bytes read (whole inner chunks with their CRCs), read calls, and the bytes of the rows asked for.
         """
         docs = np.asarray(docs, dtype=np.int64)
         starts, stops = self.doc_offsets[docs], self.doc_offsets[docs + 1]
@@ -303,8 +304,18 @@ class SegmentReader:
         code_rows = None
         if codes:
             code_rows, io1 = self.codes.read_ranges(starts, stops)
-            io = {"bytes": io["bytes"] + io1["bytes"], "calls": io["calls"] + io1["calls"]}
+            io = {key: io.get(key, 0) + io1.get(key, 0) for key in io.keys() | io1.keys()}
+        io["rows"] = residuals.nbytes + (code_rows.nbytes if code_rows is not None else 0)  # what was asked for
         return code_rows, residuals, stops - starts, io
+
+    def advise_docs(self, docs: np.ndarray, *, codes: bool = True) -> int:
+        """Ask the kernel to start reading local documents' token rows into the page cache now (see
+        RawShardedArray.advise); codes=False for a reader that keeps codes in RAM. Returns the hints given."""
+        docs = np.asarray(docs, dtype=np.int64)
+        docs = docs[(docs >= 0) & (docs < self.n_docs)]
+        starts, stops = self.doc_offsets[docs], self.doc_offsets[docs + 1]
+        n = self.residuals.advise(starts, stops)
+        return n + (self.codes.advise(starts, stops) if codes else 0)
 
     def verify(self) -> tuple[int, list[str]]:
         """Check every chunk of every array and the segment's structure -> (chunks checked, failures)."""

@@ -40,17 +40,28 @@ def child(cfg: dict) -> dict:
 
     queries = np.load(Path(cfg["bundle"]) / "queries.npy")[: cfg["queries"]]
     base = memstat.status_mb()
+    spec = str(cfg.get("memory_limit") or "")
+    limit = None
+    if spec and not spec.startswith("cache="):  # the whole process from before its Searcher opens
+        from tools.memlimit import MemoryLimit
+
+        memstat.evict([Path(cfg["store"]) / "segments"])
+        limit = MemoryLimit(spec)
     t0 = time.perf_counter()
     options = {} if cfg["prefetch"] is None else {"prefetch": cfg["prefetch"]}
     if cfg.get("threads"):
         options["threads"] = cfg["threads"]
+    if cfg.get("hints") is not None:
+        options["read_hints"] = cfg["hints"]
     searcher = lodestore.Searcher(cfg["store"], memory_budget=cfg["budget"], nprobe=cfg["nprobe"], ndocs=cfg["ndocs"],
                                   **options)
     load_s = time.perf_counter() - t0
     for q in queries[:5]:
         searcher.search(q, k=10)
-    searcher.reset_stats()
     store_paths = [Path(cfg["store"]) / "segments"]
+    if spec.startswith("cache="):
+        limit = enter_cache_limit(float(spec.removeprefix("cache=")), store_paths, searcher, queries)
+    searcher.reset_stats()
     io0 = memstat.io_read_bytes()
     cpu0 = time.process_time()
     times, results = timed_queries(searcher, queries, before=(lambda: memstat.evict(store_paths)) if cfg["cold"] else None)
@@ -67,8 +78,16 @@ def child(cfg: dict) -> dict:
             t = time.perf_counter()
             searcher.search(queries[s : s + b], k=10)
             batch_times.append((time.perf_counter() - t) / len(queries[s : s + b]))
+    cgroup = limit.stats() if limit else None
+    if limit:
+        limit.close()
     n = len(queries)
+    scored = max(stats.get("scored_per_query", 0), 0)
     return {
+        "memory_limit": cfg.get("memory_limit"), "limit_mb": limit.limit / 1e6 if limit else None,
+        "cgroup": cgroup, "hinted_per_query": stats["read_hints"] / n,
+        "read_calls_per_query": stats["read_calls"] / n, "row_bytes_per_query": stats["row_bytes"] / n,
+        "scored_per_query": scored, "hints": searcher.rows.hints,
         "placement": stats["placement"]["name"], "load_s": load_s, "threads": searcher.workers.threads,
         "p50_ms": float(np.percentile(times, 50) * 1e3), "p95_ms": float(np.percentile(times, 95) * 1e3),
         "qps": n / sum(times), "cpu_ms": cpu / n * 1e3,
@@ -80,6 +99,31 @@ def child(cfg: dict) -> dict:
         "hit_rate": stats["hit_rate"], "io_wait_ms": stats["io_wait_s"] / n * 1e3,
         "results": results, "loadavg": __import__("os").getloadavg()[0],
     }
+
+
+LIMIT_MARGIN = 16 << 20  # what the limited process may allocate anew (query working set) on top of its share of cache
+
+
+def enter_cache_limit(frac: float, store_paths: list[Path], searcher, queries: np.ndarray):
+    """Hold this process (its Searcher open) to frac x the store's bytes of page cache + LIMIT_MARGIN.
+
+    A memory cgroup (tools/memlimit.py) counts the page cache the process reads from now on (what it
+    held before moving in stays charged outside). The store is evicted first, so its pages become our
+    own charges; with frac >= 1 it is then read once (everything cached); with frac < 1 the queries
+    run once untimed, so the timed pass meets the steady state of a cache held to frac of the store.
+    """
+    from tools import memstat
+    from tools.memlimit import MemoryLimit
+
+    store_bytes = sum(f.stat().st_size for p in store_paths for f in p.rglob("*") if f.is_file())
+    memstat.evict(store_paths)
+    lim = MemoryLimit(int(frac * store_bytes + LIMIT_MARGIN))
+    if frac >= 1:
+        memstat.warm(store_paths)
+    else:
+        for q in queries:
+            searcher.search(q, k=10)
+    return lim
 
 
 def timed_queries(searcher, queries, k: int = 10, before=None) -> tuple[list[float], list[list[str]]]:
@@ -146,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nprobe", type=int, default=None)
     p.add_argument("--ndocs", type=int, default=None)
     p.add_argument("--cold", action="store_true", help="evict the store from the page cache before every query")
+    p.add_argument("--memory-limit", default=None,
+                   help="comma-separated memory limits, one row each per budget (cgroup v1, page cache counted): "
+                        "a size (1GB) for the whole process, or cache=F: the process after opening + F x the store")
+    p.add_argument("--hints", default=None, choices=["on", "off", "both"],
+                   help="kernel read hints (Searcher read_hints) on, off, or a row each; default: the Searcher's")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -162,14 +211,23 @@ def main(argv: list[str] | None = None) -> int:
     with lodestore.Store.open(args.store) as store:
         st = store.stats()
     rows = []
-    for spec in args.budgets.split(","):
+    limits = args.memory_limit.split(",") if args.memory_limit else [None]
+    hints = {None: [None], "on": [True], "off": [False], "both": [False, True]}[args.hints]
+    if args.memory_limit:
+        from tools.memlimit import unavailable
+
+        why = unavailable("memory")
+        if why:
+            p.error(f"--memory-limit: cannot set a memory limit here: {why}")
+    configs = [(spec, lim, h) for spec in args.budgets.split(",") for lim in limits for h in hints]
+    for spec, lim, hint in configs:
         spec_main, _, threads = spec.partition("@")
         budget, _, mode = spec_main.partition(":")
         cfg = {"bundle": str(args.bundle), "store": str(args.store), "budget": budget, "queries": len(queries),
                "prefetch": {"prefetch": True, "sync": False, "": None}[mode],
                "nprobe": args.nprobe, "ndocs": args.ndocs, "cold": args.cold, "batch": args.batch,
-               "threads": int(threads) if threads else None}
-        if not args.cold:  # warm rows start with the store's files in the page cache
+               "threads": int(threads) if threads else None, "memory_limit": lim, "hints": hint}
+        if not args.cold and lim is None:  # warm rows start with the store's files in the page cache
             from tools import memstat
 
             memstat.warm([args.store])
@@ -179,24 +237,34 @@ def main(argv: list[str] | None = None) -> int:
         results = r.pop("results")
         r["recall"] = recall(results, reference)
         r["recall_raw"] = recall(results, raw) if raw is not None else None
-        r["budget"] = spec
+        r["budget"] = spec + (f" limit {lim}" if lim else "") + ({True: " hints", False: " no hints"}.get(hint, ""))
         rows.append(r)
     print(f"\nstore: {args.store} ({st['tokens']:,} tokens, {st['documents']:,} docs, K={st['centroids']}, "
           f"nbits={st['nbits']}, {st['bytes_per_token']:.2f} B/token on disk); queries: {len(queries)}; "
           f"cache: {'cold (fadvise DONTNEED before each query)' if args.cold else 'warm'}")
     head = ("budget", "placement", "threads", "R@10 store", "R@10 raw", "p50 ms", "p95 ms", "QPS", "CPU ms/q", "batch ms/q",
-            "RSS MB", "anon", "file",
-            "index MB", "KB read/q", "disk KB/q", "hit rate", "load")
+            "RSS MB", "anon", "file", "index MB", "scored/q", "KB read/q", "disk KB/q", "rows KB/q", "amplif.", "calls/q",
+            "hit rate", "io wait ms/q", "load")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
         cells = (r["budget"], r["placement"], str(r["threads"]), f"{r['recall']:.3f}",
                  f"{r['recall_raw']:.3f}" if r["recall_raw"] is not None else "-", f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}",
                  f"{r['qps']:.0f}", f"{r['cpu_ms']:.1f}", f"{r['batch_ms_per_query']:.1f}" if r["batch_ms_per_query"] else "-",
-                 f"{r['rss_mb']:.0f}", f"{r['rss_anon_mb']:.0f}", f"{r['rss_file_mb']:.0f}", f"{r['index_mb']:.1f}",
+                 f"{r['rss_mb']:.0f}", f"{r['rss_anon_mb']:.0f}", f"{r['rss_file_mb']:.0f}", f"{r['index_mb']:.1f}", f"{r['scored_per_query']:.0f}",
                  f"{r['bytes_read_per_query'] / 1e3:.0f}", f"{r['disk_read_per_query'] / 1e3:.0f}",
-                 f"{r['hit_rate']:.2f}", f"{r['loadavg']:.1f}")
+                 f"{r['row_bytes_per_query'] / 1e3:.0f}",
+                 f"{r['bytes_read_per_query'] / r['row_bytes_per_query']:.2f}" if r["row_bytes_per_query"] else "-",
+                 f"{r['read_calls_per_query']:.0f}", f"{r['hit_rate']:.2f}", f"{r['io_wait_ms']:.1f}",
+                 f"{r['loadavg']:.1f}")
         print("| " + " | ".join(cells) + " |")
+    cached = next((r for r in rows if r["memory_limit"] and r["memory_limit"].startswith("cache=")
+                   and float(r["memory_limit"][6:]) >= 1), None)
+    if cached:
+        print("\nratios against the first whole-store-cached row of this run (" + cached["budget"] + "):")
+        for r in rows:
+            if r is not cached:
+                print(f"  {r['budget']}: p50 x{r['p50_ms'] / cached['p50_ms']:.2f}, p95 x{r['p95_ms'] / cached['p95_ms']:.2f}")
     ram = next((r for r in rows if r["placement"] == "all-in-RAM"), None)
     if ram:
         print("\nratios against the all-in-RAM row of this run:")

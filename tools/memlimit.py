@@ -68,7 +68,11 @@ def _parse_size(text: str | int) -> int:
 
 
 class MemoryLimit:
-    """A child memory cgroup with `limit` bytes (page cache included) holding process `pid`."""
+    """A child memory cgroup with `limit` bytes (page cache included) holding process `pid`.
+
+    What the process held before it moved in stays charged where it was (this kernel refuses
+    memory.move_charge_at_immigrate): only what it allocates or reads from then on counts.
+    """
 
     def __init__(self, limit: int | str, pid: int | None = None) -> None:
         why = unavailable("memory")

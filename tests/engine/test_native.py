@@ -391,7 +391,7 @@ def test_store_kernels_check_their_bounds():
     # more chunks than the output holds, a negative count or offset: refused before any read
     for counts, offsets, room in (([3], [0], 2 * 64), ([-1], [0], 64), ([1], [-5], 64)):
         assert lib.ls_read_chunks(fds, np.array(offsets), np.array(counts), 1, 64, np.zeros(3 * 64, np.uint8), room,
-                                  bad) == _cabi.LS_ERR_ARGS
+                                  bad, np.zeros(1, np.int64)) == _cabi.LS_ERR_ARGS
 
 
 def test_array_arguments_are_ndpointers():

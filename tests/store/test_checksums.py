@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,8 @@ from lodestore import store
 from lodestore.store import CorruptStoreError, StoreError
 from lodestore.store import _native
 from lodestore.store._manifest import MANIFEST_NAME
+
+google_crc32c = pytest.importorskip("google_crc32c")
 
 
 @pytest.fixture(params=["C reader", "Python reader"])
@@ -209,7 +213,8 @@ def test_c_reader_reports_read_errors_with_errno(tmp_path):
     out = np.empty(3 * 64, dtype=np.uint8)
     fd = os.open(f, os.O_RDONLY)
     try:
-        assert _native.read_chunks(np.array([fd]), np.array([0]), np.array([3]), 64, out) == (0, 0, 0)
+        status, which, err, waits = _native.read_chunks(np.array([fd]), np.array([0]), np.array([3]), 64, out)
+        assert (status, which, err) == (0, 0, 0) and waits in (0, -1)  # just written: in the page cache
         assert out.tobytes() == body * 3
         assert _native.read_chunks(np.array([fd, fd]), np.array([0, 68]), np.array([1, 3]), 64,
                                    np.empty(4 * 64, np.uint8))[:2] == (_native.READ_SHORT, 1)
@@ -219,8 +224,44 @@ def test_c_reader_reports_read_errors_with_errno(tmp_path):
             _native.read_chunks(np.array([fd]), np.array([0]), np.array([2]), 64, out)
     finally:
         os.close(fd)
-    assert _native.read_chunks(np.array([-1]), np.array([0]), np.array([1]), 64, out[:64]) == (
+    assert _native.read_chunks(np.array([-1]), np.array([0]), np.array([1]), 64, out[:64])[:3] == (
         _native.READ_ERROR, 0, errno.EBADF)
+
+
+@pytest.mark.skipif(_native.read_chunks is None, reason="the C reader is not built")
+def test_native_reader_counts_reads_that_wait_for_the_device(tmp_path):
+    """A read of a file evicted from the page cache waits for the device (counted); once cached, it does not;
+    a hint (advise) fills the cache ahead of the read."""
+    body = np.arange(4096, dtype=np.uint8).tobytes()
+    f = tmp_path / "chunks"
+    f.write_bytes((body + google_crc32c.value(body).to_bytes(4, "little")) * 64)
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        out = np.empty(4096, dtype=np.uint8)
+        offsets = np.array([10 * 4100])
+
+        def waits() -> int:
+            return _native.read_chunks(np.array([fd]), offsets, np.array([1]), 4096, out)[3]
+
+        if waits() == -1:
+            pytest.skip("this kernel or file system cannot read from the page cache only (RWF_NOWAIT)")
+        assert waits() == 0  # just read: cached
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if waits() == 0:
+            pytest.skip(f"{tmp_path}: the page cache cannot be dropped here (tmpfs?)")
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert _native.advise(np.array([fd]), offsets, np.array([4100])) == 1
+        for _ in range(200):  # the hinted read completes in the background
+            if waits() == 0:
+                break
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            _native.advise(np.array([fd]), offsets, np.array([4100]))
+            time.sleep(0.01)
+        else:
+            pytest.fail("a hinted chunk never reached the page cache")
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- compressed arrays
