@@ -327,3 +327,48 @@ def test_memstat_warm_and_evict_follow_symlinked_stores(tmp_path):
     (work / "store").symlink_to(real)
     assert memstat.warm([work]) == 5000
     assert memstat.evict([work]) == 1
+
+
+def test_streamed_corpus_equals_the_generator_in_any_slices():
+    from lodestore.store.testing.streamed import SyntheticCorpus, SyntheticSource
+    from lodestore.store.testing.synthetic import iter_corpus_chunks
+
+    corpus = SyntheticCorpus(n_tokens=30_000, dim=16, seed=4)
+    whole = np.concatenate([x for x, _ in iter_corpus_chunks(n_tokens=30_000, dim=16, seed=4)])
+    assert corpus.total_tokens == len(whole)
+    got = np.concatenate([t for _, _, t in corpus.chunks(7, 301, chunk_docs=256)])
+    np.testing.assert_array_equal(got, whole[corpus.offsets[7] : corpus.offsets[301]])
+    rows = np.array([0, 9_999, 12, len(whole) - 1])
+    np.testing.assert_array_equal(corpus.rows(rows), whole[rows])
+    source = SyntheticSource(corpus, 10, 40)
+    batches = list(source.batches())
+    assert [i for b in batches for i in b[0]] == source.ids() == [f"doc{i:09d}" for i in range(10, 40)]
+    assert sum(len(b[2]) for b in batches) == source.n_tokens
+    sample = source.sample(500, seed=1)
+    assert sample.shape == (500, 16)
+    inside = {r.tobytes() for r in whole[corpus.offsets[10] : corpus.offsets[40]]}
+    assert all(r.tobytes() in inside for r in sample)  # drawn from the slice only
+    with pytest.raises(ValueError, match="no documents"):
+        SyntheticSource(corpus, 40, 40)
+
+
+def test_synthetic_store_builds_in_commits_resumes_and_has_ground_truth(tmp_path, capsys):
+    from tools import synthetic_store
+
+    out = tmp_path / "syn"
+    args = ["build", str(out), "--tokens", "6000", "--dim", "16", "--queries", "4", "--segment-tokens", "2500",
+            "--centroids", "32", "--quiet"]
+    assert synthetic_store.main(args) == 0
+    with lodestore.Store.open(out / "store") as store:
+        segments, n = len(store.manifest.segments), len(store)
+    assert segments == 3
+    assert synthetic_store.main(args) == 0  # run again: nothing left to add, nothing added
+    with lodestore.Store.open(out / "store") as store:
+        assert (len(store.manifest.segments), len(store)) == (segments, n)
+    assert synthetic_store.main(["truth", str(out), "-k", "5"]) == 0
+    top = np.load(out / "truth_k5.npy")
+    assert top.shape == (4, 5)
+    targets = np.load(out / "query_targets.npy")
+    assert np.mean([t in row for t, row in zip(targets, top)]) >= 0.5  # queries aim at their targets
+    with pytest.raises(SystemExit, match="another corpus"):
+        synthetic_store.main(["build", str(out), "--tokens", "7000", "--dim", "16", "--quiet"])

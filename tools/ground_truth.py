@@ -23,29 +23,44 @@ BLOCK_TOKENS = 1 << 14  # x (queries x q_len) float32 scores per block: ~420 MB 
 
 def exact_topk(bundle: Path, k: int = 100, progress: bool = True) -> np.ndarray:
     """(n_queries, k) indices of the exact MaxSim top-k documents over the raw bundle vectors."""
-    from tqdm import tqdm
-
     docs = np.load(bundle / "docs.npy", mmap_mode="r")
     doclens = np.load(bundle / "doclens.npy").astype(np.int64)
-    queries = np.load(bundle / "queries.npy").astype(np.float32)
-    queries /= np.linalg.norm(queries, axis=2, keepdims=True)
+    offsets = np.concatenate([[0], np.cumsum(doclens)])
+
+    def pieces():
+        start = 0
+        while start < len(doclens):
+            stop = min(max(start + 1, int(np.searchsorted(offsets, offsets[start] + BLOCK_TOKENS, side="right")) - 1),
+                       len(doclens))
+            yield start, doclens[start:stop], np.asarray(docs[offsets[start] : offsets[stop]], dtype=np.float32)
+            start = stop
+
+    return exact_topk_stream(np.load(bundle / "queries.npy"), pieces(), len(doclens), len(docs), k, progress)
+
+
+def exact_topk_stream(queries: np.ndarray, pieces, n_docs: int, n_tokens: int, k: int = 100,
+                      progress: bool = True) -> np.ndarray:
+    """(n_queries, k) exact MaxSim top-k document numbers over documents streamed as pieces of
+    (first document, doclens, token rows): every score kept (n_queries x n_docs float32), nothing else."""
+    from tqdm import tqdm
+
+    queries = np.asarray(queries, dtype=np.float32)
+    queries = queries / np.linalg.norm(queries, axis=2, keepdims=True)
     nq, ql, dim = queries.shape
     qflat = queries.reshape(nq * ql, dim)
-    offsets = np.concatenate([[0], np.cumsum(doclens)])
-    scores = np.empty((nq, len(doclens)), dtype=np.float32)
-    bar = tqdm(total=len(docs), unit="tok", unit_scale=True, desc="exact MaxSim", disable=not progress)
-    start = 0
-    while start < len(doclens):
-        stop = min(max(start + 1, int(np.searchsorted(offsets, offsets[start] + BLOCK_TOKENS, side="right")) - 1), len(doclens))
-        block = np.asarray(docs[offsets[start] : offsets[stop]], dtype=np.float32)
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-        sim = (qflat @ block.T).reshape(nq, ql, -1)  # (nq, ql, tokens)
-        starts = offsets[start:stop] - offsets[start]
-        scores[:, start:stop] = np.maximum.reduceat(sim, starts, axis=2).sum(axis=1)
-        bar.update(len(block))
-        start = stop
+    scores = np.empty((nq, n_docs), dtype=np.float32)
+    bar = tqdm(total=n_tokens, unit="tok", unit_scale=True, desc="exact MaxSim", disable=not progress)
+    for first, lens, rows in pieces:
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+        for a in range(0, len(lens), max(1, BLOCK_TOKENS // 80)):  # ~BLOCK_TOKENS tokens a product
+            b = min(len(lens), a + max(1, BLOCK_TOKENS // 80))
+            block = rows[starts[a] : starts[b - 1] + lens[b - 1]]
+            block = block / np.linalg.norm(block, axis=1, keepdims=True)
+            sim = (qflat @ block.T).reshape(nq, ql, -1)  # (nq, ql, tokens)
+            scores[:, first + a : first + b] = np.maximum.reduceat(sim, starts[a:b] - starts[a], axis=2).sum(axis=1)
+            bar.update(len(block))
     bar.close()
-    k = min(k, len(doclens))
+    k = min(k, n_docs)
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
     return np.take_along_axis(part, order, axis=1)

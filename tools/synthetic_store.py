@@ -1,0 +1,108 @@
+"""A synthetic store of any size, built while its documents are generated (no bundle on disk), with
+its queries and exact ground truth beside it.
+
+    python -m tools.synthetic_store build OUT --tokens 1e8 [--seed 8] [--segment-tokens 1e7] [--queries 100]
+    python -m tools.synthetic_store truth OUT           # exact MaxSim top-100 over the uncompressed vectors
+
+OUT/ gets corpus.json (the generator's parameters: store/testing/streamed.py SyntheticCorpus),
+queries.npy + query_targets.npy, store/ (the store) and, after `truth`, truth_k100.npy: the layout
+tools/bench_search.py reads as a bundle (`bench_search OUT OUT/store`), without docs.npy.
+
+The build is one add (one commit, one segment) per --segment-tokens of documents, in document order:
+interrupted, it loses at most the segment being written (the store's crash guarantees) and
+`build` run again goes on from the documents the store holds. The codec is trained on the
+first segment's documents (the generator's blocks are independent draws of one model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _corpus(out: Path):
+    from lodestore.store.testing.streamed import SyntheticCorpus
+
+    return SyntheticCorpus.from_json((out / "corpus.json").read_text())
+
+
+def build(out: Path, args: argparse.Namespace) -> int:
+    import lodestore
+    from lodestore.store.testing.streamed import SyntheticCorpus, SyntheticSource
+
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = SyntheticCorpus(n_tokens=int(float(args.tokens)), dim=args.dim, seed=args.seed,
+                             n_clusters=args.clusters, mean_len=args.mean_len)
+    spec = out / "corpus.json"
+    if spec.exists() and spec.read_text() != corpus.to_json():
+        raise SystemExit(f"{spec} describes another corpus: {spec.read_text()} (use another OUT)")
+    spec.write_text(corpus.to_json())
+    if not (out / "queries.npy").exists():
+        queries, targets = corpus.queries(args.queries, seed=args.seed + 1000)
+        np.save(out / "query_targets.npy", targets)
+        np.save(out / "queries.npy", queries.astype(np.float16))
+        (out / "ids.txt").write_text("\n".join(corpus.ids(0, corpus.n_docs)) + "\n")
+    path = out / "store"
+    if path.exists():
+        store = lodestore.Store.open(path, writable=True)
+    else:
+        options = {"codec": args.codec} if args.codec else {}
+        store = lodestore.Store.create(path, dim=corpus.dim, num_centroids=args.centroids, seed=args.seed, **options)
+    per = max(1, int(float(args.segment_tokens)))
+    with store:
+        start = len(store)
+        if start and corpus.ids(start - 1, start)[0] not in store:
+            raise SystemExit(f"{path}: holds {start} documents but not the first {start} of this corpus")
+        t0 = time.perf_counter()
+        while start < corpus.n_docs:
+            stop = int(np.searchsorted(corpus.offsets, corpus.offsets[start] + per, side="left"))
+            stop = max(start + 1, min(stop, corpus.n_docs))
+            g = store.add_source(SyntheticSource(corpus, start, stop), progress=not args.quiet)
+            print(f"generation {g}: documents {start:,}..{stop:,} of {corpus.n_docs:,} "
+                  f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+            start = stop
+        print(json.dumps({"store": str(path), "documents": corpus.n_docs, "tokens": corpus.total_tokens,
+                          "build_s": time.perf_counter() - t0}))
+    return 0
+
+
+def truth(out: Path, k: int) -> int:
+    from tools.ground_truth import exact_topk_stream
+
+    corpus = _corpus(out)
+    t0 = time.perf_counter()
+    top = exact_topk_stream(np.load(out / "queries.npy"), corpus.chunks(), corpus.n_docs, corpus.total_tokens, k)
+    np.save(out / f"truth_k{k}.npy", top)
+    print(f"exact ground truth of {len(top)} queries in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.synthetic_store", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="generate and build (or go on building) OUT/store")
+    b.add_argument("out", type=Path)
+    b.add_argument("--tokens", required=True, help="corpus size in tokens, e.g. 1e8")
+    b.add_argument("--dim", type=int, default=128)
+    b.add_argument("--seed", type=int, default=8)
+    b.add_argument("--clusters", type=int, default=None, help="generator clusters (default: ~2 sqrt(tokens))")
+    b.add_argument("--mean-len", type=int, default=80)
+    b.add_argument("--queries", type=int, default=100)
+    b.add_argument("--segment-tokens", default="1e7", help="tokens per add (one commit each)")
+    b.add_argument("--centroids", type=int, default=None)
+    b.add_argument("--codec", default=None)
+    b.add_argument("--quiet", action="store_true")
+    t = sub.add_parser("truth", help="exact MaxSim top-k over the uncompressed (regenerated) vectors")
+    t.add_argument("out", type=Path)
+    t.add_argument("-k", type=int, default=100)
+    args = p.parse_args(argv)
+    return build(args.out, args) if args.cmd == "build" else truth(args.out, args.k)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
