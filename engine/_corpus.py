@@ -121,10 +121,22 @@ class Corpus:
         self.lease.release()
 
     # ------------------------------------------------------------------ residency
+    def index_parts(self) -> dict[str, int]:
+        """Bytes of each part of the resident index: what grows with K (centroids), with the (centroid,
+        document) pairs (inverted lists, each document's distinct centroid ids), with documents."""
+        return {
+            "centroids_f32": self.centroids.nbytes,
+            "centroids_i8": sum(a.nbytes for a in self.centroids_i8),
+            "ivf_docs": self.ivf_docs.nbytes,
+            "ivf_offsets": self.ivf_offsets.nbytes,
+            "doc_codes": self.doc_codes.nbytes,
+            "doc_code_offsets": self.doc_code_offsets.nbytes,
+            "ids": self.id_offsets.nbytes + self.id_bytes.nbytes,
+            "deleted_and_segments": self.deleted.nbytes + self.seg_base.nbytes,
+        }
+
     def index_bytes(self) -> int:
-        return sum(a.nbytes for a in (self.centroids, *self.centroids_i8, self.ivf_docs, self.ivf_offsets,
-                                      self.doc_codes, self.doc_code_offsets, self.deleted, self.id_offsets,
-                                      self.id_bytes, self.seg_base))
+        return sum(self.index_parts().values())
 
     def tokens(self) -> int:
         return sum(s.n_tokens for s in self.segments)

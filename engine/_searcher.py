@@ -260,6 +260,7 @@ class Searcher:
             "resident_bytes": resident,
             "cache_bytes": p.resident_bytes,
             "placement": self.placement.to_dict(),
+            "index_parts": c.index_parts(),
             "prefetch": self.prefetch,
             "nprobe": self.nprobe,
             "ndocs": self.ndocs,

@@ -49,6 +49,26 @@ def test_bench_search_runs(bundle, built, capsys):
     assert "| budget |" in capsys.readouterr().out
 
 
+def test_bench_search_under_a_memory_limit(bundle, built, capsys):
+    from tools.memlimit import unavailable
+
+    why = unavailable("memory")
+    if why:
+        pytest.skip(f"no memory cgroup here: {why}")
+    out = built.parent / "limited.json"
+    assert bench_search.main([str(bundle), str(built), "--queries", "6", "--budgets", "1",
+                              "--memory-limit", "cache=2,cache=0.25", "--hints", "both", "--batch", "3",
+                              "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["memory_limit"], r["hints"]) for r in rows] == [
+        ("cache=2", False), ("cache=2", True), ("cache=0.25", False), ("cache=0.25", True)]
+    reference = rows[0]["recall"]
+    assert all(r["recall"] == reference for r in rows)  # the limit changes where rows come from, not answers
+    assert all(r["cgroup"]["limit"] > 0 and r["row_bytes_per_query"] > 0 for r in rows)
+    assert rows[1]["hinted_per_query"] > 0 and rows[0]["hinted_per_query"] == 0
+    assert "whole-store-cached row" in capsys.readouterr().out
+
+
 def test_cli_info_verify_search(bundle, built, capsys):
     assert cli.main(["info", str(built)]) == 0
     assert "bytes / token" in capsys.readouterr().out

@@ -60,7 +60,7 @@ def child(cfg: dict) -> dict:
         searcher.search(q, k=10)
     store_paths = [Path(cfg["store"]) / "segments"]
     if spec.startswith("cache="):
-        limit = enter_cache_limit(float(spec.removeprefix("cache=")), store_paths, searcher, queries)
+        limit = enter_cache_limit(float(spec.removeprefix("cache=")), store_paths, searcher, queries, cfg["batch"])
     searcher.reset_stats()
     io0 = memstat.io_read_bytes()
     cpu0 = time.process_time()
@@ -87,7 +87,8 @@ def child(cfg: dict) -> dict:
         "memory_limit": cfg.get("memory_limit"), "limit_mb": limit.limit / 1e6 if limit else None,
         "cgroup": cgroup, "hinted_per_query": stats["read_hints"] / n,
         "read_calls_per_query": stats["read_calls"] / n, "row_bytes_per_query": stats["row_bytes"] / n,
-        "scored_per_query": scored, "hints": searcher.rows.hints,
+        "scored_per_query": scored, "hints": searcher.rows.hints, "index_parts": stats["index_parts"],
+        "read_hit_rate": stats["read_hit_rate"],
         "placement": stats["placement"]["name"], "load_s": load_s, "threads": searcher.workers.threads,
         "p50_ms": float(np.percentile(times, 50) * 1e3), "p95_ms": float(np.percentile(times, 95) * 1e3),
         "qps": n / sum(times), "cpu_ms": cpu / n * 1e3,
@@ -101,28 +102,34 @@ def child(cfg: dict) -> dict:
     }
 
 
-LIMIT_MARGIN = 16 << 20  # what the limited process may allocate anew (query working set) on top of its share of cache
+LIMIT_MARGIN = 8 << 20  # slack over the query working set measured in the group (its peak is estimated)
 
 
-def enter_cache_limit(frac: float, store_paths: list[Path], searcher, queries: np.ndarray):
-    """Hold this process (its Searcher open) to frac x the store's bytes of page cache + LIMIT_MARGIN.
+def enter_cache_limit(frac: float, store_paths: list[Path], searcher, queries: np.ndarray, batch: int):
+    """Hold this process (its Searcher open) to its query working set + frac x the store's bytes of
+    page cache + LIMIT_MARGIN.
 
-    A memory cgroup (tools/memlimit.py) counts the page cache the process reads from now on (what it
-    held before moving in stays charged outside). The store is evicted first, so its pages become our
-    own charges; with frac >= 1 it is then read once (everything cached); with frac < 1 the queries
-    run once untimed, so the timed pass meets the steady state of a cache held to frac of the store.
+    A memory cgroup (tools/memlimit.py) counts the memory and page cache the process takes from now
+    on (what it held before moving in stays charged outside). The store is evicted first, so its
+    pages become our own charges. The queries run once untimed under a loose limit, the group's
+    anonymous memory after them is the working set, and the limit is lowered to that + frac x store
+    + LIMIT_MARGIN (the kernel reclaims cache down to it); with frac >= 1 the store is then read
+    once (everything cached); with frac < 1 the timed pass meets the steady state of a cache held
+    to frac of the store.
     """
     from tools import memstat
     from tools.memlimit import MemoryLimit
 
     store_bytes = sum(f.stat().st_size for p in store_paths for f in p.rglob("*") if f.is_file())
     memstat.evict(store_paths)
-    lim = MemoryLimit(int(frac * store_bytes + LIMIT_MARGIN))
+    lim = MemoryLimit(int(max(frac, 1) * store_bytes + (256 << 20)))
+    for q in queries:
+        searcher.search(q, k=10)
+    if batch > 1:  # the batches' working set too (anonymous memory cannot be reclaimed: over it, OOM)
+        searcher.search(queries[:batch], k=10)
+    lim.set_limit(int(lim.stats()["peak"] - lim.stats()["cache"] + frac * store_bytes + LIMIT_MARGIN))
     if frac >= 1:
         memstat.warm(store_paths)
-    else:
-        for q in queries:
-            searcher.search(q, k=10)
     return lim
 
 
@@ -244,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
           f"cache: {'cold (fadvise DONTNEED before each query)' if args.cold else 'warm'}")
     head = ("budget", "placement", "threads", "R@10 store", "R@10 raw", "p50 ms", "p95 ms", "QPS", "CPU ms/q", "batch ms/q",
             "RSS MB", "anon", "file", "index MB", "scored/q", "KB read/q", "disk KB/q", "rows KB/q", "amplif.", "calls/q",
-            "hit rate", "io wait ms/q", "load")
+            "hit rate", "read hit", "io wait ms/q", "load")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
@@ -255,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{r['bytes_read_per_query'] / 1e3:.0f}", f"{r['disk_read_per_query'] / 1e3:.0f}",
                  f"{r['row_bytes_per_query'] / 1e3:.0f}",
                  f"{r['bytes_read_per_query'] / r['row_bytes_per_query']:.2f}" if r["row_bytes_per_query"] else "-",
-                 f"{r['read_calls_per_query']:.0f}", f"{r['hit_rate']:.2f}", f"{r['io_wait_ms']:.1f}",
+                 f"{r['read_calls_per_query']:.0f}", f"{r['hit_rate']:.2f}", f"{r['read_hit_rate']:.2f}", f"{r['io_wait_ms']:.1f}",
                  f"{r['loadavg']:.1f}")
         print("| " + " | ".join(cells) + " |")
     cached = next((r for r in rows if r["memory_limit"] and r["memory_limit"].startswith("cache=")

@@ -95,6 +95,12 @@ class MemoryLimit:
             self.path.rmdir()
             raise
 
+    def set_limit(self, limit: int | str) -> None:
+        """Change the limit of the running group (lowering it reclaims page cache down to it)."""
+        limit = _parse_size(limit)
+        (self.path / "memory.limit_in_bytes").write_text(str(limit))
+        self.limit = limit
+
     def _read(self, name: str) -> int:
         return int((self.path / name).read_text())
 
