@@ -21,6 +21,7 @@ from .synthetic import BLOCK_DOCS, _block_tokens, _make_bank, corpus_doclens, de
 
 ID_FORMAT = "doc{:09d}"  # document i's id: sorts as the documents do
 CHUNK_DOCS = 4 * BLOCK_DOCS  # documents generated per step (~80k tokens, ~40 MB of float32 at d=128)
+SAMPLE_ROWS_PER_BLOCK = 8000  # training-sample rows per generated block (about 2 in 5 of its rows)
 
 
 @dataclass(frozen=True)
@@ -139,11 +140,12 @@ class SyntheticSource(DocSource):
             yield self.corpus.ids(a, a + len(lens)), lens, tokens
 
     def sample(self, n: int, seed: int) -> np.ndarray:
-        """n token rows drawn from random generator blocks of the slice (whole blocks are generated, so
-        the rows come from many blocks: about one block per 2,000 rows asked for)."""
+        """n token rows drawn from random generator blocks of the slice: about one block (~20,000 tokens
+        at the default lengths, generated whole) per SAMPLE_ROWS_PER_BLOCK rows asked for, so the rows
+        come from many independent blocks without generating much more than they are."""
         rng = np.random.default_rng(seed)
         first, last = self.start // BLOCK_DOCS, -(-self.stop // BLOCK_DOCS)
-        picks = rng.permutation(np.arange(first, last))[: max(1, -(-n // 2000))]
+        picks = rng.permutation(np.arange(first, last))[: max(1, -(-n // SAMPLE_ROWS_PER_BLOCK))]
         parts, have = [], 0
         for b in sorted(picks.tolist()):
             lo = max(self.start, b * BLOCK_DOCS)
