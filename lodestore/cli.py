@@ -167,10 +167,19 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _encoder_arg(args: argparse.Namespace) -> object:
+    """The --encoder directory's Encoder, or None (the one the index records: the packaged MiniLM)."""
+    if not getattr(args, "encoder", None):
+        return None
+    from lodestore.text import Encoder
+
+    return Encoder.from_dir(args.encoder)
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from .index import Index
 
-    with Index.open(args.store, memory_budget=args.memory_budget) as index:
+    with Index.open(args.store, _encoder_arg(args), memory_budget=args.memory_budget) as index:
         hits = index.search(args.text, k=args.k)
     if args.json:
         print(json.dumps([{"rank": r, "id": h.id, "score": h.score, "title": h.title, "text": h.text,
@@ -189,7 +198,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .index import Index
 
     col = Collection.load(args.collection)
-    with Index.open(args.store, memory_budget=args.memory_budget) as index:
+    with Index.open(args.store, _encoder_arg(args), memory_budget=args.memory_budget) as index:
         missing = sum(d["_id"] not in index.store for d in col.docs)
         if missing:
             print(f"warning: {missing} document(s) of the collection are not in the index", file=sys.stderr)
@@ -206,6 +215,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print("engine nDCG@10 equals that of exhaustive MaxSim over the same store")
         else:
             print(f"engine nDCG@10 is {abs(gap):.4f} {'below' if gap > 0 else 'above'} exhaustive MaxSim over the same store")
+    return 0
+
+
+def cmd_convert_model(args: argparse.Namespace) -> int:
+    from lodestore.text.convert import convert_model
+
+    try:
+        report = convert_model(args.src, args.out, quantize=args.quantize)
+    except ImportError as e:  # the optional extra is missing: one line, as for serve
+        raise ValueError(str(e)) from None
+    print("\n".join(report.lines()))
     return 0
 
 
@@ -329,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-k", type=int, default=10)
     q.add_argument("--words", type=int, default=25, help="words of each document's text to show")
     q.add_argument("--memory-budget", default="auto")
+    q.add_argument("--encoder", default=None, help="the encoder directory the index was built with (default: packaged MiniLM)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_query)
 
@@ -338,8 +359,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--queries", type=int, default=None, help="evaluate only the first N judged queries")
     e.add_argument("--no-exhaustive", action="store_true", help="skip the exhaustive run (slow on big stores)")
     e.add_argument("--memory-budget", default="auto")
+    e.add_argument("--encoder", default=None, help="the encoder directory the index was built with (default: packaged MiniLM)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
+
+    m = sub.add_parser("convert-model", help="turn a PyLate / sentence-transformers or Stanford ColBERT checkpoint "
+                       "directory into an encoder directory for --encoder (lodestore[convert])")
+    m.add_argument("src", help="checkpoint directory (local; nothing is downloaded)")
+    m.add_argument("out", help="new (or empty) directory for model.onnx, tokenizer.json, encoder.json")
+    m.add_argument("--quantize", choices=("int8",), default=None, help="int8 weights (onnxruntime dynamic quantization)")
+    m.set_defaults(func=cmd_convert_model)
 
     _add_serve_parser(sub)
     return p

@@ -30,7 +30,7 @@ from .config import (
     TOKENIZER_FILE,
     EncoderConfig,
 )
-from .framing import Framer, pad
+from .framing import Framer, SpecialIds, pad
 from .onnx_session import OnnxModel
 
 if TYPE_CHECKING:
@@ -121,6 +121,11 @@ class Encoder:
         """Length of every output vector."""
         return self.config.dim
 
+    @property
+    def special_ids(self) -> SpecialIds:
+        """The ids of the special tokens that frame sequences, as resolved through the tokenizer."""
+        return self._framer.ids
+
     def identity(self) -> dict[str, Any]:
         """What a store records to refuse vectors from another encoder: file hashes and the config."""
         return json.loads(json.dumps(self._identity))
@@ -179,7 +184,7 @@ class Encoder:
         batches = list(_chunks(order, batch_size))
         with _progress_bar(len(sequences), progress) as bar:
             for number, batch in enumerate(batches, 1):
-                ids, mask = pad([sequences[i] for i in batch], self.config.pad_token_id)
+                ids, mask = pad([sequences[i] for i in batch], self._framer.ids.pad)
                 vectors = self._run(ids, mask, release=number == len(batches))
                 for row, i in enumerate(batch):
                     results[i] = self._framer.keep_doc_tokens(ids[row], mask[row], vectors[row])
