@@ -300,3 +300,166 @@ def test_int8_encoder_stays_close(name: str, checkpoints, converted) -> None:
     path = converted(name, "int8")
     assert (path / "model.onnx").stat().st_size < (converted(name) / "model.onnx").stat().st_size
     assert_matches(Encoder.from_dir(path), name, checkpoints, floor=0.99)
+
+
+# -- what the encoder directory says ------------------------------------------------------------
+
+
+def test_encoder_json_speaks_in_the_checkpoints_terms(converted) -> None:
+    import onnxruntime
+
+    saved = json.loads((converted("modernbert") / "encoder.json").read_text())
+    assert saved["version"] == 2
+    assert (saved["query_prefix"], saved["document_prefix"]) == ("[Q] ", "[D] ")
+    assert (saved["cls_token"], saved["sep_token"], saved["mask_token"], saved["pad_token"]) == (
+        "[CLS]", "[SEP]", "[MASK]", "[PAD]")
+    assert not [k for k in saved if k.endswith("_id")], "tokens are named, never given as BERT ids"
+    assert saved["mask_query_padding"] and "attend_to_expansion_tokens" not in saved  # attended: the default
+    encoder = Encoder.from_dir(converted("modernbert"))
+    tok = Tokenizer.from_file(str(converted("modernbert") / "tokenizer.json"))
+    ids = encoder.special_ids
+    assert (ids.cls, ids.sep, ids.mask, ids.query_marker) == (
+        tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]"), tok.token_to_id("[MASK]"), tok.token_to_id("[Q] "))
+    assert ids.cls > 500  # after the BPE merges: nothing like BERT's 101
+    for name in ("bert", "modernbert", "stanford"):
+        session = onnxruntime.InferenceSession(str(converted(name) / "model.onnx"), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
+
+
+def test_query_framing_follows_the_checkpoint(converted) -> None:
+    bert = Encoder.from_dir(converted("bert"))  # [unused0] prefix, expansion not attended
+    ids, mask = bert.tokenize_queries(["the"])
+    row = ids[0].tolist()
+    assert row[:4] == [4, 1, bert._framer._tokenizer.token_to_id("the"), 5]  # [CLS] [unused0] the [SEP]
+    assert row[4:] == [6] * 20 and mask[0].tolist() == [1] * 4 + [0] * 20  # [MASK] expansion, not attended
+    assert np.all(np.linalg.norm(bert.encode_queries(["the"])[0], axis=1) > 0.99)  # yet kept as query vectors
+    modern = Encoder.from_dir(converted("modernbert"))
+    _, mask = modern.tokenize_queries(["the"])
+    assert mask.all()  # attended expansion
+    plain = Encoder.from_dir(converted("bert-no-expansion"))
+    ids, mask = plain.tokenize_queries(["the"])
+    assert ids[0, 4:].tolist() == [0] * 20 and not mask[0, 4:].any()
+    stanford = json.loads((converted("stanford") / "encoder.json").read_text())
+    assert (stanford["query_prefix"], stanford["query_length"], stanford["doc_max_length"]) == ("[unused0]", 24, 40)
+    assert stanford["attend_to_expansion_tokens"] is False and stanford["dim"] == DIM
+
+
+# -- the three commands of the README -------------------------------------------------------------
+
+
+def test_convert_index_query_from_the_command_line(checkpoints, tmp_path: Path, capsys) -> None:
+    from lodestore import cli
+
+    model, index = tmp_path / "my-encoder", str(tmp_path / "my-index")
+    assert cli.main(["convert-model", str(checkpoints["bert"]), str(model)]) == 0
+    assert "min cosine" in capsys.readouterr().out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert cli.main(["index", index, "--collection", str(SAMPLE), "--encoder", str(model), "--max-docs", "20",
+                         "--centroids", "8", "--quiet", "--threads", "1"]) == 0
+    first = Collection.load(SAMPLE, max_docs=1).docs[0]
+    capsys.readouterr()
+    assert cli.main(["query", index, first["title"], "--encoder", str(model), "-k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 3 and hits[0]["score"] >= hits[-1]["score"]
+    assert cli.main(["query", index, first["title"]]) == 2  # the packaged MiniLM did not build it
+    assert "--encoder" in capsys.readouterr().err
+
+
+# -- bad checkpoints: a clear message, nothing written -----------------------------------------------
+
+
+def _copy(src: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(src, tmp_path / "ckpt"))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda r: (r / "modules.json").unlink(), "no modules.json"),
+        (lambda r: (r / "1_Dense" / "model.safetensors").unlink(), "1_Dense: missing weights"),
+        (lambda r: (r / "1_Dense" / "config.json").unlink(), "1_Dense: missing config.json"),
+        (lambda r: (r / "model.safetensors").unlink(), "missing weights"),
+        (lambda r: (r / "tokenizer.json").unlink(), "missing tokenizer.json"),
+        (lambda r: __import__("shutil").rmtree(r / "1_Dense"), "module folder '1_Dense'"),
+        (lambda r: (r / "config.json").write_text(json.dumps({"model_type": "gpt2", "hidden_size": 32})),
+         "unknown architecture 'gpt2'"),
+        (lambda r: (r / "modules.json").write_text(json.dumps([{"path": "", "type": "x.Transformer"}])),
+         "no Dense module"),
+        (lambda r: (r / "config_sentence_transformers.json").write_text(json.dumps({"query_prefix": "[nope]"})),
+         "query prefix '\\[nope\\]' is not a token"),
+        (lambda r: (r / "1_Dense" / "config.json").write_text(json.dumps({"in_features": 32, "out_features": 64})),
+         "linear.weight is \\[48, 32\\]"),
+    ],
+    ids=["no-modules", "no-dense-weights", "no-dense-config", "no-backbone-weights", "no-tokenizer",
+         "no-dense-folder", "unknown-architecture", "no-dense", "prefix-not-a-token", "dense-shape"],
+)
+def test_bad_checkpoint_fails_clearly_and_writes_nothing(damage, message: str, checkpoints, tmp_path: Path) -> None:
+    root = _copy(checkpoints["bert"], tmp_path)
+    damage(root)
+    out = tmp_path / "out"
+    with pytest.raises(CheckpointError, match=message):
+        convert_model(root, out)
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no half-written temporary either
+
+
+def test_stanford_without_projection_and_bad_targets(checkpoints, tmp_path: Path) -> None:
+    root = _copy(checkpoints["stanford"], tmp_path)
+    state = load_file(str(root / "model.safetensors"))
+    del state["linear.weight"]
+    save_file(state, str(root / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="no linear.weight"):
+        read_checkpoint(root)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not an empty directory"):
+        convert_model(checkpoints["bert"], tmp_path / "full")
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]
+    with pytest.raises(ValueError, match="quantize"):
+        convert_model(checkpoints["bert"], tmp_path / "new", quantize="int4")
+    with pytest.raises(CheckpointError, match="not a directory"):
+        read_checkpoint(tmp_path / "absent")
+
+
+def test_checkpoint_settings_and_defaults(checkpoints, tmp_path: Path) -> None:
+    ckpt = read_checkpoint(checkpoints["modernbert"])
+    assert (ckpt.layout, ckpt.model_type, ckpt.dim, ckpt.query_length, ckpt.document_length) == (
+        "pylate", "modernbert", DIM, 20, 48)
+    assert [d.activation for d in ckpt.dense] == ["Tanh", "Identity"] and ckpt.defaulted == ()
+    root = _copy(checkpoints["bert"], tmp_path)
+    (root / "config_sentence_transformers.json").unlink()
+    ckpt = read_checkpoint(root)
+    assert (ckpt.query_prefix, ckpt.query_length, ckpt.document_length, ckpt.query_expansion) == ("[Q] ", 32, 180, True)
+    assert "query_prefix" in ckpt.defaulted
+
+
+# -- EncoderConfig version 2 -------------------------------------------------------------------
+
+
+def test_config_versions() -> None:
+    v1 = EncoderConfig()
+    assert v1.version == 1 and "version" not in v1.to_dict() and "query_prefix" not in v1.to_dict()
+    v2 = EncoderConfig(query_prefix="[Q] ", cls_token="<s>", attend_to_expansion_tokens=False)
+    saved = v2.to_dict()
+    assert saved["version"] == 2 and "query_marker_id" not in saved and "cls_token_id" not in saved
+    assert v2.query_marker_id is None and v2.doc_marker_id == 2  # the string replaces its id only
+    assert EncoderConfig.from_dict(json.loads(json.dumps(saved))) == v2
+    assert EncoderConfig.from_dict({"version": 1, "query_length": 16}).query_length == 16
+    with pytest.raises(ValueError, match="version 3 is not one this lodestore reads"):
+        EncoderConfig.from_dict({"version": 3})
+    with pytest.raises(ValueError, match="give cls_token_id or cls_token"):
+        EncoderConfig(cls_token_id=None)
+    with pytest.raises(ValueError, match="cls_token must not be empty"):
+        EncoderConfig(cls_token="")
+
+
+def test_empty_prefix_means_no_marker() -> None:
+    encoder = Encoder.default(query_prefix="", document_prefix="", intra_op_num_threads=1)
+    ids, _ = encoder.tokenize_queries(["hello world"])
+    assert ids[0, :4].tolist() == [101, 7592, 2088, 102]  # [CLS] hello world [SEP]: no marker
+    assert encoder.tokenize_documents(["hello world"]) == [[101, 7592, 2088, 102]]
+    with pytest.raises(ValueError, match="query_prefix='\\[Q\\] ' is not a token"):
+        Encoder.default(query_prefix="[Q] ")
