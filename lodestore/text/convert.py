@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 QUANTIZE_MODES = ("int8",)
 #: The exported graph must agree with the torch forward at least this well (cosine per token).
 MIN_COSINE_FP32 = 0.9999
+#: Below this, an int8 conversion's report advises the float32 one.
+ADVISED_COSINE_INT8 = 0.99
 #: Texts the export is checked on: queries, and documents with punctuation (skiplist) and padding.
 CHECK_TEXTS = (
     "what is late interaction retrieval?",
@@ -108,12 +110,17 @@ def convert_model(src: str | os.PathLike, out: str | os.PathLike, *, quantize: s
         (work / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, ensure_ascii=False) + "\n",
                                         encoding="utf-8")
         min_cosine = _check_export(module, work, floor=None if quantize else MIN_COSINE_FP32)
+        _fsync_files(work)
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(work, out)
+        _fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    if quantize and min_cosine < ADVISED_COSINE_INT8:
+        notes.append(f"int8 vectors differ from the checkpoint's (min cosine {min_cosine:.4f} < "
+                     f"{ADVISED_COSINE_INT8}): consider the float32 conversion")
     return ConvertReport(out, ckpt.layout, ckpt.model_type, config, quantize, min_cosine, tuple(notes))
 
 
@@ -262,6 +269,22 @@ def _check_export(module: torch.nn.Module, folder: Path, floor: float | None) ->
         raise CheckpointError(f"the exported model disagrees with the checkpoint's torch forward "
                               f"(min cosine {worst:.6f} < {floor})")
     return worst
+
+
+def _fsync_files(folder: Path) -> None:
+    """Flush every file of the new directory, and the directory itself, before it is renamed into place."""
+    for path in folder.iterdir():
+        with path.open("rb") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
