@@ -241,9 +241,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         read_api_keys(args.api_key_file)  # a missing or empty key file is an error now, not in each worker
     with Store.open(args.store):  # a clear error for a path that is not a store, before any worker starts
         pass
+    if args.encoder and not (Path(args.encoder) / "encoder.json").is_file():
+        raise ValueError(f"{args.encoder}: not an encoder directory (no encoder.json)")
     config = ServeConfig(str(Path(args.store).resolve()), limits, read_only=args.read_only,
                          api_key_file=str(Path(args.api_key_file).resolve()) if args.api_key_file else None,
-                         protect=args.protect, search_threads=args.search_threads, memory_budget=args.memory_budget)
+                         protect=args.protect, search_threads=args.search_threads, memory_budget=args.memory_budget,
+                         encoder_dir=str(Path(args.encoder).resolve()) if args.encoder else None)
     serve(config, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
     return 0
 
@@ -264,6 +267,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--read-only", action="store_true", help="refuse every write (403)")
     s.add_argument("--search-threads", type=int, default=4, help="searches one worker runs at the same time")
     s.add_argument("--memory-budget", default=None, help="the Searcher's memory budget (default: its own)")
+    s.add_argument("--encoder", default=None, help="a text index's encoder directory (default: packaged MiniLM)")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     for f in fields(Limits):
         kind = int if isinstance(f.default, int) else float

@@ -364,6 +364,13 @@ def test_convert_index_query_from_the_command_line(checkpoints, tmp_path: Path, 
     assert len(hits) == 3 and hits[0]["score"] >= hits[-1]["score"]
     assert cli.main(["query", index, first["title"]]) == 2  # the packaged MiniLM did not build it
     assert "--encoder" in capsys.readouterr().err
+    from starlette.testclient import TestClient
+
+    from lodestore.server import ServeConfig, create_app
+
+    with TestClient(create_app(ServeConfig(index, encoder_dir=str(model)))) as client:  # lodestore serve --encoder
+        served = client.post("/search", json={"query": first["title"], "k": 3}).json()
+    assert [h["id"] for h in served["hits"]] == [h["id"] for h in hits]
 
 
 # -- bad checkpoints: a clear message, nothing written -----------------------------------------------
