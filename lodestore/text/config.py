@@ -64,7 +64,8 @@ class EncoderConfig:
     query_marker_id: int | None = 1  # [unused0], ColBERT's [Q]
     doc_marker_id: int | None = 2  # [unused1], ColBERT's [D]
     query_length: int = 32
-    #: Pad queries with attended [MASK] tokens (ColBERT query augmentation);
+    #: Pad queries with [MASK] tokens (ColBERT query augmentation), attended unless
+    #: attend_to_expansion_tokens is off, their output rows kept as query vectors;
     #: off: pad with [PAD], not attended, and those rows of the output are zero.
     #: Off by default: the packaged model was not trained with query augmentation,
     #: and [MASK] padding cost it nDCG@10 on scifact and cranfield (docs/BENCHMARKS.md 7.3).

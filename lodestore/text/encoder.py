@@ -139,7 +139,8 @@ class Encoder:
         mine, theirs = self.identity(), json.loads(json.dumps(recorded))
         if documents_only:
             for d in (mine, theirs):
-                for name in QUERY_ONLY_FIELDS:
+                # "version" follows from the fields: a document field that differs is still named
+                for name in (*QUERY_ONLY_FIELDS, "version"):
                     (d.get("config") or {}).pop(name, None)
         diffs = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         if "config" in diffs:

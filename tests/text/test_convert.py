@@ -276,7 +276,8 @@ def assert_matches(encoder: Encoder, name: str, checkpoints: dict[str, Path], fl
     queries = encoder.encode_queries(QUERIES)
     for i, ref in enumerate(reference(name, checkpoints, QUERIES, is_query=True)):
         n = len(ref)
-        assert n == (encoder.config.query_length if encoder.config.mask_query_padding else n)
+        if encoder.config.mask_query_padding:
+            assert n == encoder.config.query_length  # every expansion row is a query vector
         assert np.all((queries[i, :n] * ref).sum(-1) >= floor), (name, "query", i)
         assert not queries[i, n:].any()
     with warnings.catch_warnings():
@@ -470,3 +471,16 @@ def test_empty_prefix_means_no_marker() -> None:
     assert encoder.tokenize_documents(["hello world"]) == [[101, 7592, 2088, 102]]
     with pytest.raises(ValueError, match="query_prefix='\\[Q\\] ' is not a token"):
         Encoder.default(query_prefix="[Q] ")
+
+
+def test_documents_only_identity_ignores_query_only_version_2_fields() -> None:
+    """Document vectors made under other query settings, version-2 ones included, are accepted."""
+    enc = Encoder.default(intra_op_num_threads=1)
+    other = Encoder.default(intra_op_num_threads=1, mask_query_padding=True, attend_to_expansion_tokens=False)
+    assert other.config.version == 2
+    enc.check_identity(other.identity(), documents_only=True)
+    with pytest.raises(ValueError, match="attend_to_expansion_tokens"):
+        enc.check_identity(other.identity())
+    with pytest.raises(ValueError, match=r"config \(doc_marker_id, document_prefix\)"):
+        enc.check_identity(Encoder.default(intra_op_num_threads=1, document_prefix="[unused1]").identity(),
+                           documents_only=True)
