@@ -122,8 +122,8 @@ def read_checkpoint(src: str | Path) -> Checkpoint:
 
 
 def _read_pylate(root: Path) -> Checkpoint:
-    modules = _json(root / "modules.json", "the module list")
-    if not isinstance(modules, list) or not modules or not all(isinstance(m, dict) for m in modules):
+    modules = _json(root / "modules.json", "the module list", list)
+    if not modules or not all(isinstance(m, dict) for m in modules):
         raise CheckpointError(f"{root / 'modules.json'}: expected a non-empty list of modules")
     kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
     if kinds[0] != "Transformer":
@@ -284,11 +284,14 @@ def _safetensors_shapes(path: Path) -> dict[str, list[int]] | None:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
 
-def _json(path: Path, what: str) -> Any:
-    """A JSON file's content; a missing or unreadable file is a CheckpointError naming it."""
+def _json(path: Path, what: str, kind: type = dict) -> Any:
+    """A JSON file's content, an object (or ``kind``); a missing or unreadable file is a CheckpointError naming it."""
     if not path.is_file():
         raise CheckpointError(f"{path.parent}: missing {path.name} ({what})")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(data, kind):
+        raise CheckpointError(f"{path}: expected a JSON {'object' if kind is dict else 'list'} ({what})")
+    return data

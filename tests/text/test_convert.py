@@ -400,9 +400,12 @@ def _copy(src: Path, tmp_path: Path) -> Path:
          "query prefix '\\[nope\\]' is not a token"),
         (lambda r: (r / "1_Dense" / "config.json").write_text(json.dumps({"in_features": 32, "out_features": 64})),
          "linear.weight is \\[48, 32\\]"),
+        (lambda r: (r / "modules.json").write_text("{}"), "modules.json: expected a JSON list"),
+        (lambda r: (r / "config_sentence_transformers.json").write_text("[1,"), "not readable JSON"),
     ],
     ids=["no-modules", "no-dense-weights", "no-dense-config", "no-backbone-weights", "no-tokenizer",
-         "no-dense-folder", "unknown-architecture", "no-dense", "prefix-not-a-token", "dense-shape"],
+         "no-dense-folder", "unknown-architecture", "no-dense", "prefix-not-a-token", "dense-shape",
+         "modules-not-a-list", "bad-json"],
 )
 def test_bad_checkpoint_fails_clearly_and_writes_nothing(damage, message: str, checkpoints, tmp_path: Path) -> None:
     root = _copy(checkpoints["bert"], tmp_path)
