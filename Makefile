@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-# torch first (the CPU build from the local wheel), then the project with its test extras.
+# torch first (the CPU build from the local wheel), then the project with its test extras
+# (convert: transformers for `lodestore convert-model`; torch pinned again so nothing replaces it).
 $(STAMP): pyproject.toml setup.py store/_decode.c engine/_kernels.c lodestore/_abi.h
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,serve]'
+	$(BIN)/pip install -q -e '.[test,serve,convert]' torch==2.13.0
 	touch $(STAMP)
 
 # pytest exits 5 when it collects no tests: treat that as a failure, not a pass.

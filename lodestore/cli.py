@@ -167,10 +167,19 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _encoder_arg(args: argparse.Namespace) -> object:
+    """The --encoder directory's Encoder, or None (the one the index records: the packaged MiniLM)."""
+    if not getattr(args, "encoder", None):
+        return None
+    from lodestore.text import Encoder
+
+    return Encoder.from_dir(args.encoder)
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from .index import Index
 
-    with Index.open(args.store, memory_budget=args.memory_budget) as index:
+    with Index.open(args.store, _encoder_arg(args), memory_budget=args.memory_budget) as index:
         hits = index.search(args.text, k=args.k)
     if args.json:
         print(json.dumps([{"rank": r, "id": h.id, "score": h.score, "title": h.title, "text": h.text,
@@ -189,7 +198,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .index import Index
 
     col = Collection.load(args.collection)
-    with Index.open(args.store, memory_budget=args.memory_budget) as index:
+    with Index.open(args.store, _encoder_arg(args), memory_budget=args.memory_budget) as index:
         missing = sum(d["_id"] not in index.store for d in col.docs)
         if missing:
             print(f"warning: {missing} document(s) of the collection are not in the index", file=sys.stderr)
@@ -209,6 +218,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_model(args: argparse.Namespace) -> int:
+    from lodestore.text.convert import convert_model
+
+    try:
+        report = convert_model(args.src, args.out, quantize=args.quantize)
+    except ImportError as e:  # the optional extra is missing: one line, as for serve
+        raise ValueError(str(e)) from None
+    print("\n".join(report.lines()))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from lodestore.server import Limits, ServeConfig, read_api_keys, serve
@@ -221,9 +241,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         read_api_keys(args.api_key_file)  # a missing or empty key file is an error now, not in each worker
     with Store.open(args.store):  # a clear error for a path that is not a store, before any worker starts
         pass
+    if args.encoder and not (Path(args.encoder) / "encoder.json").is_file():
+        raise ValueError(f"{args.encoder}: not an encoder directory (no encoder.json)")
     config = ServeConfig(str(Path(args.store).resolve()), limits, read_only=args.read_only,
                          api_key_file=str(Path(args.api_key_file).resolve()) if args.api_key_file else None,
-                         protect=args.protect, search_threads=args.search_threads, memory_budget=args.memory_budget)
+                         protect=args.protect, search_threads=args.search_threads, memory_budget=args.memory_budget,
+                         encoder_dir=str(Path(args.encoder).resolve()) if args.encoder else None)
     serve(config, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
     return 0
 
@@ -244,6 +267,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--read-only", action="store_true", help="refuse every write (403)")
     s.add_argument("--search-threads", type=int, default=4, help="searches one worker runs at the same time")
     s.add_argument("--memory-budget", default=None, help="the Searcher's memory budget (default: its own)")
+    s.add_argument("--encoder", default=None, help="a text index's encoder directory (default: packaged MiniLM)")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     for f in fields(Limits):
         kind = int if isinstance(f.default, int) else float
@@ -329,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-k", type=int, default=10)
     q.add_argument("--words", type=int, default=25, help="words of each document's text to show")
     q.add_argument("--memory-budget", default="auto")
+    q.add_argument("--encoder", default=None, help="the encoder directory the index was built with (default: packaged MiniLM)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_query)
 
@@ -338,8 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--queries", type=int, default=None, help="evaluate only the first N judged queries")
     e.add_argument("--no-exhaustive", action="store_true", help="skip the exhaustive run (slow on big stores)")
     e.add_argument("--memory-budget", default="auto")
+    e.add_argument("--encoder", default=None, help="the encoder directory the index was built with (default: packaged MiniLM)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
+
+    m = sub.add_parser("convert-model", help="turn a PyLate / sentence-transformers or Stanford ColBERT checkpoint "
+                       "directory into an encoder directory for --encoder (lodestore[convert])")
+    m.add_argument("src", help="checkpoint directory (local; nothing is downloaded)")
+    m.add_argument("out", help="new (or empty) directory for model.onnx, tokenizer.json, encoder.json")
+    m.add_argument("--quantize", choices=("int8",), default=None, help="int8 weights (onnxruntime dynamic quantization)")
+    m.set_defaults(func=cmd_convert_model)
 
     _add_serve_parser(sub)
     return p

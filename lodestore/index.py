@@ -309,7 +309,8 @@ def _encoder_from_record(recorded: dict[str, Any], root: Path) -> Encoder:
     try:
         return Encoder.default(**recorded.get("config", {}))
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{root}: cannot rebuild the recorded encoder ({e}); pass encoder=Encoder.from_dir(...)") from None
+        raise ValueError(f"{root}: cannot rebuild the recorded encoder ({e}); pass encoder=Encoder.from_dir(...) "
+                         "(--encoder DIR on the command line)") from None
 
 
 def _check_encoder(encoder: Encoder, recorded: dict[str, Any], root: Path, *, documents_only: bool = False) -> None:
@@ -319,5 +320,5 @@ def _check_encoder(encoder: Encoder, recorded: dict[str, Any], root: Path, *, do
         raise ValueError(
             f"{root}: its vectors were made by a different encoder ({e}); mixing them with this encoder's "
             "vectors would give meaningless scores. Use the encoder it was made with, e.g. "
-            "Index.open(path, encoder=Encoder.from_dir(MODEL_DIR))"
+            "Index.open(path, encoder=Encoder.from_dir(MODEL_DIR)) (--encoder MODEL_DIR on the command line)"
         ) from None

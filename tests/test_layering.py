@@ -139,3 +139,56 @@ def test_pyproject_installs_only_lodestore() -> None:
     assert all(p == "lodestore" or p.startswith("lodestore.") for p in tool["packages"]), tool["packages"]
     assert tool["package-dir"]["lodestore.store"] == "store"
     assert tool["package-dir"]["lodestore.engine"] == "engine"
+
+
+#: The converter's libraries (lodestore[convert]) and the modules that import them.
+CONVERTER_LIBRARIES = ("torch", "transformers", "onnx", "safetensors")
+CONVERTER_MODULES = ("lodestore.text.convert", "lodestore.text.torch_model")
+
+
+def test_only_the_converter_imports_its_libraries() -> None:
+    """Under lodestore/, torch, transformers, onnx and safetensors are imported only by
+    lodestore/text/convert.py and torch_model.py, and those two only by each other and by the
+    convert-model command (lazily, inside cmd_convert_model)."""
+    bad = []
+    for path in _sources(ROOT / "lodestore"):
+        rel = str(path.relative_to(ROOT))
+        if rel in ("lodestore/text/convert.py", "lodestore/text/torch_model.py"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=rel)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                names = [f"lodestore.text.{node.module or ''}".rstrip(".")] + [
+                    f"lodestore.text.{a.name}" for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] in CONVERTER_LIBRARIES or (
+                        name.startswith(CONVERTER_MODULES) and rel != "lodestore/cli.py"):
+                    bad.append(f"{rel}:{node.lineno}: imports {name}")
+    assert not bad, "\n".join(bad)
+
+
+def test_indexing_and_search_never_load_the_converter(tmp_path: Path) -> None:
+    """Building the CLI's parser, encoding, indexing and searching text load none of the converter's
+    libraries (and importing the converter module itself loads none either)."""
+    code = (
+        "import json, sys, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "import lodestore, lodestore.cli, lodestore.text.convert, lodestore.text.checkpoint\n"
+        "from lodestore import Index\n"
+        "lodestore.cli.build_parser()\n"
+        f"with Index.create({str(tmp_path / 'i')!r}, num_centroids=4) as index:\n"
+        "    index.add(['a', 'b', 'c'], ['insulin and diabetes', 'the eiffel tower', 'protein folding'])\n"
+        "    assert index.search('diabetes', k=1)[0].id == 'a'\n"
+        f"libraries, modules = {CONVERTER_LIBRARIES!r}, {CONVERTER_MODULES[1:]!r}\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in libraries or m in modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

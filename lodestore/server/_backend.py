@@ -175,6 +175,10 @@ class Backend:
         if config.memory_budget is not None:
             self.searcher_options["memory_budget"] = config.memory_budget
         self.encoder: Any = None
+        if config.encoder_dir is not None:  # e.g. a `lodestore convert-model` directory
+            from lodestore.text import Encoder
+
+            self.encoder = Encoder.from_dir(config.encoder_dir)
         self.counters = Counters()
         self._snapshot: Snapshot | None = None
         self._swap = threading.Lock()

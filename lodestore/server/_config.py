@@ -51,6 +51,7 @@ class ServeConfig:
     protect: str = "writes"  # "writes": only changes need a key; "all": every endpoint but /health and /ready
     search_threads: int = 4  # searches one worker runs at the same time
     memory_budget: str | None = None  # passed to the Searcher (None: its default)
+    encoder_dir: str | None = None  # a text index's encoder directory (None: the one it records, the packaged MiniLM)
 
     def __post_init__(self) -> None:
         if self.protect not in ("writes", "all"):

