@@ -124,7 +124,6 @@ def adopt_codec(store: "Store", state: CodecState) -> int:
         if state.projection is not None:
             fsync_tree(projection_path)
         fsync_dir(store.root)
-        failpoint("adopt.before_commit")
         commit(store, replace(m, generation=generation, codec=state.codec.manifest_entry(CODEC_DIR)))
     except BaseException as e:
         roll_back(store, e, "adopt codec", generation, trees=[CODEC_DIR, PROJECTION_DIR])

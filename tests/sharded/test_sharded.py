@@ -242,3 +242,28 @@ def test_fixed_order_scores_do_not_depend_on_the_block(shard_corpus, shard_queri
     for start, stop in [(0, 1), (5, 6), (7, 30), (44, 90)]:
         part = maxsim_concat(shard_queries[0], np.concatenate(docs[start:stop]), lens[start:stop], fixed_order=True)
         np.testing.assert_array_equal(part, whole[start:stop])
+
+
+def test_a_failed_adopt_leaves_the_store_without_a_codec(tmp_path, shard_corpus):
+    """FORMAT.md 12 (adopting a codec): a failure before the rename leaves generation 0 and no codec/."""
+    from lodestore.store._fs import set_failpoint
+
+    with Store.create(tmp_path / "s", dim=DIM, nbits=NBITS, num_centroids=K) as s:
+        state = s.train_codec(_source(shard_corpus, 30))
+
+        def boom():
+            raise OSError("injected")
+
+        set_failpoint("manifest.before_rename", boom)
+        try:
+            with pytest.raises(OSError, match="injected"):
+                s.adopt_codec(state)
+        finally:
+            set_failpoint("manifest.before_rename", None)
+        assert s.generation == 0 and s.manifest.codec is None and not (tmp_path / "s" / "codec").exists()
+        assert s.adopt_codec(state) == 1 and s.codec_state().codec.num_centroids == state.codec.num_centroids
+        with pytest.raises(StoreError, match="a codec is set once"):
+            s.adopt_codec(state)
+    with Store.create(tmp_path / "t", dim=DIM, nbits=4, num_centroids=K) as other, \
+            pytest.raises(ValueError, match="does not fit"):
+        other.adopt_codec(state)
