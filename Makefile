@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml setup.py store/_decode.c engine/_kernels.c lodestore/_a
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,serve,convert]' torch==2.13.0
+	$(BIN)/pip install -q -e '.[test,serve,convert,ray]' torch==2.13.0
 	touch $(STAMP)
 
 # pytest exits 5 when it collects no tests: treat that as a failure, not a pass.

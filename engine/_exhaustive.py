@@ -12,12 +12,16 @@ from ._args import check_k, check_queries
 BLOCK_TOKENS = 1 << 17
 
 
-def exhaustive_search(store: Store, query, k: int = 10):
+def exhaustive_search(store: Store, query, k: int = 10, *, fixed_order: bool = False):
     """Top-k (id, score) by exact MaxSim against every live, decompressed document.
 
     query: (q_len, dim) -> one list of hits; (B, q_len, dim) or a list of
     matrices -> one list per query. The store is decoded block by block (each
-    block once for the whole batch), so memory stays bounded.
+    block once for the whole batch), so memory stays bounded. fixed_order=True: a
+    document's score does not depend on the block or store holding it (maxsim_concat's
+    fixed_order; slower): a sharded store's shards searched so and merged equal one store
+    searched so, bit for bit. By default the last bit of a score may depend on where the
+    document's rows fall in BLAS's tiles.
     """
     k = check_k(k)
     single = not isinstance(query, (list, tuple)) and as_numpy(query).ndim == 2
@@ -37,7 +41,7 @@ def exhaustive_search(store: Store, query, k: int = 10):
             tokens = codec.decode(codes, res)
             live = ~dead[start:stop]
             for qi, q in enumerate(qs):
-                scores[qi].append(maxsim_concat(q, tokens, lens)[live])
+                scores[qi].append(maxsim_concat(q, tokens, lens, fixed_order=fixed_order)[live])
             ids.extend(i for i, ok in zip(seg_ids[start:stop], live) if ok)
             start = stop
     results = []

@@ -15,11 +15,17 @@ from . import _native as native
 CI_CHUNK_TOKENS = 8192  # tokens per centroid-interaction slice (bounds the query's working set)
 
 
-def maxsim_concat(query: np.ndarray, tokens: np.ndarray, doclens: np.ndarray) -> np.ndarray:
-    """Scores of each document: query (q, d), tokens (sum(doclens), d), doclens (n,) all > 0."""
+def maxsim_concat(query: np.ndarray, tokens: np.ndarray, doclens: np.ndarray, *,
+                  fixed_order: bool = False) -> np.ndarray:
+    """Scores of each document: query (q, d), tokens (sum(doclens), d), doclens (n,) all > 0.
+
+    fixed_order: every dot product summed in one order whatever the token's row or the
+    matrix's size (numpy's einsum loop; BLAS's order depends on where a row falls in its
+    tiles), so a document's score is the same bits in any block, store or shard; slower.
+    """
     if len(doclens) == 0:
         return np.zeros(0, dtype=np.float32)
-    sim = tokens @ query.T  # (T, q)
+    sim = np.einsum("td,qd->tq", tokens, query, optimize=False) if fixed_order else tokens @ query.T  # (T, q)
     if native.segment_max_sum is not None and sim.dtype == np.float32:
         return native.segment_max_sum(sim, doclens)  # the same sums, GIL released
     return _segment_max_sum(np.ascontiguousarray(sim.T), doclens)  # (q, T): the segmented max runs along rows

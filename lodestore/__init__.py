@@ -29,6 +29,8 @@ _EXPORTS = {
     "Hit": "lodestore.index",
     "Index": "lodestore.index",
     "Client": "lodestore.client",
+    "ShardedStore": "lodestore.sharded",
+    "ShardedSearcher": "lodestore.sharded",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -36,6 +38,7 @@ __all__ = sorted([*_EXPORTS, "__version__"])
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
     from lodestore.engine import Searcher, exhaustive_search
     from lodestore.index import Hit, Index
+    from lodestore.sharded import ShardedSearcher, ShardedStore
     from lodestore.store import (
         CorruptStoreError,
         Store,

@@ -294,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_codec_arguments(b)
     b.add_argument("--centroids", type=int, default=None, help="number of k-means centroids (default: from corpus size)")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--shards", type=int, default=None, help="create a sharded store of N shards (lodestore.ShardedStore)")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_build)
 
@@ -328,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--memory-budget", default="auto", help="bytes, e.g. 64MB; 'auto' (the index; rows read through) or 'all'")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--ray-address", default=None, help="sharded root: search the shards as Ray actors ('local', 'auto' or an address)")
+    s.add_argument("--allow-partial", action="store_true", help="sharded root: answer without shards that fail, naming them")
     s.set_defaults(func=cmd_search)
 
     x = sub.add_parser("index", help="encode a BEIR collection's corpus (corpus.jsonl) into a text index")
@@ -375,12 +378,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_convert_model)
 
     _add_serve_parser(sub)
+    from lodestore.sharded._cli import add_parser as add_shard_parser
+
+    add_shard_parser(sub, _add_codec_arguments)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from lodestore.sharded._cli import COMMANDS as SHARDED_COMMANDS, dispatch
+        from lodestore.sharded._manifest import is_sharded_root
+
+        if args.command in SHARDED_COMMANDS and (is_sharded_root(args.store) or getattr(args, "shards", None)):
+            return dispatch(args)  # a sharded root (lodestore/sharded/_cli.py)
         return args.func(args)
     except (StoreError, ValueError, KeyError, OSError) as e:  # bad input or a bad store: one line, no traceback
         message = " ".join(str(e).split()) or type(e).__name__

@@ -34,6 +34,7 @@ from ._report import VerifyReport
 from ._safefs import StorePath
 from ._segment import SegmentReader
 from ._structure import read_checked_codec
+from ._training import CodecState, train_codec_state
 
 
 class Store:
@@ -360,6 +361,25 @@ class Store:
         if len(m.segments) <= 1 and not any(e.deleted for e in m.segments):
             return m.generation
         return _writer.compact(self)
+
+    # ------------------------------------------------------------------ a codec shared by several stores
+    def train_codec(self, source: DocSource) -> CodecState:
+        """Fit this store's codec state (reduction, codec, drift threshold) on `source`, committing nothing.
+
+        As the first add would fit it, with this store's settings; for adopt_codec in other stores.
+        """
+        return train_codec_state(self.manifest.settings, dim=self.dim, input_dim=self.input_dim,
+                                 nbits=self.nbits, source=source)
+
+    def codec_state(self) -> CodecState:
+        """The committed codec state (StoreError if nothing was added or adopted yet)."""
+        return CodecState(self.projection, self.codec, self._drift_threshold())
+
+    def adopt_codec(self, state: CodecState) -> int:
+        """Commit `state` (from train_codec or another store's codec_state) as this store's codec, before
+        any add, so several stores encode every token identically. Returns the new generation."""
+        self._require_writable()
+        return _writer.adopt_codec(self, state)
 
     def _segments_reset(self) -> None:
         for seg in self._segments or []:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -19,8 +19,16 @@ from .codecs import (Codec, codec_class, default_num_centroids, settings_codec, 
 from ._projection import fit_projection, project, write_projection
 
 
+class CodecState(NamedTuple):
+    """A store's trained codec state: what the first add fits, or what a sharded store copies into every shard."""
+
+    projection: np.ndarray | None  # (input_dim, dim) reduction matrix, or None when the store does not reduce
+    codec: Codec
+    limit: float | None  # the drift threshold (store/_drift.py), or None
+
+
 def train_codec_state(settings: dict[str, Any], *, dim: int, input_dim: int, nbits: int,
-                      source: DocSource) -> tuple[np.ndarray | None, Codec, float | None]:
+                      source: DocSource) -> CodecState:
     """(reduction matrix or None, codec, drift threshold), all fitted on token samples of the first add.
 
     `settings` are the manifest's writer settings (codec, num_centroids, seed, reduction).
@@ -59,7 +67,7 @@ def train_codec_state(settings: dict[str, Any], *, dim: int, input_dim: int, nbi
             f"instead of {k}, for the life of this store; add a representative first batch for better compression",
             stacklevel=4,
         )
-    return projection, codec, limit
+    return CodecState(projection, codec, limit)
 
 
 def write_codec_state(codec_path: Path, codec: Codec, limit: float | None, projection_path: Path,

@@ -17,13 +17,14 @@ from . import _drift
 from ._commit import CODEC_DIR, PROJECTION_DIR, SEGMENTS_DIR, commit, roll_back
 from ._compact import copy_documents, far_tokens_estimate
 from ._deletes import encode_deletes
+from ._errors import StoreError
 from ._fs import failpoint, fsync_dir, fsync_tree, write_durable
 from ._ingest import DocSource
 from ._manifest import SegmentEntry
 from ._projection import project
 from ._safefs import StorePath
 from ._segment import SegmentWriter
-from ._training import train_codec_state, write_codec_state
+from ._training import CodecState, train_codec_state, write_codec_state
 
 if TYPE_CHECKING:
     from ._store import Store
@@ -90,6 +91,44 @@ def add_source(store: "Store", source: DocSource, replaced: list[str], *, progre
         roll_back(store, e, "add", generation, trees=trees, segment_files=written)
         raise
     store._codec, store._projection = codec, projection
+    return generation
+
+
+def adopt_codec(store: "Store", state: CodecState) -> int:
+    """Commit a codec trained elsewhere into a store that has none yet, with no segment. Returns the generation.
+
+    A sharded store's shared codec (lodestore/sharded/): trained once on the whole
+    first add and committed into every shard before any shard's first segment, so
+    every shard encodes a token identically. Steps as for an add's codec/ (and projection/).
+    """
+    m = store.manifest
+    if m.codec is not None:
+        raise StoreError(f"{store.root}: the store has a codec already; a codec is set once")
+    c, kind = state.codec, m.settings.get("codec", "scalar")
+    want = (store.input_dim, store.dim) if store.input_dim != store.dim else None
+    got = None if state.projection is None else state.projection.shape
+    if (c.name, c.dim, c.manifest_nbits, got) != (kind, store.dim, store.nbits, want) or \
+            getattr(c, "subspaces", None) != m.settings.get("pq_subspaces"):
+        raise ValueError(f"{store.root}: codec {c.name} dim {c.dim} (projection {got}) does not fit this store "
+                         f"({kind}, dim {store.dim}, nbits {store.nbits}, projection {want})")
+    generation = m.generation + 1
+    codec_path = StorePath(store.root) / CODEC_DIR
+    projection_path = StorePath(store.root) / PROJECTION_DIR
+    try:
+        if state.projection is not None:
+            projection_path.mkdir()
+        codec_path.mkdir()
+        write_codec_state(codec_path, state.codec, state.limit, projection_path, state.projection,
+                          m.settings.get("reduction"))
+        fsync_tree(codec_path)
+        if state.projection is not None:
+            fsync_tree(projection_path)
+        fsync_dir(store.root)
+        commit(store, replace(m, generation=generation, codec=state.codec.manifest_entry(CODEC_DIR)))
+    except BaseException as e:
+        roll_back(store, e, "adopt codec", generation, trees=[CODEC_DIR, PROJECTION_DIR])
+        raise
+    store._codec, store._projection = state.codec, state.projection
     return generation
 
 
