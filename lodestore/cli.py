@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lodestore.hybrid import DEFAULT_FUSION, DEFAULT_MODE, FUSIONS, MODES
 from lodestore.store import CorruptStoreError, Store, StoreError, VerifyReport
 
 
@@ -171,7 +172,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     from .index import Index
 
     with Index.open(args.store, memory_budget=args.memory_budget) as index:
-        hits = index.search(args.text, k=args.k)
+        hits = index.search(args.text, k=args.k, mode=args.mode, fusion=args.fusion)
     if args.json:
         print(json.dumps([{"rank": r, "id": h.id, "score": h.score, "title": h.title, "text": h.text,
                            "metadata": h.metadata} for r, h in enumerate(hits, 1)], ensure_ascii=False))
@@ -193,12 +194,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         missing = sum(d["_id"] not in index.store for d in col.docs)
         if missing:
             print(f"warning: {missing} document(s) of the collection are not in the index", file=sys.stderr)
-        results = evaluate(index, col, exhaustive=not args.no_exhaustive, max_queries=args.queries)
+        results = evaluate(index, col, exhaustive=not args.no_exhaustive, max_queries=args.queries,
+                           mode=args.mode, fusion=args.fusion)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     print(f"{'run':<11}" + "".join(f"{m:>9}" for m in MEASURES) + f"{'queries':>9}{'ms/q':>9}")
     for name, r in results.items():
+        if name == "engine" and args.mode != "maxsim":
+            name = args.mode if args.mode == "bm25" else f"hybrid-{args.fusion}"
         print(f"{name:<11}" + "".join(f"{r[m]:9.4f}" for m in MEASURES) + f"{r['queries']:9d}{r['ms_per_query']:9.1f}")
     if "exhaustive" in results:
         gap = results["exhaustive"]["nDCG@10"] - results["engine"]["nDCG@10"]
@@ -258,6 +262,14 @@ def _add_codec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nbits", type=int, default=None, choices=(1, 2, 4), help="scalar codec: bits per dimension (default 2)")
     p.add_argument("--pq-subspaces", type=int, default=None, choices=(16, 32, 64),
                    help="pq codec: bytes per token residual (default: the most that fit in dim/4 bytes)")
+
+
+def _add_mode_arguments(p: argparse.ArgumentParser, default: str) -> None:
+    """--mode / --fusion, as Index.search takes them (lodestore/hybrid.py)."""
+    p.add_argument("--mode", choices=MODES, default=default,
+                   help=f"maxsim (token vectors), bm25 (keywords) or hybrid (both fused; default {default})")
+    p.add_argument("--fusion", choices=FUSIONS, default=DEFAULT_FUSION,
+                   help=f"hybrid: rrf (reciprocal rank) or score (normalized scores); default {DEFAULT_FUSION}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--words", type=int, default=25, help="words of each document's text to show")
     q.add_argument("--memory-budget", default="auto")
     q.add_argument("--json", action="store_true")
+    _add_mode_arguments(q, DEFAULT_MODE)
     q.set_defaults(func=cmd_query)
 
     e = sub.add_parser("eval", help="nDCG@10, R@100, MRR@10 of the engine and of exhaustive MaxSim on a BEIR collection")
@@ -339,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-exhaustive", action="store_true", help="skip the exhaustive run (slow on big stores)")
     e.add_argument("--memory-budget", default="auto")
     e.add_argument("--json", action="store_true")
+    _add_mode_arguments(e, "maxsim")
     e.set_defaults(func=cmd_eval)
 
     _add_serve_parser(sub)
