@@ -19,7 +19,7 @@ from typing import Sequence
 
 MODES = ("maxsim", "bm25", "hybrid")
 FUSIONS = ("rrf", "score")
-DEFAULT_MODE = "hybrid"
+DEFAULT_MODE = "maxsim"
 DEFAULT_FUSION = "rrf"
 RRF_K = 60
 #: Documents each side ranks before fusion (at least k): the fused top 100 can use both lists' top 100.

@@ -25,6 +25,9 @@ importing lodestore or a MaxSim search never imports them.
 from __future__ import annotations
 
 import json
+import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Collection, Sequence
 
@@ -37,6 +40,13 @@ K1 = 1.5
 B = 0.75
 #: Documents read and tokenized per step while deriving a segment's postings: bounds the text held in RAM.
 DERIVE_SLICE = 4096
+#: Bytes of derived segment postings kept for later KeywordIndexes of this process (a server opens one
+#: Index per generation: each reuses the unchanged segments' postings instead of tokenizing them again).
+CACHE_BYTES = 256 << 20
+
+_LOCK = threading.Lock()  # guards the term table and the cache (a server searches from several threads)
+_TERMS: dict[str, int] = {}  # one term table per process, so cached postings share term ids
+_CACHE: "OrderedDict[tuple, SegmentTerms]" = OrderedDict()
 
 
 def tokenize(texts: Sequence[str]) -> list[list[str]]:
@@ -82,44 +92,78 @@ class SegmentTerms:
         return self.doc.nbytes + self.term.nbytes + self.tf.nbytes + self.length.nbytes
 
 
+@dataclass(frozen=True)
+class LivePostings:
+    """The BM25 weights of one generation's live documents, term-major; replaced whole on refresh."""
+
+    generation: int | None
+    ids: list[str]  # live documents in store order; a posting's document number indexes this
+    position: dict[str, int]
+    avgdl: float
+    ptr: np.ndarray  # (terms + 1,) int64: term t's postings are [ptr[t], ptr[t+1])
+    docs: np.ndarray  # int32
+    weights: np.ndarray  # float32
+
+    @property
+    def nbytes(self) -> int:
+        return self.ptr.nbytes + self.docs.nbytes + self.weights.nbytes
+
+
+_EMPTY = LivePostings(None, [], {}, 0.0, np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32),
+                      np.zeros(0, dtype=np.float32))
+
+
 class KeywordIndex:
     """BM25 over the live documents of one store generation; `refresh()` follows the store's commits."""
 
     def __init__(self, store: "Store"):
         self.store = store
-        self.vocab: dict[str, int] = {}
-        self._segments: dict[tuple[str, int], SegmentTerms] = {}
-        self.generation: int | None = None
-        self.ids: list[str] = []
-        self._position: dict[str, int] | None = None
-        self.n_docs = 0
-        self.avgdl = 0.0
-        self._ptr = np.zeros(1, dtype=np.int64)
-        self._docs = np.zeros(0, dtype=np.int32)
-        self._weights = np.zeros(0, dtype=np.float32)
+        self.vocab = _TERMS
+        self._segments: dict[tuple, SegmentTerms] = {}
+        self._live = _EMPTY
+
+    @property
+    def ids(self) -> list[str]:
+        """The live documents' ids, in store order (what a boolean `allowed` mask is aligned with)."""
+        return self._live.ids
+
+    @property
+    def n_docs(self) -> int:
+        return len(self._live.ids)
+
+    @property
+    def avgdl(self) -> float:
+        return self._live.avgdl
 
     # ------------------------------------------------------------------ building
-    def refresh(self) -> None:
+    def refresh(self) -> LivePostings:
         """Bring the index to the store handle's generation (new segments tokenized, statistics recomputed)."""
-        if self.generation == self.store.generation:
-            return
+        with _LOCK:
+            if self._live.generation != self.store.generation:
+                self._live = self._refresh()
+            return self._live
+
+    def _refresh(self) -> LivePostings:
         parts, ids = [], []
-        entries = self.store.manifest.segments
         wanted = set()
-        for si, entry in enumerate(entries):
-            key = (entry.name, entry.documents)  # a committed segment name is never reused for other content
+        for si, entry in enumerate(self.store.manifest.segments):
+            key = self._key(entry)
             wanted.add(key)
             if key not in self._segments:
-                self._segments[key] = self._derive(si)
+                self._segments[key] = _cached(key, lambda: self._derive(si))
             seg_ids = self.store.segments[si].ids()
             live = np.flatnonzero(~self.store.deleted(si))
             parts.append((self._segments[key], live, len(ids)))
             ids.extend(seg_ids[i] for i in live.tolist())
         for key in set(self._segments) - wanted:  # compacted away
             del self._segments[key]
-        self._build(parts, len(ids))
-        self.ids, self._position = ids, None
-        self.generation = self.store.generation
+        return self._build(parts, ids)
+
+    def _key(self, entry) -> tuple:
+        """What identifies a committed segment's content: its name (never reused within a store), its
+        document count, and its directory's identity (a store removed and made again at the same path)."""
+        st = os.stat(self.store.root / "segments" / entry.name, follow_symlinks=False)
+        return (str(self.store.root.resolve()), entry.name, entry.documents, st.st_dev, st.st_ino, st.st_mtime_ns)
 
     def _derive(self, si: int) -> SegmentTerms:
         """Tokenize segment si's stored text into (document, term, frequency) triples."""
@@ -131,18 +175,18 @@ class KeywordIndex:
             payloads = seg.payloads(local) if seg.has_payloads else None
             texts = [payload_text(p) for p in payloads] if payloads else [""] * len(local)
             for d, words in zip(local.tolist(), tokenize(texts)):
-                ids = np.fromiter((self.vocab.setdefault(w, len(self.vocab)) for w in words), dtype=np.int32,
+                ids = np.fromiter((self.vocab.setdefault(w, len(self.vocab)) for w in words), dtype=np.int64,
                                   count=len(words))
                 lengths[d] = len(ids)
                 docs.append(np.full(len(ids), d, dtype=np.int64))
-                terms.append(ids.astype(np.int64))
+                terms.append(ids)
         doc = np.concatenate(docs) if docs else np.zeros(0, dtype=np.int64)
         term = np.concatenate(terms) if terms else np.zeros(0, dtype=np.int64)
         pairs, tf = np.unique(doc << 32 | term, return_counts=True)
         return SegmentTerms(n, (pairs >> 32).astype(np.int32), (pairs & 0xFFFFFFFF).astype(np.int32),
                             tf.astype(np.int32), lengths)
 
-    def _build(self, parts: list[tuple[SegmentTerms, np.ndarray, int]], n_live: int) -> None:
+    def _build(self, parts: list[tuple[SegmentTerms, np.ndarray, int]], ids: list[str]) -> LivePostings:
         """The BM25 weights of every live (term, document) pair, term-major."""
         docs, terms, tfs, lengths = [], [], [], []
         for seg, live, base in parts:
@@ -157,44 +201,42 @@ class KeywordIndex:
         term = np.concatenate(terms) if terms else np.zeros(0, dtype=np.int32)
         tf = np.concatenate(tfs).astype(np.float64) if tfs else np.zeros(0)
         length = np.concatenate(lengths).astype(np.float64) if lengths else np.zeros(0)
-        self.n_docs = n_live
-        self.avgdl = float(length.mean()) if n_live else 0.0
-        df = np.bincount(term, minlength=len(self.vocab)).astype(np.float64)
+        n_live, n_terms = len(ids), len(self.vocab)
+        avgdl = float(length.mean()) if n_live else 0.0
+        df = np.bincount(term, minlength=n_terms).astype(np.float64)
         idf = np.log(1 + (n_live - df + 0.5) / (df + 0.5))
-        norm = K1 * ((1 - B) + B * length[doc] / self.avgdl) if len(doc) else np.zeros(0)
+        norm = K1 * ((1 - B) + B * length[doc] / avgdl) if len(doc) else np.zeros(0)
         weights = idf[term] * (tf / (norm + tf))
         order = np.argsort(term, kind="stable")  # term-major; documents ascending within a term
-        self._ptr = np.concatenate([[0], np.cumsum(np.bincount(term, minlength=len(self.vocab)))]).astype(np.int64)
-        self._docs = doc[order].astype(np.int32)
-        self._weights = weights[order].astype(np.float32)
+        ptr = np.concatenate([[0], np.cumsum(np.bincount(term, minlength=n_terms))]).astype(np.int64)
+        return LivePostings(self.store.generation, ids, {doc_id: i for i, doc_id in enumerate(ids)}, avgdl, ptr,
+                            doc[order].astype(np.int32), weights[order].astype(np.float32))
 
     # ------------------------------------------------------------------ reading
     @property
     def nbytes(self) -> int:
         """Resident bytes of the postings (per-segment triples and the live weights), without the term table."""
-        cached = sum(s.nbytes for s in self._segments.values())
-        return cached + self._ptr.nbytes + self._docs.nbytes + self._weights.nbytes
+        return sum(s.nbytes for s in self._segments.values()) + self._live.nbytes
 
     def positions(self, ids: Collection[str]) -> np.ndarray:
         """Boolean mask over `self.ids` of the given live ids (ValueError naming unknown ones, as the engine's)."""
-        if self._position is None:
-            self._position = {doc_id: i for i, doc_id in enumerate(self.ids)}
-        unknown = [i for i in ids if i not in self._position]
+        live = self.refresh()
+        unknown = [i for i in ids if i not in live.position]
         if unknown:
             raise ValueError(f"unknown document ids in subset: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
-        mask = np.zeros(len(self.ids), dtype=bool)
-        mask[[self._position[i] for i in ids]] = True
+        mask = np.zeros(len(live.ids), dtype=bool)
+        mask[[live.position[i] for i in ids]] = True
         return mask
 
-    def scores(self, query: str) -> np.ndarray:
+    def scores(self, query: str, live: LivePostings | None = None) -> np.ndarray:
         """BM25 score of every live document (order of `self.ids`) for one query text, float32."""
-        self.refresh()
-        ids = [self.vocab[w] for w in tokenize([query])[0] if w in self.vocab]
-        if not ids or not self.n_docs:
-            return np.zeros(self.n_docs, dtype=np.float32)
-        spans = [np.arange(self._ptr[t], self._ptr[t + 1]) for t in ids]
-        rows = np.concatenate(spans)
-        return np.bincount(self._docs[rows], weights=self._weights[rows], minlength=self.n_docs).astype(np.float32)
+        live = live or self.refresh()
+        n_terms, n = len(live.ptr) - 1, len(live.ids)
+        terms = [t for t in (self.vocab.get(w) for w in tokenize([query])[0]) if t is not None and t < n_terms]
+        if not terms or not n:
+            return np.zeros(n, dtype=np.float32)
+        rows = np.concatenate([np.arange(live.ptr[t], live.ptr[t + 1]) for t in terms])
+        return np.bincount(live.docs[rows], weights=live.weights[rows], minlength=n).astype(np.float32)
 
     def search(self, queries: Sequence[str], k: int, allowed: np.ndarray | Collection[str] | None = None
                ) -> list[list[tuple[str, float]]]:
@@ -203,19 +245,30 @@ class KeywordIndex:
         allowed: a boolean mask over `self.ids` (after refresh) or a collection of ids;
         documents outside it are never returned (a metadata filter or a subset).
         """
-        self.refresh()
+        live = self.refresh()
         mask = None
         if allowed is not None:
             mask = np.asarray(allowed, dtype=bool) if isinstance(allowed, np.ndarray) else self.positions(allowed)
-            if mask.shape != (self.n_docs,):
-                raise ValueError(f"allowed mask has shape {mask.shape}, expected ({self.n_docs},)")
+            if mask.shape != (len(live.ids),):
+                raise ValueError(f"allowed mask has shape {mask.shape}, expected ({len(live.ids)},)")
         out = []
         for q in queries:
-            s = self.scores(q)
+            s = self.scores(q, live)
             if mask is not None:
                 s = np.where(mask, s, 0)
-            out.append(top_k(s, self.ids, k))
+            out.append(top_k(s, live.ids, k))
         return out
+
+
+def _cached(key: tuple, derive) -> SegmentTerms:
+    """The process's postings of a segment, derived on a miss; least recently used ones dropped past CACHE_BYTES."""
+    terms = _CACHE.get(key)
+    if terms is None:
+        terms = _CACHE[key] = derive()
+        while len(_CACHE) > 1 and sum(t.nbytes for t in _CACHE.values()) > CACHE_BYTES:
+            _CACHE.popitem(last=False)
+    _CACHE.move_to_end(key)
+    return terms
 
 
 def top_k(scores: np.ndarray, ids: list[str], k: int) -> list[tuple[str, float]]:

@@ -39,6 +39,8 @@ def reference_scores(texts: list[str], query: str) -> np.ndarray:
     import bm25s
 
     corpus = tokenize(texts)
+    if not any(corpus):  # bm25s cannot index a corpus without a single term: nothing matches
+        return np.zeros(len(texts), dtype=np.float32)
     retriever = bm25s.BM25(method="lucene")
     retriever.index(corpus, show_progress=False)
     q = [w for w in tokenize([query])[0] if w in retriever.vocab_dict]
@@ -262,3 +264,16 @@ def test_importing_lodestore_and_a_maxsim_search_do_not_import_bm25s(built: Path
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_bench_hybrid_runs(tmp_path: Path) -> None:
+    from tools.bench_hybrid import RUNS, bench, table
+
+    sample = Path(__file__).parent.parent / "tools" / "data" / "scifact-sample"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        row = bench(sample, tmp_path / "sample", threads=2, max_docs=24)
+    assert row["docs"] == 24 and row["queries"] > 0 and row["terms"] > 0
+    for name, _, _ in RUNS:
+        assert 0 <= row[name]["nDCG@10"] <= 1 and 0 <= row[name]["R@100"] <= 1
+    assert "| scifact-sample | 24 |" in table([row])
