@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lodestore.hybrid import DEFAULT_FUSION, DEFAULT_MODE, FUSIONS, MODES
 from lodestore.store import CorruptStoreError, Store, StoreError, VerifyReport
 
 
@@ -180,7 +181,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     from .index import Index
 
     with Index.open(args.store, _encoder_arg(args), memory_budget=args.memory_budget) as index:
-        hits = index.search(args.text, k=args.k)
+        hits = index.search(args.text, k=args.k, mode=args.mode, fusion=args.fusion)
     if args.json:
         print(json.dumps([{"rank": r, "id": h.id, "score": h.score, "title": h.title, "text": h.text,
                            "metadata": h.metadata} for r, h in enumerate(hits, 1)], ensure_ascii=False))
@@ -202,12 +203,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         missing = sum(d["_id"] not in index.store for d in col.docs)
         if missing:
             print(f"warning: {missing} document(s) of the collection are not in the index", file=sys.stderr)
-        results = evaluate(index, col, exhaustive=not args.no_exhaustive, max_queries=args.queries)
+        results = evaluate(index, col, exhaustive=not args.no_exhaustive, max_queries=args.queries,
+                           mode=args.mode, fusion=args.fusion)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     print(f"{'run':<11}" + "".join(f"{m:>9}" for m in MEASURES) + f"{'queries':>9}{'ms/q':>9}")
     for name, r in results.items():
+        if name == "engine" and args.mode != "maxsim":
+            name = args.mode if args.mode == "bm25" else f"hybrid-{args.fusion}"
         print(f"{name:<11}" + "".join(f"{r[m]:9.4f}" for m in MEASURES) + f"{r['queries']:9d}{r['ms_per_query']:9.1f}")
     if "exhaustive" in results:
         gap = results["exhaustive"]["nDCG@10"] - results["engine"]["nDCG@10"]
@@ -284,6 +288,14 @@ def _add_codec_arguments(p: argparse.ArgumentParser) -> None:
                    help="pq codec: bytes per token residual (default: the most that fit in dim/4 bytes)")
 
 
+def _add_mode_arguments(p: argparse.ArgumentParser, default: str) -> None:
+    """--mode / --fusion, as Index.search takes them (lodestore/hybrid.py)."""
+    p.add_argument("--mode", choices=MODES, default=default,
+                   help=f"maxsim (token vectors), bm25 (keywords) or hybrid (both fused; default {default})")
+    p.add_argument("--fusion", choices=FUSIONS, default=DEFAULT_FUSION,
+                   help=f"hybrid: rrf (reciprocal rank) or score (normalized scores); default {DEFAULT_FUSION}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lodestore", description="Disk-offloaded late-interaction retrieval store.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -358,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--memory-budget", default="auto")
     q.add_argument("--encoder", default=None, help="the encoder directory the index was built with (default: packaged MiniLM)")
     q.add_argument("--json", action="store_true")
+    _add_mode_arguments(q, DEFAULT_MODE)
     q.set_defaults(func=cmd_query)
 
     e = sub.add_parser("eval", help="nDCG@10, R@100, MRR@10 of the engine and of exhaustive MaxSim on a BEIR collection")
@@ -368,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--memory-budget", default="auto")
     e.add_argument("--encoder", default=None, help="the encoder directory the index was built with (default: packaged MiniLM)")
     e.add_argument("--json", action="store_true")
+    _add_mode_arguments(e, "maxsim")
     e.set_defaults(func=cmd_eval)
 
     m = sub.add_parser("convert-model", help="turn a PyLate / sentence-transformers or Stanford ColBERT checkpoint "

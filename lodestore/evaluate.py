@@ -11,23 +11,30 @@ import time
 from typing import Any
 
 from .collection import Collection
+from .hybrid import DEFAULT_FUSION, check_mode
 from .index import Index
 
 MEASURES = ("nDCG@10", "R@100", "RR@10")
 RUN_DEPTH = 100
 
 
-def evaluate(index: Index, collection: Collection, *, exhaustive: bool = True, max_queries: int | None = None
-             ) -> dict[str, dict[str, Any]]:
-    """{"engine": {...}, "exhaustive": {...}}: each the MEASURES, queries, ms/query."""
+def evaluate(index: Index, collection: Collection, *, exhaustive: bool = True, max_queries: int | None = None,
+             mode: str = "maxsim", fusion: str = DEFAULT_FUSION) -> dict[str, dict[str, Any]]:
+    """{"engine": {...}, "exhaustive": {...}}: each the MEASURES, queries, ms/query.
+
+    mode: the Index.search mode of the "engine" run (lodestore/hybrid.py); the
+    exhaustive MaxSim run is made only for mode "maxsim", whose approximation it measures.
+    """
     from lodestore.engine import exhaustive_search
 
+    check_mode(mode, fusion)
     qids = list(collection.queries)[:max_queries]
     if not qids:
         raise ValueError(f"{collection.path}: no judged test query has a relevant document in the index")
-    vectors = index.query_vectors([collection.queries[q] for q in qids])
-    runs: dict[str, Any] = {"engine": lambda: index.search_vectors(vectors, k=RUN_DEPTH)}
-    if exhaustive:
+    texts = [collection.queries[q] for q in qids]
+    vectors = None if mode == "bm25" else index.query_vectors(texts)
+    runs: dict[str, Any] = {"engine": lambda: index.ranked(texts, RUN_DEPTH, mode=mode, fusion=fusion, vectors=vectors)}
+    if exhaustive and mode == "maxsim":
         runs["exhaustive"] = lambda: exhaustive_search(index.store, list(vectors), k=RUN_DEPTH)
     out: dict[str, dict[str, Any]] = {}
     for name, run in runs.items():

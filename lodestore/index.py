@@ -19,6 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from lodestore._staging import clean_staging, spill_dir
+from lodestore.hybrid import DEFAULT_FUSION, DEFAULT_MODE, check_mode, depth, fuse
+from lodestore.keyword import KeywordIndex
 from lodestore.engine import Searcher
 from lodestore.store import Store
 from lodestore.text import Encoder
@@ -53,6 +55,7 @@ class Index:
         self.encoder = encoder
         self._searcher_options = searcher_options
         self._searcher: Searcher | None = None
+        self._keyword: KeywordIndex | None = None
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -101,6 +104,7 @@ class Index:
         if self._searcher is not None:
             self._searcher.close()
             self._searcher = None
+        self._keyword = None
         self.store.close()
 
     def __enter__(self) -> "Index":
@@ -187,16 +191,50 @@ class Index:
             self._searcher = Searcher(self.store, **self._searcher_options)
         return self._searcher
 
-    def search(self, query: str | Sequence[str], k: int = 10, subset: Sequence[str] | None = None
-               ) -> list[Hit] | list[list[Hit]]:
-        """Top-k hits for one query string, or one list per query for a list of strings."""
+    @property
+    def keyword(self) -> KeywordIndex:
+        """The BM25 index over the stored text (lodestore/keyword.py), brought to the current generation."""
+        if self._keyword is None or self._keyword.store is not self.store:
+            self._keyword = KeywordIndex(self.store)
+        self._keyword.refresh()
+        return self._keyword
+
+    def search(self, query: str | Sequence[str], k: int = 10, subset: Sequence[str] | None = None, *,
+               mode: str = DEFAULT_MODE, fusion: str = DEFAULT_FUSION) -> list[Hit] | list[list[Hit]]:
+        """Top-k hits for one query string, or one list per query for a list of strings.
+
+        mode: "maxsim" (the token vectors), "bm25" (keywords of the stored title and
+        text) or "hybrid" (both, fused by `fusion`: "rrf" or "score"; lodestore/hybrid.py).
+        A hit's score is the mode's: MaxSim, BM25, or the fused score.
+        """
+        check_mode(mode, fusion)
         single = isinstance(query, str)
         queries = [query] if single else list(query)
         if not queries:
             raise ValueError("no queries given")
-        raw = self.searcher.search(self.query_vectors(queries), k=k, subset=subset)
+        raw = self.ranked(queries, k, subset=subset, mode=mode, fusion=fusion)
         results = [self._hits(r) for r in raw]
         return results[0] if single else results
+
+    def ranked(self, queries: list[str], k: int, *, subset: Sequence[str] | None = None, mode: str = DEFAULT_MODE,
+               fusion: str = DEFAULT_FUSION, vectors: Sequence[np.ndarray] | None = None
+               ) -> list[list[tuple[str, float]]]:
+        """Raw (id, score) lists of `mode` for query texts (`vectors`: their encodings, if already made)."""
+        check_mode(mode, fusion)
+        n = depth(mode, k)
+        maxsim = keyword = None
+        if mode != "bm25":
+            vectors = self.query_vectors(queries) if vectors is None else list(vectors)
+            maxsim = self.searcher.search(vectors, k=n, subset=subset)
+        if mode != "maxsim":
+            if subset is not None and isinstance(subset, (str, bytes)):
+                raise ValueError("subset must be a collection of document ids, not one string")
+            keyword = self.keyword.search(queries, k=n, allowed=None if subset is None else set(subset))
+        if mode == "maxsim":
+            return maxsim
+        if mode == "bm25":
+            return keyword
+        return [fuse([m, w], k, fusion) for m, w in zip(maxsim, keyword)]
 
     def query_vectors(self, queries: list[str]) -> list[np.ndarray]:
         """Encoded queries without their [PAD] rows (zero vectors: they add 0 to every MaxSim
