@@ -1,7 +1,8 @@
 """Token pooling: quality, size, build time and latency at each pool factor (docs/BENCHMARKS.md "Token pooling").
 
     nice -n 10 python -m tools.bench_pooling [--collections scifact,cranfield,medline] [--factors 1,2,3,4]
-        [--data /work/shared/data] [--work /work/bench/pooling] [--synthetic BUNDLE] [--queries N]
+        [--data /work/shared/data] [--work /work/bench/pooling] [--synthetic BUNDLE] [--queries N] [--max-docs N]
+        [--codec scalar|pq] [--nbits N]
 
 Each BEIR collection (DATA/NAME) is encoded ONCE with the packaged encoder
 (tools/encode_collection) into WORK/NAME/bundle, the cache every later run
@@ -17,7 +18,7 @@ the cached vectors) against the encoder's time for the same documents
 --synthetic BUNDLE (tools/make_bundle): stores at each factor, and the search
 loss pooling adds: recall@10 of exhaustive MaxSim and of the engine over each
 pooled store against exhaustive MaxSim over the unpooled (factor 1) store.
-Prints markdown tables; WORK/results.json keeps the rows.
+Prints markdown tables; WORK/results-NAMES.json keeps the rows.
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ from pathlib import Path
 import numpy as np
 
 
-def ensure_bundle(collection: Path, out: Path) -> Path:
-    """The cached embedding bundle of `collection`, encoded now if it is not there yet."""
+def ensure_bundle(collection: Path, out: Path, max_docs: int | None = None) -> Path:
+    """The cached embedding bundle of `collection` (its first `max_docs` documents), encoded now if not there yet."""
     if not (out / "bundle.json").exists():
         from tools import encode_collection
 
         shutil.rmtree(out, ignore_errors=True)
         print(f"encoding {collection} -> {out} (once)", file=sys.stderr, flush=True)
-        if encode_collection.main([str(collection), str(out), "--threads", "2"]) != 0:
+        limit = [] if max_docs is None else ["--max-docs", str(max_docs)]
+        if encode_collection.main([str(collection), str(out), "--threads", "2", *limit]) != 0:
             raise SystemExit(f"encoding {collection} failed")
     return out
 
@@ -66,8 +68,8 @@ def pooling_seconds(bundle: Path, factor: int) -> float:
     return total
 
 
-def build(bundle: Path, path: Path, factor: int) -> float:
-    """Build a store at `path` from the bundle with `factor`; returns wall seconds."""
+def build(bundle: Path, path: Path, factor: int, codec: dict) -> float:
+    """Build a store at `path` from the bundle with `factor` and `codec` (Store.create's arguments); wall seconds."""
     import lodestore
 
     shutil.rmtree(path, ignore_errors=True)
@@ -76,7 +78,7 @@ def build(bundle: Path, path: Path, factor: int) -> float:
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with lodestore.Store.create(path, dim=dim, encoder=info.get("encoder"), pool_factor=factor) as store:
+        with lodestore.Store.create(path, dim=dim, encoder=info.get("encoder"), pool_factor=factor, **codec) as store:
             store.add_embeddings(bundle, progress=False)
     return time.perf_counter() - t0
 
@@ -95,7 +97,8 @@ def search_runs(path: Path, queries: list[np.ndarray]) -> tuple[list, float]:
     return results, float(np.median(times))
 
 
-def collection_rows(name: str, bundle: Path, work: Path, factors: list[int], limit: int | None) -> list[dict]:
+def collection_rows(name: str, bundle: Path, work: Path, factors: list[int], limit: int | None,
+                    codec: dict) -> list[dict]:
     import lodestore
     from lodestore.collection import read_qrels
     from lodestore.evaluate import measure
@@ -108,7 +111,7 @@ def collection_rows(name: str, bundle: Path, work: Path, factors: list[int], lim
     rows = []
     for f in factors:
         path = work / name / f"store-f{f}"
-        build_s = build(bundle, path, f)
+        build_s = build(bundle, path, f, codec)
         pool_s = pooling_seconds(bundle, f) if f > 1 else 0.0
         results, p50 = search_runs(path, queries)
         with lodestore.Store.open(path) as store:
@@ -123,7 +126,7 @@ def collection_rows(name: str, bundle: Path, work: Path, factors: list[int], lim
     return rows
 
 
-def synthetic_rows(bundle: Path, work: Path, factors: list[int], limit: int | None) -> list[dict]:
+def synthetic_rows(bundle: Path, work: Path, factors: list[int], limit: int | None, codec: dict) -> list[dict]:
     """Recall@10 against exhaustive MaxSim over the unpooled store, of exhaustive and engine search per factor."""
     import lodestore
 
@@ -131,7 +134,7 @@ def synthetic_rows(bundle: Path, work: Path, factors: list[int], limit: int | No
     rows, reference = [], None
     for f in sorted(set([1] + factors)):
         path = work / "synthetic" / f"store-f{f}"
-        build_s = build(bundle, path, f)
+        build_s = build(bundle, path, f, codec)
         with lodestore.Store.open(path) as store, lodestore.Searcher(store) as searcher:
             exact = [[d for d, _ in hits] for hits in lodestore.exhaustive_search(store, queries, 10)]
             engine = [[d for d, _ in hits] for hits in searcher.search(queries, k=10)]
@@ -178,7 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("/work/bench/pooling"), help="encoded bundles (kept) and stores")
     p.add_argument("--synthetic", type=Path, default=None, help="a tools/make_bundle bundle for the search-loss table")
     p.add_argument("--queries", type=int, default=None, help="only the first N queries of each set")
+    p.add_argument("--max-docs", type=int, default=None, help="encode only the first N documents of a collection "
+                   "not cached yet (its judged queries: those with a relevant document among them)")
+    p.add_argument("--codec", choices=("scalar", "pq"), default=None, help="default: the store's default codec")
+    p.add_argument("--nbits", type=int, default=None, choices=(1, 2, 4), help="scalar codec bits (default 2)")
     args = p.parse_args(argv)
+    codec = {"codec": args.codec, "nbits": args.nbits}
     factors = [int(f) for f in args.factors.split(",") if f]
     if not factors or factors[0] != 1:
         p.error("--factors must start with 1: every other factor is compared with it")
@@ -190,11 +198,14 @@ def main(argv: list[str] | None = None) -> int:
         pass
     rows: list[dict] = []
     for name in (n for n in args.collections.split(",") if n):
-        bundle = ensure_bundle(args.data / name, args.work / name / "bundle")
-        rows += collection_rows(name, bundle, args.work, factors, args.queries)
-    synthetic = synthetic_rows(args.synthetic, args.work, factors, args.queries) if args.synthetic else []
+        bundle = ensure_bundle(args.data / name, args.work / name / "bundle", args.max_docs)
+        rows += collection_rows(name, bundle, args.work, factors, args.queries, codec)
+    synthetic = synthetic_rows(args.synthetic, args.work, factors, args.queries, codec) if args.synthetic else []
     args.work.mkdir(parents=True, exist_ok=True)
-    (args.work / "results.json").write_text(json.dumps({"collections": rows, "synthetic": synthetic}, indent=2))
+    out = args.work / f"results-{'-'.join(n for n in args.collections.split(',') if n) or 'synthetic'}.json"
+    out.write_text(json.dumps({"args": vars(args) | {"data": str(args.data), "work": str(args.work),
+                                                     "synthetic": str(args.synthetic)},
+                               "collections": rows, "synthetic": synthetic}, indent=2))
     print_tables(rows, synthetic, str(args.synthetic) if args.synthetic else None)
     return 0
 
