@@ -121,8 +121,8 @@ def collection_rows(name: str, bundle: Path, work: Path, factors: list[int], lim
                "pool_ms_per_1k_docs": 1000 * pool_s / n_docs * 1000, "encode_ms_per_1k_docs": encode_ms_per_1k,
                "load": os.getloadavg()[0]}
         rows.append(row)
-        print(f"  {name} f={f}: nDCG@10 {row['nDCG@10']:.4f}, {row['tokens']:,} tokens, {build_s:.0f} s",
-              file=sys.stderr, flush=True)
+        print(f"  {name} f={f}: nDCG@10 {row['nDCG@10']:.4f}, {row['tokens']:,} tokens, {build_s:.0f} s; "
+              f"row {json.dumps(row)}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -148,7 +148,7 @@ def synthetic_rows(bundle: Path, work: Path, factors: list[int], limit: int | No
         rows.append({"factor": f, "tokens": stats["tokens"], "bytes": stats["bytes_on_disk"], "build_s": build_s,
                      "exhaustive_recall10": recall(exact), "engine_recall10": recall(engine),
                      "engine_vs_own_exhaustive": float(np.mean([len(set(g) & set(e)) / 10 for g, e in zip(engine, exact)]))})
-        print(f"  synthetic f={f}: engine recall@10 {rows[-1]['engine_recall10']:.4f}", file=sys.stderr, flush=True)
+        print(f"  synthetic f={f}: row {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
     return [r for r in rows if r["factor"] in factors]
 
 
