@@ -126,6 +126,52 @@ def collection_rows(name: str, bundle: Path, work: Path, factors: list[int], lim
     return rows
 
 
+def exact_rows(name: str, bundle: Path, factors: list[int], limit: int | None) -> list[dict]:
+    """Pooling's loss alone: exact MaxSim over the uncompressed (pooled) vectors, no store, codec or engine.
+
+    Rows: nDCG@10 and R@100 of a k=100 exact run, stored tokens, and pool_batch seconds per 1000 documents.
+    """
+    from lodestore.collection import read_qrels
+    from lodestore.evaluate import measure
+    from lodestore.store import BundleSource
+    from lodestore.store._pooling import pool_batch
+
+    info = json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))
+    queries = np.load(bundle / "queries.npy")[:limit].astype(np.float32)  # [PAD] rows are zero: they add 0
+    qids = (bundle / "query_ids.txt").read_text(encoding="utf-8").splitlines()[: len(queries)]
+    doc_ids = (bundle / "ids.txt").read_text(encoding="utf-8").splitlines()
+    qrels = read_qrels(bundle / "qrels.tsv")
+    nq, ql, dim = queries.shape
+    rows = []
+    for f in factors:
+        lens, parts, pool_s = [], [], 0.0
+        for _, doclens, tokens in BundleSource(bundle).batches():
+            t0 = time.perf_counter()
+            doclens, tokens = pool_batch(doclens, tokens, f)
+            pool_s += time.perf_counter() - t0
+            lens.append(doclens)
+            parts.append(tokens)
+        doclens, tokens = np.concatenate(lens), np.concatenate(parts)
+        offsets = np.concatenate([[0], np.cumsum(doclens)])
+        scores = np.empty((nq, len(doclens)), dtype=np.float32)
+        qflat = queries.reshape(nq * ql, dim)
+        start = 0
+        while start < len(doclens):  # blocks of about 4096 token rows
+            stop = min(max(start + 1, int(np.searchsorted(offsets, offsets[start] + 4096, side="right")) - 1), len(doclens))
+            sim = (qflat @ tokens[offsets[start] : offsets[stop]].T).reshape(nq, ql, -1)
+            scores[:, start:stop] = np.maximum.reduceat(sim, offsets[start:stop] - offsets[start], axis=2).sum(axis=1)
+            start = stop
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :100]
+        results = [[(doc_ids[d], float(scores[qi, d])) for d in top[qi]] for qi in range(nq)]
+        rows.append({"collection": name, "factor": f, "docs": len(doclens), "queries": nq,
+                     **measure(qids, results, qrels), "tokens": int(offsets[-1]),
+                     "pool_ms_per_1k_docs": 1000 * pool_s / len(doclens) * 1000,
+                     "encode_ms_per_1k_docs": 1000 * int(info["n_tokens"]) / float(info["doc_tokens_per_s"]) / len(doclens) * 1000,
+                     "load": os.getloadavg()[0]})
+        print(f"  exact {name} f={f}: row {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
+    return rows
+
+
 def synthetic_rows(bundle: Path, work: Path, factors: list[int], limit: int | None, codec: dict) -> list[dict]:
     """Recall@10 against exhaustive MaxSim over the unpooled store, of exhaustive and engine search per factor."""
     import lodestore
@@ -153,16 +199,17 @@ def synthetic_rows(bundle: Path, work: Path, factors: list[int], limit: int | No
 
 
 def print_tables(rows: list[dict], synthetic: list[dict], synthetic_name: str | None) -> None:
-    print("\n| collection | pool factor | nDCG@10 | vs f=1 | R@100 | stored tokens | vs f=1 | bytes on disk | vs f=1 "
-          "| build s | p50 ms | pool ms / 1k docs | encode ms / 1k docs |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    base: dict[str, dict] = {}
-    for r in rows:
-        b = base.setdefault(r["collection"], r)
-        print(f"| {r['collection']} | {r['factor']} | {r['nDCG@10']:.4f} | {r['nDCG@10'] / b['nDCG@10']:.3f} | "
-              f"{r['R@100']:.4f} | {r['tokens']:,} | {r['tokens'] / b['tokens']:.2f} | {r['bytes'] / 2**20:.1f} MiB | "
-              f"{r['bytes'] / b['bytes']:.2f} | {r['build_s']:.0f} | {r['p50_ms']:.1f} | "
-              f"{r['pool_ms_per_1k_docs']:,.0f} | {r['encode_ms_per_1k_docs']:,.0f} |")
+    if rows:
+        print("\n| collection | pool factor | nDCG@10 | vs f=1 | R@100 | stored tokens | vs f=1 | bytes on disk | vs f=1 "
+              "| build s | p50 ms | pool ms / 1k docs | encode ms / 1k docs |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        base: dict[str, dict] = {}
+        for r in rows:
+            b = base.setdefault(r["collection"], r)
+            print(f"| {r['collection']} | {r['factor']} | {r['nDCG@10']:.4f} | {r['nDCG@10'] / b['nDCG@10']:.3f} | "
+                  f"{r['R@100']:.4f} | {r['tokens']:,} | {r['tokens'] / b['tokens']:.2f} | {r['bytes'] / 2**20:.1f} MiB | "
+                  f"{r['bytes'] / b['bytes']:.2f} | {r['build_s']:.0f} | {r['p50_ms']:.1f} | "
+                  f"{r['pool_ms_per_1k_docs']:,.0f} | {r['encode_ms_per_1k_docs']:,.0f} |")
     if synthetic:
         print(f"\n{synthetic_name}: recall@10 against exhaustive MaxSim over the unpooled store\n")
         print("| pool factor | stored tokens | bytes on disk | build s | exhaustive recall@10 | engine recall@10 "
@@ -171,6 +218,18 @@ def print_tables(rows: list[dict], synthetic: list[dict], synthetic_name: str | 
         for r in synthetic:
             print(f"| {r['factor']} | {r['tokens']:,} | {r['bytes'] / 2**20:.1f} MiB | {r['build_s']:.0f} | "
                   f"{r['exhaustive_recall10']:.4f} | {r['engine_recall10']:.4f} | {r['engine_vs_own_exhaustive']:.4f} |")
+
+
+def print_exact(rows: list[dict]) -> None:
+    print("\n| collection | pool factor | exact nDCG@10 | vs f=1 | exact R@100 | stored tokens | vs f=1 "
+          "| pool ms / 1k docs | encode ms / 1k docs |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    base: dict[str, dict] = {}
+    for r in rows:
+        b = base.setdefault(r["collection"], r)
+        print(f"| {r['collection']} | {r['factor']} | {r['nDCG@10']:.4f} | {r['nDCG@10'] / b['nDCG@10']:.3f} | "
+              f"{r['R@100']:.4f} | {r['tokens']:,} | {r['tokens'] / b['tokens']:.2f} | "
+              f"{r['pool_ms_per_1k_docs']:,.0f} | {r['encode_ms_per_1k_docs']:,.0f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
                    "not cached yet (its judged queries: those with a relevant document among them)")
     p.add_argument("--codec", choices=("scalar", "pq"), default=None, help="default: the store's default codec")
     p.add_argument("--nbits", type=int, default=None, choices=(1, 2, 4), help="scalar codec bits (default 2)")
+    p.add_argument("--exact", action="store_true", help="no stores: exact MaxSim over the uncompressed pooled "
+                   "vectors (pooling's loss alone, no codec or engine)")
     args = p.parse_args(argv)
     codec = {"codec": args.codec, "nbits": args.nbits}
     factors = [int(f) for f in args.factors.split(",") if f]
@@ -199,13 +260,18 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     for name in (n for n in args.collections.split(",") if n):
         bundle = ensure_bundle(args.data / name, args.work / name / "bundle", args.max_docs)
-        rows += collection_rows(name, bundle, args.work, factors, args.queries, codec)
+        rows += (exact_rows(name, bundle, factors, args.queries) if args.exact
+                 else collection_rows(name, bundle, args.work, factors, args.queries, codec))
     synthetic = synthetic_rows(args.synthetic, args.work, factors, args.queries, codec) if args.synthetic else []
     args.work.mkdir(parents=True, exist_ok=True)
-    out = args.work / f"results-{'-'.join(n for n in args.collections.split(',') if n) or 'synthetic'}.json"
+    label = "-".join(n for n in args.collections.split(",") if n) or "synthetic"
+    out = args.work / f"results-{label}{'-exact' if args.exact else ''}.json"
     out.write_text(json.dumps({"args": vars(args) | {"data": str(args.data), "work": str(args.work),
                                                      "synthetic": str(args.synthetic)},
                                "collections": rows, "synthetic": synthetic}, indent=2))
+    if args.exact:
+        print_exact(rows)
+        rows = []
     print_tables(rows, synthetic, str(args.synthetic) if args.synthetic else None)
     return 0
 

@@ -34,3 +34,7 @@ def test_bench_pooling_prints_one_row_per_factor(tmp_path, capsys):
     assert len(synthetic) == 2 and float(synthetic[0][4]) == 1.0  # the unpooled store against itself
     results = json.loads((work / "results-tiny.json").read_text())
     assert [r["factor"] for r in results["collections"]] == [1, 2] and len(results["synthetic"]) == 2
+    assert bench_pooling.main(args[:8] + ["--exact"]) == 0  # no stores: exact MaxSim over the pooled vectors
+    exact = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny |")]
+    assert [r[1] for r in exact] == ["1", "2"] and [int(r[5].replace(",", "")) for r in exact] == tokens
+    assert json.loads((work / "results-tiny-exact.json").read_text())["collections"][1]["factor"] == 2
