@@ -28,9 +28,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     else:
         dim = _bundle_dim(Path(args.embeddings))
         store = Store.create(path, dim=dim, nbits=args.nbits, codec=args.codec, pq_subspaces=args.pq_subspaces,
-                             num_centroids=args.centroids, seed=args.seed)
+                             num_centroids=args.centroids, seed=args.seed,
+                             pool_factor=1 if args.pool_factor is None else args.pool_factor)
     with store:
-        generation = store.add_embeddings(args.embeddings, progress=not args.quiet)
+        generation = store.add_embeddings(args.embeddings, progress=not args.quiet, pool_factor=args.pool_factor)
         print(f"committed generation {generation}: {store}")
     return 0
 
@@ -84,6 +85,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     ]
     if s["input_dim"] != s["dim"]:
         rows.insert(8, ("reduction", f"{s['reduction']} {s['input_dim']} -> {s['dim']}"))
+    if s["pool_factor"] > 1:
+        rows.insert(8, ("token pooling", f"pool factor {s['pool_factor']} (documents keep ~1/{s['pool_factor']} of their tokens)"))
     if encoder:
         cfg = encoder.get("config", {})
         rows.append(("encoder", f"model sha256 {str(encoder.get('model_sha256'))[:12]}..., dim {cfg.get('dim')}, "
@@ -136,7 +139,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from .collection import Collection
-    from .index import DEFAULT_DIM, Index
+    from .index import DEFAULT_DIM, DEFAULT_POOL_FACTOR, Index
     from lodestore.text import Encoder
 
     col = Collection.load(args.collection, args.max_docs)
@@ -151,7 +154,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         index = Index.create(path, encoder, nbits=args.nbits, codec=args.codec, pq_subspaces=args.pq_subspaces,
                              reduction=args.reduction,
                              dim=DEFAULT_DIM if args.dim is None else args.dim,
-                             num_centroids=args.centroids, seed=args.seed)
+                             num_centroids=args.centroids, seed=args.seed,
+                             pool_factor=DEFAULT_POOL_FACTOR if args.pool_factor is None else args.pool_factor)
     with index:
         new = [d for d in col.docs if d["_id"] not in index.store]
         if len(new) < len(col.docs):
@@ -161,9 +165,11 @@ def cmd_index(args: argparse.Namespace) -> int:
             return 0
         ids, texts, titles = [d["_id"] for d in new], [d.get("text") or "" for d in new], [d.get("title") or "" for d in new]
         if args.embeddings:
-            generation = index.add_encoded(args.embeddings, ids, texts, titles=titles, progress=not args.quiet)
+            generation = index.add_encoded(args.embeddings, ids, texts, titles=titles, progress=not args.quiet,
+                                           pool_factor=args.pool_factor)
         else:
-            generation = index.add(ids, texts, titles=titles, batch_size=args.batch, progress=not args.quiet)
+            generation = index.add(ids, texts, titles=titles, batch_size=args.batch, progress=not args.quiet,
+                                   pool_factor=args.pool_factor)
         print(f"committed generation {generation}: {index}")
     return 0
 
@@ -307,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--centroids", type=int, default=None, help="number of k-means centroids (default: from corpus size)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--shards", type=int, default=None, help="create a sharded store of N shards (lodestore.ShardedStore)")
+    b.add_argument("--pool-factor", type=int, default=None,
+                   help="token pooling: store ~1/N of each document's vectors (cluster means; default 1, none); "
+                        "an existing store keeps its own and refuses another")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_build)
 
@@ -357,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--reduction", default="pca", choices=("pca", "random"))
     x.add_argument("--centroids", type=int, default=None)
     x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--pool-factor", type=int, default=None,
+                   help="token pooling: store ~1/N of each document's vectors (cluster means; default: "
+                        "lodestore.index.DEFAULT_POOL_FACTOR); an existing index keeps its own and refuses another")
     x.add_argument("--batch", type=int, default=32, help="documents per model call")
     x.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
     x.add_argument("--quiet", action="store_true")

@@ -22,13 +22,15 @@ from lodestore._staging import clean_staging, spill_dir
 from lodestore.hybrid import DEFAULT_FUSION, DEFAULT_MODE, check_mode, depth, fuse
 from lodestore.keyword import KeywordIndex
 from lodestore.engine import Searcher
-from lodestore.store import Store
+from lodestore.store import Store, check_pool_factor
 from lodestore.text import Encoder
 
 #: Documents encoded per slice while adding: bounds the float32 vectors held in RAM.
 ENCODE_SLICE = 256
 #: Stored dimension of token vectors (None: the encoder's own). Chosen in docs/BENCHMARKS.md section 7.3.
 DEFAULT_DIM: int | None = None
+#: Token pool factor of a new index (1: every token vector stored). Chosen in docs/BENCHMARKS.md "Token pooling".
+DEFAULT_POOL_FACTOR = 1
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class Index:
     def create(cls, path: str | os.PathLike, encoder: Encoder | None = None, nbits: int | None = None, *,
                codec: str | None = None, pq_subspaces: int | None = None,
                dim: int | None = DEFAULT_DIM, reduction: str = "pca", num_centroids: int | None = None,
-               seed: int = 0, **searcher_options: Any) -> "Index":
+               seed: int = 0, pool_factor: int = DEFAULT_POOL_FACTOR, **searcher_options: Any) -> "Index":
         """Create an empty index at `path` for vectors from `encoder` (default: the packaged MiniLM).
 
         nbits / codec / pq_subspaces choose the residual codec as in Store.create
@@ -70,12 +72,16 @@ class Index:
         dim: store token vectors reduced to this many dimensions by `reduction`
         ("pca" or "random", fitted at the first add; docs/BENCHMARKS.md section 7.3
         measured the choice); None or the encoder's dim keeps them whole.
+        pool_factor: store each document as its first token plus ~1/pool_factor of the
+        others, cluster means (token pooling, FORMAT.md 7.7; queries are never pooled);
+        1 stores every token vector.
         """
         encoder = encoder or Encoder.default()
         dim = encoder.dim if dim is None or dim >= encoder.dim else int(dim)
         store = Store.create(path, dim=dim, nbits=nbits, codec=codec, pq_subspaces=pq_subspaces,
                              num_centroids=num_centroids, seed=seed,
-                             encoder=encoder.identity(), input_dim=encoder.dim, reduction=reduction)
+                             encoder=encoder.identity(), input_dim=encoder.dim, reduction=reduction,
+                             pool_factor=pool_factor)
         return cls(store, encoder, searcher_options)
 
     @classmethod
@@ -122,7 +128,7 @@ class Index:
     # ------------------------------------------------------------------ writing
     def add(self, ids: Sequence[str], texts: Sequence[str], metadata: Sequence[dict[str, Any]] | None = None, *,
             titles: Sequence[str] | None = None, batch_size: int = 32, upsert: bool = False,
-            progress: bool = False) -> int:
+            progress: bool = False, pool_factor: int | None = None) -> int:
         """Encode and add documents in one commit; returns the new generation.
 
         An id already in the index is an error unless upsert=True, which replaces
@@ -132,8 +138,11 @@ class Index:
         Vectors are spilled to a float16 file in the store's ``staging/`` folder
         (lodestore/_staging.py) while encoding, so memory stays bounded by one
         slice of documents; the spill is removed when the commit is done or fails.
+        Documents are pooled at the index's pool factor; a `pool_factor` given here
+        must be that one (ValueError before anything is encoded).
         """
         ids, texts, titles, metadata = _check_documents(ids, texts, titles, metadata)
+        self._check_pool_factor(pool_factor)
         if not upsert:
             self._check_new(ids)
         with spill_dir(self.store) as spill:
@@ -143,15 +152,17 @@ class Index:
 
     def add_encoded(self, bundle: str | os.PathLike, ids: Sequence[str], texts: Sequence[str],
                     metadata: Sequence[dict[str, Any]] | None = None, *, titles: Sequence[str] | None = None,
-                    progress: bool = False) -> int:
+                    progress: bool = False, pool_factor: int | None = None) -> int:
         """Add documents already encoded into an embedding bundle (tools/encode_collection) by this encoder.
 
         The bundle's bundle.json must record this encoder's identity (settings
         that only shape queries may differ) and its documents must be `ids` in
         order; the stored result is the same as
         `add` gives (which spills the same float16 vectors), without encoding twice.
+        pool_factor: as in add.
         """
         ids, texts, titles, metadata = _check_documents(ids, texts, titles, metadata)
+        self._check_pool_factor(pool_factor)
         bundle = Path(bundle)
         try:
             info = json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))
@@ -162,6 +173,12 @@ class Index:
             raise ValueError(f"{bundle}: its documents (ids.txt) are not the given ids in the same order")
         self._check_new(ids)
         return self._commit(bundle, ids, document_payloads(texts, titles, metadata), False, progress)
+
+    def _check_pool_factor(self, pool_factor: int | None) -> None:
+        if pool_factor is not None and check_pool_factor(pool_factor) != self.store.pool_factor:
+            raise ValueError(f"{self.store.root}: this index pools documents with pool_factor="
+                             f"{self.store.pool_factor} (set when it was created), not {pool_factor}; "
+                             "build a new index to change it (nothing was added)")
 
     def _check_new(self, ids: list[str]) -> None:
         known = [i for i in ids if i in self.store]

@@ -6,6 +6,7 @@ This package never imports `engine`: it knows nothing about queries.
 from ._errors import CorruptStoreError, StoreError, StoreLockedError, UnsupportedFormatError
 from ._ingest import BundleSource, DocSource, as_numpy, normalize_rows, open_source
 from ._manifest import FORMAT_VERSION, OLDEST_READABLE_VERSION, Manifest, SegmentEntry
+from ._pooling import check_pool_factor
 from ._report import VerifyReport
 from ._segment import SegmentReader
 from ._store import Store
@@ -30,6 +31,7 @@ __all__ = [
     "UnsupportedFormatError",
     "VerifyReport",
     "as_numpy",
+    "check_pool_factor",
     "default_num_centroids",
     "normalize_rows",
     "open_source",

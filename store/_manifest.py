@@ -29,7 +29,10 @@ PQ_READER_FEATURE = "codec-pq"
 KNOWN_READER_FEATURES: frozenset[str] = frozenset({PQ_READER_FEATURE})
 #: "projection": documents arrive with settings.input_dim values and must be projected
 #: (FORMAT.md 7.6); a writer that would store them unprojected must refuse the store.
-KNOWN_WRITER_FEATURES: frozenset[str] = frozenset({"projection"})
+#: "token-pooling": documents are pooled at settings.pool_factor before they are stored
+#: (FORMAT.md 7.7); a writer that would store them unpooled must refuse the store.
+POOLING_WRITER_FEATURE = "token-pooling"
+KNOWN_WRITER_FEATURES: frozenset[str] = frozenset({"projection", POOLING_WRITER_FEATURE})
 # codec.kind values this version reads: "residual" (the scalar codec) and "pq"
 KNOWN_CODEC_KINDS: frozenset[str] = frozenset({"residual", "pq"})
 
@@ -234,6 +237,11 @@ class Manifest:
             if not (is_int(d) and self.dim < d <= 1 << 20) or st.get("reduction") not in ("pca", "random") \
                     or "projection" not in self.writer_features:
                 raise bad(f"settings input_dim {d!r} / reduction {st.get('reduction')!r} do not describe a projection")
+        if "pool_factor" in st or POOLING_WRITER_FEATURE in self.writer_features:
+            f = st.get("pool_factor")
+            if not (is_int(f) and 2 <= f <= 1 << 20) or POOLING_WRITER_FEATURE not in self.writer_features:
+                raise bad(f"settings pool_factor {f!r} and writer features {list(self.writer_features)} do not "
+                          "describe token pooling")
 
     def check_writable(self) -> None:
         unknown = set(self.writer_features) - KNOWN_WRITER_FEATURES

@@ -64,6 +64,7 @@ def stats(store: "Store") -> dict[str, Any]:
         "dim": m.dim,
         "input_dim": store.input_dim,
         "reduction": m.settings.get("reduction") if store.input_dim != m.dim else None,
+        "pool_factor": store.pool_factor,
         "nbits": m.nbits,
         "codec": kind,
         "pq_subspaces": pq_subspaces,

@@ -27,8 +27,9 @@ from ._errors import CorruptStoreError, StoreError
 from ._fs import fsync_dir
 from ._ingest import DocSource, InMemorySource, open_source
 from ._leases import Lease
-from ._manifest import Manifest, read_manifest, write_manifest
+from ._manifest import POOLING_WRITER_FEATURE, Manifest, read_manifest, write_manifest
 from ._payloads import check_payloads
+from ._pooling import check_pool_factor, check_requested_factor, pooled
 from ._projection import REDUCTIONS, project, read_projection
 from ._report import VerifyReport
 from ._safefs import StorePath
@@ -60,7 +61,7 @@ class Store:
     def create(cls, path: str | os.PathLike, dim: int = 128, nbits: int | None = None, *,
                codec: str | None = None, pq_subspaces: int | None = None,
                num_centroids: int | None = None, seed: int = 0, encoder: dict[str, Any] | None = None,
-               input_dim: int | None = None, reduction: str = "pca") -> "Store":
+               input_dim: int | None = None, reduction: str = "pca", pool_factor: int = 1) -> "Store":
         """Create an empty store at `path` (which must not exist or be an empty directory).
 
         codec: "scalar" (centroid + `nbits` 1/2/4 bits per dimension, default 2) or
@@ -73,8 +74,12 @@ class Store:
         `input_dim` > `dim`: documents and queries arrive with input_dim values and
         are projected to dim by a `reduction` ("pca" or "random") fitted at the
         first add and kept with the codec state (store/_projection.py).
+        `pool_factor` f > 1: every document added is stored as its first token plus about
+        1/f of the others, cluster means of them (token pooling, store/_pooling.py);
+        recorded in the manifest and applied to every later add. 1: stored as given.
         """
         codec, nbits, pq_subspaces = resolve_codec(dim, nbits, codec, pq_subspaces)
+        pool_factor = check_pool_factor(pool_factor)
         if num_centroids is not None and not 1 <= num_centroids <= 65536:
             raise ValueError(f"num_centroids must be in [1, 65536], got {num_centroids}")
         settings: dict[str, Any] = {"num_centroids": num_centroids, "seed": int(seed)}
@@ -84,6 +89,8 @@ class Store:
             if reduction not in REDUCTIONS:
                 raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
             settings.update(input_dim=int(input_dim), reduction=reduction)
+        if pool_factor > 1:  # absent = 1: a store that does not pool is written as before pooling existed
+            settings["pool_factor"] = pool_factor
         root = Path(path)
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise FileExistsError(f"{root}: exists and is not an empty directory; refusing to create a store there")
@@ -93,7 +100,8 @@ class Store:
         manifest = Manifest(generation=0, dim=int(dim), nbits=int(nbits),
                             settings={**settings, **creation_settings(codec, pq_subspaces)}, encoder=encoder,
                             reader_features=codec_class(codec).reader_features,
-                            writer_features=("projection",) if "input_dim" in settings else ())
+                            writer_features=(("projection",) if "input_dim" in settings else ())
+                            + ((POOLING_WRITER_FEATURE,) if pool_factor > 1 else ()))
         write_manifest(root, manifest)
         fsync_dir(root.parent)
         return cls(root, manifest, writable=True, lock_fd=lock_fd)
@@ -161,6 +169,11 @@ class Store:
     def input_dim(self) -> int:
         """Dimension of the vectors the store is given (larger than dim when it reduces them)."""
         return int(self.manifest.settings.get("input_dim") or self.manifest.dim)
+
+    @property
+    def pool_factor(self) -> int:
+        """The token pool factor every add applies to documents (1: none; FORMAT.md 7.7)."""
+        return int(self.manifest.settings.get("pool_factor", 1))
 
     @property
     def projection(self) -> np.ndarray | None:
@@ -282,7 +295,7 @@ class Store:
             raise StoreError("store opened read-only: use Store.open(path, writable=True) to change it")
 
     def add(self, ids: Sequence[str], embeddings: Sequence[Any], *, payloads: Sequence[bytes] | None = None,
-            upsert: bool = False, progress: bool = False) -> int:
+            upsert: bool = False, progress: bool = False, pool_factor: int | None = None) -> int:
         """Add documents in one commit; trains the codec on the first add. Returns the new generation.
 
         Embeddings: one (n_tokens, dim) float16/32/64 numpy array or torch tensor per
@@ -290,30 +303,37 @@ class Store:
         document kept beside it (the Index keeps its text there). On bad input a
         ValueError names the document and nothing is written. An id that is live in
         the store is an error unless upsert=True, which deletes the old document in
-        the same commit (a deleted id may always be added again).
+        the same commit (a deleted id may always be added again). Documents are pooled
+        at the store's pool_factor; a `pool_factor` given here must be that one.
         """
         self._require_writable()
+        check_requested_factor(pool_factor, self.pool_factor, self.root)
         source = InMemorySource(ids, embeddings, self.input_dim, None if upsert else set(self._ids_index()), payloads)
         return self.add_source(source, upsert=upsert, progress=progress)
 
     def add_embeddings(self, path: str | os.PathLike, *, ids: Sequence[str] | None = None,
-                       payloads: Sequence[bytes] | None = None, upsert: bool = False, progress: bool = True) -> int:
+                       payloads: Sequence[bytes] | None = None, upsert: bool = False, progress: bool = True,
+                       pool_factor: int | None = None) -> int:
         """Add an embedding bundle (docs.npy + doclens.npy [+ ids.txt]) or a directory of .npy files.
 
         ids (instead of the bundle's ids.txt) and payloads (optional bytes per
-        document) are in the bundle's document order.
+        document) are in the bundle's document order. pool_factor: as in add.
         """
         self._require_writable()
+        check_requested_factor(pool_factor, self.pool_factor, self.root)
         source = open_source(path, self.input_dim, None if upsert else set(self._ids_index()), ids)
         source.payloads = check_payloads(payloads, source.n_docs)
         return self.add_source(source, upsert=upsert, progress=progress)
 
-    def add_source(self, source: DocSource, *, upsert: bool = False, progress: bool = False) -> int:
+    def add_source(self, source: DocSource, *, upsert: bool = False, progress: bool = False,
+                   pool_factor: int | None = None) -> int:
         """Encode a document source into one new segment and commit it (FORMAT.md section 12).
 
         With upsert=True, live documents with the source's ids are deleted by the same commit.
+        Its documents are pooled at the store's pool_factor (a PooledSource is taken as pooled).
         """
         self._require_writable()
+        check_requested_factor(pool_factor, self.pool_factor, self.root)
         if source.dim != self.input_dim:
             raise ValueError(f"source has dim {source.dim}, the store takes dim {self.input_dim}")
         index = self._ids_index()
@@ -321,6 +341,7 @@ class Store:
         if replaced and not upsert:
             raise ValueError(f"document id {replaced[0]!r} is already in the store "
                              f"({len(replaced)} such ids); pass upsert=True to replace them")
+        source = pooled(source, self.pool_factor, self.root)
         return _writer.add_source(self, source, replaced, progress=progress)
 
     def _drift_threshold(self) -> float | None:
