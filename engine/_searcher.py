@@ -25,6 +25,7 @@ from lodestore.store import Store
 from ._args import check_k, check_options, check_queries, check_subset, split_queries
 from ._budget import AUTO_CACHE, AUTO_CACHE_NO_PREFETCH, Placement, parse_size, place
 from ._corpus import Corpus
+from ._filter import Allowed, DocFilter
 from ._maxsim import aligned_empty
 from ._parallel import Workers, default_threads
 from ._prefetch import Prefetcher
@@ -131,6 +132,7 @@ class Searcher:
                                      threads=self.settings.prefetch_threads, read_concat=corpus.read_concat)
         self.rows = RowReader(corpus, self.prefetcher, self.settings.prefetch)
         self.prober = Prober(corpus, self.workers, self.rows)
+        self.filter = DocFilter(corpus)
         self.reranker = Reranker(corpus, self.workers, self.rows, self.prober.scale, self.settings.device)
 
     def _load(self, store: Store) -> tuple[Corpus, Placement]:
@@ -193,18 +195,22 @@ class Searcher:
         _release_free_memory()
         return True
 
-    def search(self, query: Any, k: int = 10, subset: Sequence[str] | None = None) -> Hits | list[Hits]:
+    def search(self, query: Any, k: int = 10, subset: Sequence[str] | None = None, *, where: str | None = None,
+               params: Sequence[Any] | None = None) -> Hits | list[Hits]:
         """Top-k (id, score) by exact MaxSim, best first.
 
         query: (q_len, dim) -> one list of hits; (B, q_len, dim) or a list of
         (q_len_i, dim) -> one list per query. subset: only these document ids
-        may be returned.
+        may be returned. where/params: only documents whose metadata match, e.g.
+        where="year >= ? AND lang = ?", params=(2019, "en") (grammar: lodestore.store
+        compile_where; how the search keeps its recall: engine/_filter.py).
         """
         k = check_k(k)
+        flt = self.filter.compile(where, params)  # a bad expression is a ValueError before any search work
         single, qs = split_queries(query, self.store.input_dim)
         queries = check_queries(self.store, qs, self.settings.max_query_tokens)
         ids = check_subset(subset)
-        allowed = self.corpus.lookup(ids) if ids is not None else None
+        allowed = self.filter.allowed(flt, self.corpus.lookup(ids) if ids is not None else None)
         t0 = time.perf_counter()
         results = self._search_batch(queries, k, allowed)
         self.query_time_s += time.perf_counter() - t0
@@ -227,7 +233,7 @@ class Searcher:
         p = self.prefetcher
         requested = p.hits + p.waited + p.misses
         c = self.corpus
-        resident = c.index_bytes() + p.resident_bytes + self.reranker.byte_tables.nbytes
+        resident = c.index_bytes() + p.resident_bytes + self.reranker.byte_tables.nbytes + self.filter.resident_bytes
         resident += c.codes.nbytes if c.codes is not None else 0
         resident += c.residuals.nbytes if c.residuals is not None else 0
         return {
@@ -250,6 +256,7 @@ class Searcher:
             "probe_delta": self.probe_delta,
             "threads": self.workers.threads,
             "max_query_tokens": self.max_query_tokens,
+            "metadata_bytes": self.filter.resident_bytes,
         }
 
     def reset_stats(self) -> None:
@@ -272,7 +279,7 @@ class Searcher:
         self.close()
 
     # ------------------------------------------------------------------ pipeline
-    def _search_batch(self, queries: list[np.ndarray], k: int, allowed: np.ndarray | None) -> list[Hits]:
+    def _search_batch(self, queries: list[np.ndarray], k: int, allowed: Allowed | None) -> list[Hits]:
         """Groups of up to BATCH_TOKENS query tokens share one pass over the centroids."""
         out: list[Hits] = []
         group: list[np.ndarray] = []
@@ -284,7 +291,7 @@ class Searcher:
                 group.append(q)
             return out + self._search_group(group, k, allowed)
 
-    def _search_group(self, queries: list[np.ndarray], k: int, allowed: np.ndarray | None) -> list[Hits]:
+    def _search_group(self, queries: list[np.ndarray], k: int, allowed: Allowed | None) -> list[Hits]:
         settings = self.settings
         bounds = np.concatenate([[0], np.cumsum([len(q) for q in queries])])
         table, tokens, probed = self.prober.score_and_probe(np.concatenate(queries), settings)  # once per group

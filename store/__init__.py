@@ -6,6 +6,8 @@ This package never imports `engine`: it knows nothing about queries.
 from ._errors import CorruptStoreError, StoreError, StoreLockedError, UnsupportedFormatError
 from ._ingest import BundleSource, DocSource, as_numpy, normalize_rows, open_source
 from ._manifest import FORMAT_VERSION, OLDEST_READABLE_VERSION, Manifest, SegmentEntry
+from ._metadata import MetadataColumns
+from ._metadata_where import Where, compile_where
 from ._report import VerifyReport
 from ._segment import SegmentReader
 from ._store import Store
@@ -18,6 +20,7 @@ __all__ = [
     "DocSource",
     "FORMAT_VERSION",
     "Manifest",
+    "MetadataColumns",
     "OLDEST_READABLE_VERSION",
     "PQCodec",
     "ResidualCodec",
@@ -29,7 +32,9 @@ __all__ = [
     "StoreLockedError",
     "UnsupportedFormatError",
     "VerifyReport",
+    "Where",
     "as_numpy",
+    "compile_where",
     "default_num_centroids",
     "normalize_rows",
     "open_source",

@@ -14,6 +14,7 @@ from typing import Any
 
 import google_crc32c
 
+from ._metadata import check_schema
 from ._errors import CorruptStoreError, StoreError, UnsupportedFormatError
 from ._fs import atomic_replace
 from ._safefs import StorePath, parse_json
@@ -29,7 +30,9 @@ PQ_READER_FEATURE = "codec-pq"
 KNOWN_READER_FEATURES: frozenset[str] = frozenset({PQ_READER_FEATURE})
 #: "projection": documents arrive with settings.input_dim values and must be projected
 #: (FORMAT.md 7.6); a writer that would store them unprojected must refuse the store.
-KNOWN_WRITER_FEATURES: frozenset[str] = frozenset({"projection"})
+#: "metadata": segments may hold typed metadata whose field types settings.metadata_fields records;
+#: a writer that does not know it would drop the metadata at compaction (FORMAT.md 8.2.2)
+KNOWN_WRITER_FEATURES: frozenset[str] = frozenset({"projection", "metadata"})
 # codec.kind values this version reads: "residual" (the scalar codec) and "pq"
 KNOWN_CODEC_KINDS: frozenset[str] = frozenset({"residual", "pq"})
 
@@ -234,6 +237,13 @@ class Manifest:
             if not (is_int(d) and self.dim < d <= 1 << 20) or st.get("reduction") not in ("pca", "random") \
                     or "projection" not in self.writer_features:
                 raise bad(f"settings input_dim {d!r} / reduction {st.get('reduction')!r} do not describe a projection")
+        if ("metadata_fields" in st) != ("metadata" in self.writer_features):
+            raise bad("settings metadata_fields and the writer feature metadata do not come together")
+        if "metadata_fields" in st:
+            try:
+                check_schema(st["metadata_fields"])
+            except ValueError as e:
+                raise bad(f"settings {e}") from None
 
     def check_writable(self) -> None:
         unknown = set(self.writer_features) - KNOWN_WRITER_FEATURES
