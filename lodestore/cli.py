@@ -20,8 +20,23 @@ def _human(n: float) -> str:
     return str(n)
 
 
+def _metadata(args: argparse.Namespace) -> list | None:
+    """--metadata FILE: one JSON object a line, in the bundle's document order (None without the option)."""
+    if args.metadata is None:
+        return None
+    with open(args.metadata, encoding="utf-8") as f:
+        out = []
+        for n, line in enumerate(f, 1):
+            try:
+                out.append(json.loads(line))
+            except ValueError as e:
+                raise ValueError(f"{args.metadata}: line {n} is not JSON ({e})") from None
+    return out
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     path = Path(args.store)
+    metadata = _metadata(args)
     if path.exists() and any(path.iterdir()):
         store = Store.open(path, writable=True)
     else:
@@ -29,14 +44,16 @@ def cmd_build(args: argparse.Namespace) -> int:
         store = Store.create(path, dim=dim, nbits=args.nbits, codec=args.codec, pq_subspaces=args.pq_subspaces,
                              num_centroids=args.centroids, seed=args.seed)
     with store:
-        generation = store.add_embeddings(args.embeddings, progress=not args.quiet)
+        generation = store.add_embeddings(args.embeddings, metadata=metadata, progress=not args.quiet)
         print(f"committed generation {generation}: {store}")
     return 0
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    metadata = _metadata(args)
     with Store.open(args.store, writable=True) as store:
-        generation = store.add_embeddings(args.embeddings, upsert=args.upsert, progress=not args.quiet)
+        generation = store.add_embeddings(args.embeddings, metadata=metadata, upsert=args.upsert,
+                                          progress=not args.quiet)
         print(f"committed generation {generation}: {store}")
     return 0
 
@@ -122,7 +139,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if queries.ndim == 2:
         queries = queries[None]
     with Searcher(args.store, memory_budget=args.memory_budget) as searcher:
-        results = searcher.search(queries, k=args.k)
+        results = searcher.search(queries, k=args.k, where=args.where, params=_params(args))
     if args.json:
         print(json.dumps([[{"id": i, "score": float(s)} for i, s in hits] for hits in results]))
         return 0
@@ -131,6 +148,29 @@ def cmd_search(args: argparse.Namespace) -> int:
         for rank, (doc_id, score) in enumerate(hits, 1):
             print(f"  {rank:>3}  {score:9.4f}  {doc_id}")
     return 0
+
+
+def _params(args: argparse.Namespace) -> list | None:
+    """--param values: a JSON number, true/false or "quoted string" is that value; anything else the text itself."""
+    if args.where is None:
+        if args.param:
+            raise ValueError("--param given without --where")
+        return None
+    out = []
+    for text in args.param:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        out.append(value if isinstance(value, (int, float, str, bool)) else text)
+    return out
+
+
+def _add_filter_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--where", default=None,
+                   help="only documents whose metadata match, e.g. \"year >= ? AND lang = ?\" (README: metadata filters)")
+    p.add_argument("--param", action="append", default=[], metavar="VALUE",
+                   help="the value of the next '?' (repeat in order): 2019, 1.5, true, \"2019\" (a string), or other text")
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -171,7 +211,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     from .index import Index
 
     with Index.open(args.store, memory_budget=args.memory_budget) as index:
-        hits = index.search(args.text, k=args.k)
+        hits = index.search(args.text, k=args.k, where=args.where, params=_params(args))
     if args.json:
         print(json.dumps([{"rank": r, "id": h.id, "score": h.score, "title": h.title, "text": h.text,
                            "metadata": h.metadata} for r, h in enumerate(hits, 1)], ensure_ascii=False))
@@ -260,6 +300,9 @@ def _add_codec_arguments(p: argparse.ArgumentParser) -> None:
                    help="pq codec: bytes per token residual (default: the most that fit in dim/4 bytes)")
 
 
+_METADATA_HELP = "JSONL file: one metadata object per document, in the bundle's order (typed fields for --where)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lodestore", description="Disk-offloaded late-interaction retrieval store.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -271,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--centroids", type=int, default=None, help="number of k-means centroids (default: from corpus size)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--quiet", action="store_true")
+    b.add_argument("--metadata", default=None, help=_METADATA_HELP)
     b.set_defaults(func=cmd_build)
 
     a = sub.add_parser("add", help="add an embedding bundle or a directory of .npy files to an existing store (one commit)")
@@ -278,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--embeddings", required=True, help="bundle dir (docs.npy, doclens.npy[, ids.txt]) or dir of .npy files")
     a.add_argument("--upsert", action="store_true", help="replace documents whose ids are already in the store (same commit)")
     a.add_argument("--quiet", action="store_true")
+    a.add_argument("--metadata", default=None, help=_METADATA_HELP)
     a.set_defaults(func=cmd_add)
 
     c = sub.add_parser("compact", help="merge all segments into one without the deleted documents (one commit)")
@@ -304,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--memory-budget", default="auto", help="bytes, e.g. 64MB; 'auto' (the index; rows read through) or 'all'")
     s.add_argument("--json", action="store_true")
+    _add_filter_arguments(s)
     s.set_defaults(func=cmd_search)
 
     x = sub.add_parser("index", help="encode a BEIR collection's corpus (corpus.jsonl) into a text index")
@@ -330,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--words", type=int, default=25, help="words of each document's text to show")
     q.add_argument("--memory-budget", default="auto")
     q.add_argument("--json", action="store_true")
+    _add_filter_arguments(q)
     q.set_defaults(func=cmd_query)
 
     e = sub.add_parser("eval", help="nDCG@10, R@100, MRR@10 of the engine and of exhaustive MaxSim on a BEIR collection")

@@ -20,7 +20,7 @@ import numpy as np
 
 from lodestore._staging import clean_staging, spill_dir
 from lodestore.engine import Searcher
-from lodestore.store import Store
+from lodestore.store import MetadataColumns, Store
 from lodestore.text import Encoder
 
 #: Documents encoded per slice while adding: bounds the float32 vectors held in RAM.
@@ -124,7 +124,9 @@ class Index:
         An id already in the index is an error unless upsert=True, which replaces
         that document in the same commit.
         The encoder sees "title. text" when a title is given. Title, text and
-        metadata (JSON-serializable dicts) are stored and returned with hits.
+        metadata are stored and returned with hits; metadata values must be of the
+        store's metadata types (int, float, str, bool, None, list of str), and are also
+        kept as typed columns that `search(where=...)` filters on (Store.add).
         Vectors are spilled to a float16 file in the store's ``staging/`` folder
         (lodestore/_staging.py) while encoding, so memory stays bounded by one
         slice of documents; the spill is removed when the commit is done or fails.
@@ -132,10 +134,11 @@ class Index:
         ids, texts, titles, metadata = _check_documents(ids, texts, titles, metadata)
         if not upsert:
             self._check_new(ids)
+        typed = self._check_metadata(ids, metadata)
         with spill_dir(self.store) as spill:
             _encode_to_bundle(self.encoder, [f"{t}. {x}" if t else x for t, x in zip(titles, texts)], spill,
                               batch_size, progress)
-            return self._commit(spill, ids, document_payloads(texts, titles, metadata), upsert, progress)
+            return self._commit(spill, ids, document_payloads(texts, titles, metadata), typed, upsert, progress)
 
     def add_encoded(self, bundle: str | os.PathLike, ids: Sequence[str], texts: Sequence[str],
                     metadata: Sequence[dict[str, Any]] | None = None, *, titles: Sequence[str] | None = None,
@@ -157,15 +160,25 @@ class Index:
         if (bundle / "ids.txt").exists() and (bundle / "ids.txt").read_text(encoding="utf-8").splitlines() != ids:
             raise ValueError(f"{bundle}: its documents (ids.txt) are not the given ids in the same order")
         self._check_new(ids)
-        return self._commit(bundle, ids, document_payloads(texts, titles, metadata), False, progress)
+        typed = self._check_metadata(ids, metadata)
+        return self._commit(bundle, ids, document_payloads(texts, titles, metadata), typed, False, progress)
 
     def _check_new(self, ids: list[str]) -> None:
         known = [i for i in ids if i in self.store]
         if known:
             raise ValueError(f"document id {known[0]!r} is already in the index")
 
-    def _commit(self, bundle: Path, ids: list[str], payloads: list[bytes], upsert: bool, progress: bool) -> int:
-        generation = self.store.add_embeddings(bundle, ids=ids, payloads=payloads, upsert=upsert, progress=progress)
+    def _check_metadata(self, ids: list[str], metadata: list[dict]) -> list[dict] | None:
+        """Store.add's typed-metadata checks (ValueError) before anything is encoded; None when no document has any."""
+        if not any(metadata):
+            return None
+        MetadataColumns.from_dicts(metadata, len(ids), self.store.metadata_fields, ids)
+        return metadata
+
+    def _commit(self, bundle: Path, ids: list[str], payloads: list[bytes], metadata: list[dict] | None,
+                upsert: bool, progress: bool) -> int:
+        generation = self.store.add_embeddings(bundle, ids=ids, payloads=payloads, metadata=metadata, upsert=upsert,
+                                               progress=progress)
         if self._searcher is not None:  # it answers from the generation it opened: reopen on next search
             self._searcher.close()
             self._searcher = None
@@ -187,14 +200,19 @@ class Index:
             self._searcher = Searcher(self.store, **self._searcher_options)
         return self._searcher
 
-    def search(self, query: str | Sequence[str], k: int = 10, subset: Sequence[str] | None = None
-               ) -> list[Hit] | list[list[Hit]]:
-        """Top-k hits for one query string, or one list per query for a list of strings."""
+    def search(self, query: str | Sequence[str], k: int = 10, subset: Sequence[str] | None = None, *,
+               where: str | None = None, params: Sequence[Any] | None = None) -> list[Hit] | list[list[Hit]]:
+        """Top-k hits for one query string, or one list per query for a list of strings.
+
+        where/params: only documents whose metadata match, e.g. where="year >= ? AND
+        lang = ?", params=(2019, "en") (checked before the queries are encoded).
+        """
         single = isinstance(query, str)
         queries = [query] if single else list(query)
         if not queries:
             raise ValueError("no queries given")
-        raw = self.searcher.search(self.query_vectors(queries), k=k, subset=subset)
+        self.searcher.filter.compile(where, params)  # a bad filter fails before any encoding
+        raw = self.searcher.search(self.query_vectors(queries), k=k, subset=subset, where=where, params=params)
         results = [self._hits(r) for r in raw]
         return results[0] if single else results
 
