@@ -357,7 +357,7 @@ class SegmentReader:
             failures += f
         if not failures:
             for check in (self.ids, self.ivf, self._check_codes) + ((self._check_payloads,) if self.has_payloads else ()) \
-                    + ((self.metadata,) if self.has_metadata and self.metadata_schema is not None else ()):
+                    + ((self.metadata,) if self.has_metadata else ()):
                 try:
                     check()
                 except CorruptStoreError as e:
