@@ -306,8 +306,9 @@ def _str_predicate(col: Column, node: tuple) -> np.ndarray:
         table = np.fromiter((node[2].fullmatch(w) is not None for w in words), bool, count=len(words))
         return np.append(table, False)[codes]
     if node[0] == "in":
-        found = [i for v in node[2] for i in [bisect.bisect_left(words, v)] if i < len(words) and words[i] == v]
-        return np.isin(codes, np.array(found, dtype=np.int32))
+        table = np.zeros(len(words) + 1, dtype=bool)  # the last slot answers code -1 (null)
+        table[[i for v in node[2] for i in [bisect.bisect_left(words, v)] if i < len(words) and words[i] == v]] = True
+        return table[codes]
     op, v = node[2], node[3]
     lo, hi = bisect.bisect_left(words, v), bisect.bisect_right(words, v)
     if op in ("=", "=="):
