@@ -217,6 +217,12 @@ class Searcher:
         self.queries += len(queries)
         return results[0] if single else results
 
+    def matching_ids(self, where: str, params: Sequence[Any] | None = None) -> list[str]:
+        """Ids of the live documents whose metadata match `where`, in store order (for a caller that
+        ranks by other means, e.g. keywords, and must honour the same filter)."""
+        allowed = self.filter.allowed(self.filter.compile(where, params), None)
+        return [self.corpus.doc_id(g) for g in allowed.docs.tolist()]
+
     def stats(self) -> dict[str, Any]:
         """Counters since open (or reset_stats) and what is resident.
 

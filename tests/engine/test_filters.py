@@ -141,6 +141,15 @@ def test_filters_follow_delete_upsert_compact_reopen_and_refresh(tmp_path):
         assert reopened.search(q, 5, where="lang = 'nobody'") == []
 
 
+def test_matching_ids_lists_the_live_matching_documents(opened):
+    store, searcher = opened
+    ids = store.ids()
+    want = [i for i, m in zip(ids, store.get_metadata(ids)) if m["lang"] == "fr" and m["year"] < 2000]
+    assert searcher.matching_ids("lang = ? AND year < ?", ["fr", 2000]) == want and want
+    with pytest.raises(ValueError, match="unknown metadata field"):
+        searcher.matching_ids("nope = 1")
+
+
 def test_where_and_subset_intersect(opened, queries):
     store, searcher = opened
     subset = [f"d{i}" for i in range(1, 400) if i % 11]
