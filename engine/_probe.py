@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _native as native
 from ._corpus import Corpus
+from ._filter import Allowed
 from ._maxsim import aligned_empty, centroid_interaction, int8_query, score_table_i8, top_k
 from ._parallel import Workers
 from ._rerank import FIRST_WAVE
@@ -77,7 +78,7 @@ class Prober:
             tokens, cents = np.concatenate([tokens, t2]), np.concatenate([cents, c2])
         return table, tokens, cents
 
-    def candidates(self, table: np.ndarray, probed: np.ndarray, k: int, allowed: np.ndarray | None,
+    def candidates(self, table: np.ndarray, probed: np.ndarray, k: int, allowed: Allowed | None,
                    settings: SearchSettings) -> tuple[np.ndarray, np.ndarray]:
         """Stages 2-3: the documents of the probed inverted lists, ranked by centroid interaction.
 
@@ -86,12 +87,13 @@ class Prober:
         its tokens replaced by their centroids, computed from its distinct centroid ids
         (the document-major copy of the inverted lists). Returns the best
         max(k, ndocs) candidates, best first: the survivors, and their centroid-interaction
-        scores (in score units).
+        scores (in score units). allowed (a subset or metadata filter, engine/_filter.py): only
+        those documents; all of them are scored when they are no more than the probed candidates.
         """
         c = self.corpus
         survivors = settings.survivors(k)
         if allowed is not None and len(allowed) <= survivors:
-            docs = allowed  # a small subset skips probing: all of it is scored
+            docs = allowed.docs  # a small subset skips probing: all of it is scored
         else:
             cents = np.unique(probed)
             if self.rows.reading_ahead:
@@ -102,8 +104,8 @@ class Prober:
                 pair_docs = c.probed_docs(cents)
             docs = distinct(pair_docs, c.n_docs)
             docs = docs[~c.deleted[docs]]
-            if allowed is not None:
-                docs = docs[np.isin(docs, allowed, assume_unique=True)]
+            if allowed is not None:  # score every admitted document when that is no more work (engine/_filter.py)
+                docs = allowed.docs if len(allowed) <= len(docs) else docs[allowed.mask[docs]]
         if len(docs) == 0:
             return docs, np.zeros(0, dtype=np.float32)
         starts, lens = c.distinct_code_spans(docs)

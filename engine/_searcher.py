@@ -25,6 +25,7 @@ from lodestore.store import Store
 from ._args import check_k, check_options, check_queries, check_read_hints, check_subset, split_queries
 from ._budget import AUTO_CACHE, AUTO_CACHE_NO_PREFETCH, Placement, parse_size, place
 from ._corpus import Corpus
+from ._filter import Allowed, DocFilter
 from ._maxsim import aligned_empty
 from ._parallel import Workers, default_threads
 from ._prefetch import Prefetcher
@@ -139,6 +140,7 @@ class Searcher:
                                      threads=self.settings.prefetch_threads, read_concat=corpus.read_concat)
         self.rows = RowReader(corpus, self.prefetcher, self.settings.prefetch, hints=self.settings.read_hints)
         self.prober = Prober(corpus, self.workers, self.rows)
+        self.filter = DocFilter(corpus)
         self.reranker = Reranker(corpus, self.workers, self.rows, self.prober.scale, self.settings.device)
 
     def _load(self, store: Store) -> tuple[Corpus, Placement]:
@@ -201,23 +203,33 @@ class Searcher:
         _release_free_memory()
         return True
 
-    def search(self, query: Any, k: int = 10, subset: Sequence[str] | None = None) -> Hits | list[Hits]:
+    def search(self, query: Any, k: int = 10, subset: Sequence[str] | None = None, *, where: str | None = None,
+               params: Sequence[Any] | None = None) -> Hits | list[Hits]:
         """Top-k (id, score) by exact MaxSim, best first.
 
         query: (q_len, dim) -> one list of hits; (B, q_len, dim) or a list of
         (q_len_i, dim) -> one list per query. subset: only these document ids
-        may be returned.
+        may be returned. where/params: only documents whose metadata match, e.g.
+        where="year >= ? AND lang = ?", params=(2019, "en") (grammar: lodestore.store
+        compile_where; how the search keeps its recall: engine/_filter.py).
         """
         k = check_k(k)
+        flt = self.filter.compile(where, params)  # a bad expression is a ValueError before any search work
         single, qs = split_queries(query, self.store.input_dim)
         queries = check_queries(self.store, qs, self.settings.max_query_tokens)
         ids = check_subset(subset)
-        allowed = self.corpus.lookup(ids) if ids is not None else None
+        allowed = self.filter.allowed(flt, self.corpus.lookup(ids) if ids is not None else None)
         t0 = time.perf_counter()
         results = self._search_batch(queries, k, allowed)
         self.query_time_s += time.perf_counter() - t0
         self.queries += len(queries)
         return results[0] if single else results
+
+    def matching_ids(self, where: str, params: Sequence[Any] | None = None) -> list[str]:
+        """Ids of the live documents whose metadata match `where`, in store order (for a caller that
+        ranks by other means, e.g. keywords, and must honour the same filter)."""
+        allowed = self.filter.allowed(self.filter.compile(where, params), None)
+        return [self.corpus.doc_id(g) for g in allowed.docs.tolist()]
 
     def stats(self) -> dict[str, Any]:
         """Counters since open (or reset_stats) and what is resident.
@@ -239,7 +251,7 @@ class Searcher:
         p = self.prefetcher
         requested = p.hits + p.waited + p.misses
         c = self.corpus
-        resident = c.index_bytes() + p.resident_bytes + self.reranker.byte_tables.nbytes
+        resident = c.index_bytes() + p.resident_bytes + self.reranker.byte_tables.nbytes + self.filter.resident_bytes
         resident += c.codes.nbytes if c.codes is not None else 0
         resident += c.residuals.nbytes if c.residuals is not None else 0
         return {
@@ -268,6 +280,7 @@ class Searcher:
             "probe_delta": self.probe_delta,
             "threads": self.workers.threads,
             "max_query_tokens": self.max_query_tokens,
+            "metadata_bytes": self.filter.resident_bytes,
         }
 
     def reset_stats(self) -> None:
@@ -291,7 +304,7 @@ class Searcher:
         self.close()
 
     # ------------------------------------------------------------------ pipeline
-    def _search_batch(self, queries: list[np.ndarray], k: int, allowed: np.ndarray | None) -> list[Hits]:
+    def _search_batch(self, queries: list[np.ndarray], k: int, allowed: Allowed | None) -> list[Hits]:
         """Groups of up to BATCH_TOKENS query tokens share one pass over the centroids."""
         out: list[Hits] = []
         group: list[np.ndarray] = []
@@ -303,14 +316,14 @@ class Searcher:
                 group.append(q)
             return out + self._search_group(group, k, allowed)
 
-    def _search_group(self, queries: list[np.ndarray], k: int, allowed: np.ndarray | None) -> list[Hits]:
+    def _search_group(self, queries: list[np.ndarray], k: int, allowed: Allowed | None) -> list[Hits]:
         mark = self.rows.begin()
         try:
             return self._search_group_in(queries, k, allowed)
         finally:
             self.rows.end(mark)
 
-    def _search_group_in(self, queries: list[np.ndarray], k: int, allowed: np.ndarray | None) -> list[Hits]:
+    def _search_group_in(self, queries: list[np.ndarray], k: int, allowed: Allowed | None) -> list[Hits]:
         settings = self.settings
         bounds = np.concatenate([[0], np.cumsum([len(q) for q in queries])])
         table, tokens, probed = self.prober.score_and_probe(np.concatenate(queries), settings)  # once per group

@@ -21,8 +21,23 @@ def _human(n: float) -> str:
     return str(n)
 
 
+def _metadata(args: argparse.Namespace) -> list | None:
+    """--metadata FILE: one JSON object a line, in the bundle's document order (None without the option)."""
+    if args.metadata is None:
+        return None
+    with open(args.metadata, encoding="utf-8") as f:
+        out = []
+        for n, line in enumerate(f, 1):
+            try:
+                out.append(json.loads(line))
+            except ValueError as e:
+                raise ValueError(f"{args.metadata}: line {n} is not JSON ({e})") from None
+    return out
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     path = Path(args.store)
+    metadata = _metadata(args)
     if path.exists() and any(path.iterdir()):
         store = Store.open(path, writable=True)
     else:
@@ -31,14 +46,17 @@ def cmd_build(args: argparse.Namespace) -> int:
                              num_centroids=args.centroids, seed=args.seed,
                              pool_factor=1 if args.pool_factor is None else args.pool_factor)
     with store:
-        generation = store.add_embeddings(args.embeddings, progress=not args.quiet, pool_factor=args.pool_factor)
+        generation = store.add_embeddings(args.embeddings, metadata=metadata, progress=not args.quiet,
+                                          pool_factor=args.pool_factor)
         print(f"committed generation {generation}: {store}")
     return 0
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    metadata = _metadata(args)
     with Store.open(args.store, writable=True) as store:
-        generation = store.add_embeddings(args.embeddings, upsert=args.upsert, progress=not args.quiet)
+        generation = store.add_embeddings(args.embeddings, metadata=metadata, upsert=args.upsert,
+                                          progress=not args.quiet)
         print(f"committed generation {generation}: {store}")
     return 0
 
@@ -126,7 +144,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if queries.ndim == 2:
         queries = queries[None]
     with Searcher(args.store, memory_budget=args.memory_budget) as searcher:
-        results = searcher.search(queries, k=args.k)
+        results = searcher.search(queries, k=args.k, where=args.where, params=_params(args))
     if args.json:
         print(json.dumps([[{"id": i, "score": float(s)} for i, s in hits] for hits in results]))
         return 0
@@ -135,6 +153,29 @@ def cmd_search(args: argparse.Namespace) -> int:
         for rank, (doc_id, score) in enumerate(hits, 1):
             print(f"  {rank:>3}  {score:9.4f}  {doc_id}")
     return 0
+
+
+def _params(args: argparse.Namespace) -> list | None:
+    """--param values: a JSON number, true/false or "quoted string" is that value; anything else the text itself."""
+    if args.where is None:
+        if args.param:
+            raise ValueError("--param given without --where")
+        return None
+    out = []
+    for text in args.param:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        out.append(value if isinstance(value, (int, float, str, bool)) else text)
+    return out
+
+
+def _add_filter_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--where", default=None,
+                   help="only documents whose metadata match, e.g. \"year >= ? AND lang = ?\" (README: metadata filters)")
+    p.add_argument("--param", action="append", default=[], metavar="VALUE",
+                   help="the value of the next '?' (repeat in order): 2019, 1.5, true, \"2019\" (a string), or other text")
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -187,7 +228,8 @@ def cmd_query(args: argparse.Namespace) -> int:
     from .index import Index
 
     with Index.open(args.store, _encoder_arg(args), memory_budget=args.memory_budget) as index:
-        hits = index.search(args.text, k=args.k, mode=args.mode, fusion=args.fusion)
+        hits = index.search(args.text, k=args.k, mode=args.mode, fusion=args.fusion, where=args.where,
+                            params=_params(args))
     if args.json:
         print(json.dumps([{"rank": r, "id": h.id, "score": h.score, "title": h.title, "text": h.text,
                            "metadata": h.metadata} for r, h in enumerate(hits, 1)], ensure_ascii=False))
@@ -302,6 +344,9 @@ def _add_mode_arguments(p: argparse.ArgumentParser, default: str) -> None:
                    help=f"hybrid: rrf (reciprocal rank) or score (normalized scores); default {DEFAULT_FUSION}")
 
 
+_METADATA_HELP = "JSONL file: one metadata object per document, in the bundle's order (typed fields for --where)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lodestore", description="Disk-offloaded late-interaction retrieval store.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -317,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="token pooling: store ~1/N of each document's vectors (cluster means; default 1, none); "
                         "an existing store keeps its own and refuses another")
     b.add_argument("--quiet", action="store_true")
+    b.add_argument("--metadata", default=None, help=_METADATA_HELP)
     b.set_defaults(func=cmd_build)
 
     a = sub.add_parser("add", help="add an embedding bundle or a directory of .npy files to an existing store (one commit)")
@@ -324,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--embeddings", required=True, help="bundle dir (docs.npy, doclens.npy[, ids.txt]) or dir of .npy files")
     a.add_argument("--upsert", action="store_true", help="replace documents whose ids are already in the store (same commit)")
     a.add_argument("--quiet", action="store_true")
+    a.add_argument("--metadata", default=None, help=_METADATA_HELP)
     a.set_defaults(func=cmd_add)
 
     c = sub.add_parser("compact", help="merge all segments into one without the deleted documents (one commit)")
@@ -352,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--ray-address", default=None, help="sharded root: search the shards as Ray actors ('local', 'auto' or an address)")
     s.add_argument("--allow-partial", action="store_true", help="sharded root: answer without shards that fail, naming them")
+    _add_filter_arguments(s)
     s.set_defaults(func=cmd_search)
 
     x = sub.add_parser("index", help="encode a BEIR collection's corpus (corpus.jsonl) into a text index")
@@ -383,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--encoder", default=None, help="the encoder directory the index was built with (default: packaged MiniLM)")
     q.add_argument("--json", action="store_true")
     _add_mode_arguments(q, DEFAULT_MODE)
+    _add_filter_arguments(q)
     q.set_defaults(func=cmd_query)
 
     e = sub.add_parser("eval", help="nDCG@10, R@100, MRR@10 of the engine and of exhaustive MaxSim on a BEIR collection")

@@ -22,7 +22,7 @@ from lodestore._staging import clean_staging, spill_dir
 from lodestore.hybrid import DEFAULT_FUSION, DEFAULT_MODE, check_mode, depth, fuse
 from lodestore.keyword import KeywordIndex
 from lodestore.engine import Searcher
-from lodestore.store import Store, check_pool_factor
+from lodestore.store import MetadataColumns, Store, check_pool_factor
 from lodestore.text import Encoder
 
 #: Documents encoded per slice while adding: bounds the float32 vectors held in RAM.
@@ -134,7 +134,9 @@ class Index:
         An id already in the index is an error unless upsert=True, which replaces
         that document in the same commit.
         The encoder sees "title. text" when a title is given. Title, text and
-        metadata (JSON-serializable dicts) are stored and returned with hits.
+        metadata are stored and returned with hits; metadata values must be of the
+        store's metadata types (int, float, str, bool, None, list of str), and are also
+        kept as typed columns that `search(where=...)` filters on (Store.add).
         Vectors are spilled to a float16 file in the store's ``staging/`` folder
         (lodestore/_staging.py) while encoding, so memory stays bounded by one
         slice of documents; the spill is removed when the commit is done or fails.
@@ -145,10 +147,11 @@ class Index:
         self._check_pool_factor(pool_factor)
         if not upsert:
             self._check_new(ids)
+        typed = self._check_metadata(ids, metadata)
         with spill_dir(self.store) as spill:
             _encode_to_bundle(self.encoder, [f"{t}. {x}" if t else x for t, x in zip(titles, texts)], spill,
                               batch_size, progress)
-            return self._commit(spill, ids, document_payloads(texts, titles, metadata), upsert, progress)
+            return self._commit(spill, ids, document_payloads(texts, titles, metadata), typed, upsert, progress)
 
     def add_encoded(self, bundle: str | os.PathLike, ids: Sequence[str], texts: Sequence[str],
                     metadata: Sequence[dict[str, Any]] | None = None, *, titles: Sequence[str] | None = None,
@@ -172,7 +175,8 @@ class Index:
         if (bundle / "ids.txt").exists() and (bundle / "ids.txt").read_text(encoding="utf-8").splitlines() != ids:
             raise ValueError(f"{bundle}: its documents (ids.txt) are not the given ids in the same order")
         self._check_new(ids)
-        return self._commit(bundle, ids, document_payloads(texts, titles, metadata), False, progress)
+        typed = self._check_metadata(ids, metadata)
+        return self._commit(bundle, ids, document_payloads(texts, titles, metadata), typed, False, progress)
 
     def _check_pool_factor(self, pool_factor: int | None) -> None:
         if pool_factor is not None and check_pool_factor(pool_factor) != self.store.pool_factor:
@@ -185,8 +189,17 @@ class Index:
         if known:
             raise ValueError(f"document id {known[0]!r} is already in the index")
 
-    def _commit(self, bundle: Path, ids: list[str], payloads: list[bytes], upsert: bool, progress: bool) -> int:
-        generation = self.store.add_embeddings(bundle, ids=ids, payloads=payloads, upsert=upsert, progress=progress)
+    def _check_metadata(self, ids: list[str], metadata: list[dict]) -> list[dict] | None:
+        """Store.add's typed-metadata checks (ValueError) before anything is encoded; None when no document has any."""
+        if not any(metadata):
+            return None
+        MetadataColumns.from_dicts(metadata, len(ids), self.store.metadata_fields, ids)
+        return metadata
+
+    def _commit(self, bundle: Path, ids: list[str], payloads: list[bytes], metadata: list[dict] | None,
+                upsert: bool, progress: bool) -> int:
+        generation = self.store.add_embeddings(bundle, ids=ids, payloads=payloads, metadata=metadata, upsert=upsert,
+                                               progress=progress)
         if self._searcher is not None:  # it answers from the generation it opened: reopen on next search
             self._searcher.close()
             self._searcher = None
@@ -217,36 +230,45 @@ class Index:
         return self._keyword
 
     def search(self, query: str | Sequence[str], k: int = 10, subset: Sequence[str] | None = None, *,
-               mode: str = DEFAULT_MODE, fusion: str = DEFAULT_FUSION) -> list[Hit] | list[list[Hit]]:
+               mode: str = DEFAULT_MODE, fusion: str = DEFAULT_FUSION, where: str | None = None,
+               params: Sequence[Any] | None = None) -> list[Hit] | list[list[Hit]]:
         """Top-k hits for one query string, or one list per query for a list of strings.
 
         mode: "maxsim" (the token vectors), "bm25" (keywords of the stored title and
         text) or "hybrid" (both, fused by `fusion`: "rrf" or "score"; lodestore/hybrid.py).
         A hit's score is the mode's: MaxSim, BM25, or the fused score.
+        where/params: only documents whose metadata match, in every mode, e.g.
+        where="year >= ? AND lang = ?", params=(2019, "en") (checked before the queries are encoded).
         """
         check_mode(mode, fusion)
         single = isinstance(query, str)
         queries = [query] if single else list(query)
         if not queries:
             raise ValueError("no queries given")
-        raw = self.ranked(queries, k, subset=subset, mode=mode, fusion=fusion)
+        self.searcher.filter.compile(where, params)  # a bad filter fails before any encoding
+        raw = self.ranked(queries, k, subset=subset, mode=mode, fusion=fusion, where=where, params=params)
         results = [self._hits(r) for r in raw]
         return results[0] if single else results
 
     def ranked(self, queries: list[str], k: int, *, subset: Sequence[str] | None = None, mode: str = DEFAULT_MODE,
-               fusion: str = DEFAULT_FUSION, vectors: Sequence[np.ndarray] | None = None
-               ) -> list[list[tuple[str, float]]]:
-        """Raw (id, score) lists of `mode` for query texts (`vectors`: their encodings, if already made)."""
+               fusion: str = DEFAULT_FUSION, vectors: Sequence[np.ndarray] | None = None, where: str | None = None,
+               params: Sequence[Any] | None = None) -> list[list[tuple[str, float]]]:
+        """Raw (id, score) lists of `mode` for query texts (`vectors`: their encodings, if already made);
+        where/params filter every mode (keywords through the ids the filter matches)."""
         check_mode(mode, fusion)
         n = depth(mode, k)
         maxsim = keyword = None
         if mode != "bm25":
             vectors = self.query_vectors(queries) if vectors is None else list(vectors)
-            maxsim = self.searcher.search(vectors, k=n, subset=subset)
+            maxsim = self.searcher.search(vectors, k=n, subset=subset, where=where, params=params)
         if mode != "maxsim":
             if subset is not None and isinstance(subset, (str, bytes)):
                 raise ValueError("subset must be a collection of document ids, not one string")
-            keyword = self.keyword.search(queries, k=n, allowed=None if subset is None else set(subset))
+            allowed = None if subset is None else set(subset)
+            if where is not None:
+                matching = set(self.searcher.matching_ids(where, params))
+                allowed = matching if allowed is None else allowed & matching
+            keyword = self.keyword.search(queries, k=n, allowed=allowed)
         if mode == "maxsim":
             return maxsim
         if mode == "bm25":

@@ -7,6 +7,8 @@ from ._errors import CorruptStoreError, StoreError, StoreLockedError, Unsupporte
 from ._ingest import BundleSource, DocSource, as_numpy, normalize_rows, open_source
 from ._manifest import FORMAT_VERSION, OLDEST_READABLE_VERSION, Manifest, SegmentEntry
 from ._pooling import check_pool_factor
+from ._metadata import MetadataColumns
+from ._metadata_where import Where, compile_where
 from ._report import VerifyReport
 from ._segment import SegmentReader
 from ._store import Store
@@ -19,6 +21,7 @@ __all__ = [
     "DocSource",
     "FORMAT_VERSION",
     "Manifest",
+    "MetadataColumns",
     "OLDEST_READABLE_VERSION",
     "PQCodec",
     "ResidualCodec",
@@ -30,8 +33,10 @@ __all__ = [
     "StoreLockedError",
     "UnsupportedFormatError",
     "VerifyReport",
+    "Where",
     "as_numpy",
     "check_pool_factor",
+    "compile_where",
     "default_num_centroids",
     "normalize_rows",
     "open_source",

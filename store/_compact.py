@@ -22,8 +22,9 @@ def copy_documents(src: SegmentReader, docs: np.ndarray, ids: list[str], dst: Se
     THE place that knows a segment's per-document columns. Today they are: the token
     rows (codes + residual bytes, copied byte for byte), the document lengths, the
     external ids (`ids[d]` is the id of local document d of `src`; the inverted lists
-    are rebuilt by `dst` from the codes), and the payloads (when `dst` keeps them, a
-    document of a source without payloads gets b""). A new per-document column MUST
+    are rebuilt by `dst` from the codes), the payloads (when `dst` keeps them, a
+    document of a source without payloads gets b"") and the typed metadata (when `dst`
+    keeps it; a source without any has all fields null). A new per-document column MUST
     be read from `src` for `docs` and handed to `dst` here, or compaction drops it;
     tests/store/test_compact.py has a tripwire on SegmentWriter.append's signature
     and the segment's array names.
@@ -33,7 +34,8 @@ def copy_documents(src: SegmentReader, docs: np.ndarray, ids: list[str], dst: Se
         payloads = None
         if dst.payloads is not None:
             payloads = src.payloads(batch) if src.has_payloads else [b""] * len(batch)
-        dst.append([ids[d] for d in batch.tolist()], lens, codes, residuals, payloads)
+        metadata = None if dst.metadata is None else src.metadata().take(batch)
+        dst.append([ids[d] for d in batch.tolist()], lens, codes, residuals, payloads, metadata)
 
 
 def _batches(src: SegmentReader, docs: np.ndarray) -> Iterator[np.ndarray]:

@@ -111,6 +111,9 @@ class DocSource:
     dim: int
     #: One bytes object per document (stored beside its tokens, FORMAT.md 8.5), or None.
     payloads: list[bytes] | None = None
+    #: Typed metadata of every document (store/_metadata.py) and the store's field types with it, or None.
+    metadata: Any = None
+    metadata_schema: dict[str, str] | None = None
 
     def ids(self) -> list[str]:
         raise NotImplementedError

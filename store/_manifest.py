@@ -14,6 +14,7 @@ from typing import Any
 
 import google_crc32c
 
+from ._metadata import check_schema
 from ._errors import CorruptStoreError, StoreError, UnsupportedFormatError
 from ._fs import atomic_replace
 from ._safefs import StorePath, parse_json
@@ -32,7 +33,9 @@ KNOWN_READER_FEATURES: frozenset[str] = frozenset({PQ_READER_FEATURE})
 #: "token-pooling": documents are pooled at settings.pool_factor before they are stored
 #: (FORMAT.md 7.7); a writer that would store them unpooled must refuse the store.
 POOLING_WRITER_FEATURE = "token-pooling"
-KNOWN_WRITER_FEATURES: frozenset[str] = frozenset({"projection", POOLING_WRITER_FEATURE})
+#: "metadata": segments may hold typed metadata whose field types settings.metadata_fields records;
+#: a writer that does not know it would drop the metadata at compaction (FORMAT.md 8.2.2)
+KNOWN_WRITER_FEATURES: frozenset[str] = frozenset({"projection", POOLING_WRITER_FEATURE, "metadata"})
 # codec.kind values this version reads: "residual" (the scalar codec) and "pq"
 KNOWN_CODEC_KINDS: frozenset[str] = frozenset({"residual", "pq"})
 
@@ -242,6 +245,13 @@ class Manifest:
             if not (is_int(f) and 2 <= f <= 1 << 20) or POOLING_WRITER_FEATURE not in self.writer_features:
                 raise bad(f"settings pool_factor {f!r} and writer features {list(self.writer_features)} do not "
                           "describe token pooling")
+        if ("metadata_fields" in st) != ("metadata" in self.writer_features):
+            raise bad("settings metadata_fields and the writer feature metadata do not come together")
+        if "metadata_fields" in st:
+            try:
+                check_schema(st["metadata_fields"])
+            except ValueError as e:
+                raise bad(f"settings {e}") from None
 
     def check_writable(self) -> None:
         unknown = set(self.writer_features) - KNOWN_WRITER_FEATURES

@@ -12,6 +12,7 @@ from ._errors import StoreError
 from ._leases import READERS_DIR
 from ._manifest import read_manifest
 from ._safefs import StorePath, tree_bytes
+from ._metadata import SCHEMA_KEY
 from ._segment import SegmentReader, segment_disk_usage
 from ._structure import read_checked_codec
 from ._smallarray import verify_small
@@ -103,7 +104,7 @@ def verify(store: "Store") -> VerifyReport:
             report.failures += f
     for entry in manifest.segments:
         try:
-            seg = SegmentReader.open_entry(root, entry, manifest.codec)
+            seg = SegmentReader.open_entry(root, entry, manifest.codec, manifest.settings.get(SCHEMA_KEY))
         except StoreError as e:
             report.failures.append(str(e))
             continue

@@ -9,6 +9,7 @@ Layout (FORMAT.md section 8), for a segment of N documents and T tokens:
   id_offsets   (N+1,)          int64          external id d = id_bytes[id_offsets[d]:id_offsets[d+1]]
   id_bytes     (B,)            uint8          UTF-8
   payload_offsets, payload_bytes  optional per-document bytes (store/_payloads.py)
+  metadata     (M,)            uint8          optional typed metadata as UTF-8 JSON (store/_metadata.py)
 The small arrays are gzip + crc32c; doc_offsets is decoded at open, ids and
 inverted lists each time they are asked for (a Searcher asks once).
 """
@@ -25,6 +26,7 @@ import numpy as np
 
 from .codecs import Codec
 from ._errors import CorruptStoreError
+from ._metadata import METADATA_ARRAY, MetadataColumns
 from ._payloads import PAYLOAD_ARRAYS, PayloadReader, write_payloads
 from ._rawarray import RawShardedArray
 from ._safefs import StorePath, tree_bytes
@@ -108,18 +110,19 @@ class SegmentWriter:
     (centroid, document) pairs of the inverted lists (8 bytes per distinct pair).
     """
 
-    def __init__(self, path: StorePath, codec: Codec, n_docs: int, n_tokens: int, *, payloads: bool = False):
+    def __init__(self, path: StorePath, codec: Codec, n_docs: int, n_tokens: int, *, payloads: bool = False,
+                 metadata: bool = False):
         if isinstance(path, StorePath):
             path.mkdir()  # a new, real directory (never through a symlink): zarr writes only inside it
             try:
-                self._start(path, codec, n_docs, n_tokens, payloads)
+                self._start(path, codec, n_docs, n_tokens, payloads, metadata)
             except BaseException:
                 path.remove_tree()  # ours: made just now
                 raise
         else:
-            self._start(path, codec, n_docs, n_tokens, payloads)
+            self._start(path, codec, n_docs, n_tokens, payloads, metadata)
 
-    def _start(self, path, codec: Codec, n_docs: int, n_tokens: int, payloads: bool) -> None:
+    def _start(self, path, codec: Codec, n_docs: int, n_tokens: int, payloads: bool, metadata: bool) -> None:
         self.path = Path(path)
         self.codec = codec
         self.n_docs, self.n_tokens = n_docs, n_tokens
@@ -129,8 +132,11 @@ class SegmentWriter:
         attrs = {"lodestore_segment": SEGMENT_FORMAT, "documents": n_docs, "tokens": n_tokens}
         if payloads:
             attrs["payloads"] = True
+        if metadata:
+            attrs["metadata"] = True
         self.group.attrs.update(attrs)
         self.payloads: list[bytes] | None = [] if payloads else None  # held until finish: bytes per doc, not tokens
+        self.metadata: list[MetadataColumns] | None = [] if metadata else None  # columns, joined at finish
         self.codes = _RowBuffer(_token_array(self.group, "codes", (n_tokens,), codec.code_dtype))
         self.residuals = _RowBuffer(_token_array(self.group, "residuals", (n_tokens, codec.residual_bytes), np.dtype(np.uint8)))
         self.doclens: list[np.ndarray] = []
@@ -140,10 +146,14 @@ class SegmentWriter:
         self.attrs: dict = {}  # informational group attributes added at finish (e.g. far_tokens, store/_drift.py)
 
     def append(self, ids: list[str], doclens: np.ndarray, codes: np.ndarray, residuals: np.ndarray,
-               payloads: list[bytes] | None = None) -> None:
-        """Add encoded documents (their tokens concatenated in document order) and their payloads."""
+               payloads: list[bytes] | None = None, metadata: MetadataColumns | None = None) -> None:
+        """Add encoded documents (their tokens concatenated in document order), their payloads and metadata."""
         if (payloads is None) != (self.payloads is None) or (payloads is not None and len(payloads) != len(ids)):
             raise ValueError("a segment's documents must all have a payload, or none")
+        if (metadata is None) != (self.metadata is None) or (metadata is not None and metadata.n != len(ids)):
+            raise ValueError("a segment's documents must all have metadata columns, or none")
+        if metadata is not None:
+            self.metadata.append(metadata)
         if payloads is not None:
             self.payloads.extend(payloads)
         doclens = np.asarray(doclens, dtype=np.int64)
@@ -179,6 +189,10 @@ class SegmentWriter:
         if self.payloads is not None:
             write_payloads(self.group, self.payloads)
             self.payloads = []
+        if self.metadata is not None:
+            blob = MetadataColumns.concat(self.metadata).encode()
+            write_small_array(self.group, METADATA_ARRAY, np.frombuffer(blob, dtype=np.uint8))
+            self.metadata = []
 
 
 def delta_encode_lists(docs: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -220,6 +234,9 @@ class SegmentReader:
     has_payloads: bool = False
     _payloads: PayloadReader | None = None
     num_centroids: int | None = None  # K from the manifest: bounds the inverted lists and the codes
+    has_metadata: bool = False
+    metadata_schema: dict | None = None  # the manifest's settings.metadata_fields: what `metadata` may hold
+    _metadata: MetadataColumns | None = None
 
     @classmethod
     def open(cls, path: StorePath, *, documents: int | None = None, tokens: int | None = None,
@@ -229,8 +246,8 @@ class SegmentReader:
         attrs = read_attributes(path)
         if type(attrs.get("lodestore_segment")) is not int or attrs["lodestore_segment"] != SEGMENT_FORMAT:
             raise CorruptStoreError(f"{path}: not a lodestore segment (format {attrs.get('lodestore_segment')!r})")
-        if not isinstance(attrs.get("payloads", False), bool):
-            raise CorruptStoreError(f"{path}: attribute payloads is not a boolean")
+        if not isinstance(attrs.get("payloads", False), bool) or not isinstance(attrs.get("metadata", False), bool):
+            raise CorruptStoreError(f"{path}: attribute payloads or metadata is not a boolean")
         offsets = read_small(path, "doc_offsets", (None if documents is None else documents + 1,))
         check_csr(offsets, len(offsets) - 1, tokens, path / "doc_offsets", "doc_offsets")
         n_tokens = int(offsets[-1])
@@ -241,17 +258,24 @@ class SegmentReader:
             codes.close()
             raise
         return cls(path, path.name, offsets, codes, residuals, has_payloads=attrs.get("payloads", False),
-                   num_centroids=num_centroids)
+                   num_centroids=num_centroids, has_metadata=attrs.get("metadata", False))
 
     @classmethod
-    def open_entry(cls, root: str | os.PathLike, entry, codec_entry) -> "SegmentReader":
-        """Open the segment a manifest entry names, under `root`/segments/, checked against the entry."""
+    def open_entry(cls, root: str | os.PathLike, entry, codec_entry, metadata_schema: dict | None = None
+                   ) -> "SegmentReader":
+        """Open the segment a manifest entry names, under `root`/segments/, checked against the entry.
+
+        metadata_schema: the manifest's metadata fields {name: type}; a segment holding
+        metadata under a manifest without them is corrupt (when its metadata is read).
+        """
         row_bytes = num_centroids = None
         if codec_entry is not None:
             num_centroids = codec_entry.num_centroids
             row_bytes = codec_entry.pq_subspaces or codec_entry.dim * codec_entry.nbits // 8
-        return cls.open(StorePath(root) / "segments" / entry.name, documents=entry.documents, tokens=entry.tokens,
-                        row_bytes=row_bytes, num_centroids=num_centroids)
+        seg = cls.open(StorePath(root) / "segments" / entry.name, documents=entry.documents, tokens=entry.tokens,
+                       row_bytes=row_bytes, num_centroids=num_centroids)
+        seg.metadata_schema = metadata_schema
+        return seg
 
     @property
     def n_docs(self) -> int:
@@ -283,6 +307,19 @@ class SegmentReader:
         if self._payloads is None:
             self._payloads = PayloadReader(self.path, self.n_docs)
         return self._payloads.get(docs)
+
+    def metadata(self) -> MetadataColumns:
+        """The typed metadata columns of every document (no fields when the segment has none); read once, checked."""
+        if self._metadata is None:
+            if not self.has_metadata:
+                self._metadata = MetadataColumns(self.n_docs)
+            else:
+                if self.metadata_schema is None:
+                    raise CorruptStoreError(f"{self.path}: holds metadata, but the manifest lists no metadata fields")
+                blob = read_small(self.path, METADATA_ARRAY)
+                self._metadata = MetadataColumns.decode(blob.tobytes(), self.n_docs, self.metadata_schema,
+                                                        self.path / METADATA_ARRAY)
+        return self._metadata
 
     def ivf(self) -> tuple[np.ndarray, np.ndarray]:
         """Inverted lists: (ivf_offsets (K+1,) int64, ivf_docs (E,) uint32 absolute doc numbers)."""
@@ -324,12 +361,14 @@ class SegmentReader:
             c, f = arr.verify()
             checked += c
             failures += f
-        for name in SMALL_ARRAYS + (PAYLOAD_ARRAYS if self.has_payloads else ()):
+        for name in SMALL_ARRAYS + (PAYLOAD_ARRAYS if self.has_payloads else ()) + \
+                ((METADATA_ARRAY,) if self.has_metadata else ()):
             c, f = verify_small(self.path / name)
             checked += c
             failures += f
         if not failures:
-            for check in (self.ids, self.ivf, self._check_codes) + ((self._check_payloads,) if self.has_payloads else ()):
+            for check in (self.ids, self.ivf, self._check_codes) + ((self._check_payloads,) if self.has_payloads else ()) \
+                    + ((self.metadata,) if self.has_metadata else ()):
                 try:
                     check()
                 except CorruptStoreError as e:
@@ -356,4 +395,5 @@ class SegmentReader:
 
 def segment_disk_usage(root: Path, segment: str) -> dict[str, int]:
     """Bytes on disk per array of segment `segment` of the store at `root` (never through a symlink)."""
-    return {name: tree_bytes(root, f"segments/{segment}/{name}") for name in TOKEN_ARRAYS + SMALL_ARRAYS + PAYLOAD_ARRAYS}
+    return {name: tree_bytes(root, f"segments/{segment}/{name}")
+            for name in TOKEN_ARRAYS + SMALL_ARRAYS + PAYLOAD_ARRAYS + (METADATA_ARRAY,)}

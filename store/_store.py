@@ -28,6 +28,7 @@ from ._fs import fsync_dir
 from ._ingest import DocSource, InMemorySource, open_source
 from ._leases import Lease
 from ._manifest import POOLING_WRITER_FEATURE, Manifest, read_manifest, write_manifest
+from ._metadata import SCHEMA_KEY, MetadataColumns
 from ._payloads import check_payloads
 from ._pooling import check_pool_factor, check_requested_factor, pooled
 from ._projection import REDUCTIONS, project, read_projection
@@ -203,7 +204,7 @@ class Store:
     def segments(self) -> list[SegmentReader]:
         """Readers of the committed segments, in manifest order."""
         if self._segments is None:
-            self._segments = [SegmentReader.open_entry(self.root, s, self.manifest.codec) for s in self.manifest.segments]
+            self._segments = self.open_segments()
         return self._segments
 
     def open_segments(self) -> list[SegmentReader]:
@@ -212,7 +213,23 @@ class Store:
         For a long-lived reader such as a Searcher: the store's own readers are
         closed and replaced when this handle commits.
         """
-        return [SegmentReader.open_entry(self.root, s, self.manifest.codec) for s in self.manifest.segments]
+        fields = self.metadata_fields or None
+        return [SegmentReader.open_entry(self.root, s, self.manifest.codec, fields) for s in self.manifest.segments]
+
+    @property
+    def metadata_fields(self) -> dict[str, str]:
+        """The metadata fields documents of this store have, {name: type} (int, float, bool, str, tags)."""
+        return dict(self.manifest.settings.get(SCHEMA_KEY) or {})
+
+    def get_metadata(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The typed metadata of live documents, one dict of their non-null fields each ({} for none)."""
+        if isinstance(ids, str):
+            raise ValueError("ids must be a list of strings, not one string")
+        index = self._ids_index()
+        missing = [i for i in ids if i not in index]
+        if missing:
+            raise KeyError(f"no documents with ids {missing[:5]}{' ...' if len(missing) > 5 else ''} in the store")
+        return [self.segments[si].metadata().rows([local])[0] for si, local in (index[i] for i in ids)]
 
     def lease(self) -> Lease:
         """A new lease on this handle's generation, for a long-lived reader of it (a Searcher's corpus).
@@ -295,7 +312,8 @@ class Store:
             raise StoreError("store opened read-only: use Store.open(path, writable=True) to change it")
 
     def add(self, ids: Sequence[str], embeddings: Sequence[Any], *, payloads: Sequence[bytes] | None = None,
-            upsert: bool = False, progress: bool = False, pool_factor: int | None = None) -> int:
+            metadata: Sequence[dict[str, Any]] | None = None, upsert: bool = False, progress: bool = False,
+            pool_factor: int | None = None) -> int:
         """Add documents in one commit; trains the codec on the first add. Returns the new generation.
 
         Embeddings: one (n_tokens, dim) float16/32/64 numpy array or torch tensor per
@@ -303,26 +321,37 @@ class Store:
         document kept beside it (the Index keeps its text there). On bad input a
         ValueError names the document and nothing is written. An id that is live in
         the store is an error unless upsert=True, which deletes the old document in
-        the same commit (a deleted id may always be added again). Documents are pooled
-        at the store's pool_factor; a `pool_factor` given here must be that one.
+        the same commit (a deleted id may always be added again). Metadata: optional dict per
+        document of typed fields (int, float, str, bool, None, list of str; store/_metadata.py),
+        written in the same commit; a field keeps one type across the store.
+        Documents are pooled at the store's pool_factor; a `pool_factor` given here must be that one.
         """
         self._require_writable()
         check_requested_factor(pool_factor, self.pool_factor, self.root)
         source = InMemorySource(ids, embeddings, self.input_dim, None if upsert else set(self._ids_index()), payloads)
+        self._attach_metadata(source, metadata)
         return self.add_source(source, upsert=upsert, progress=progress)
 
+    def _attach_metadata(self, source: DocSource, metadata: Sequence[dict[str, Any]] | None) -> None:
+        """Check `metadata` against the source and the store's field types (ValueError, nothing written)."""
+        if metadata is not None:
+            source.metadata, source.metadata_schema = MetadataColumns.from_dicts(
+                metadata, source.n_docs, self.metadata_fields, source.ids())
+
     def add_embeddings(self, path: str | os.PathLike, *, ids: Sequence[str] | None = None,
-                       payloads: Sequence[bytes] | None = None, upsert: bool = False, progress: bool = True,
-                       pool_factor: int | None = None) -> int:
+                       payloads: Sequence[bytes] | None = None, metadata: Sequence[dict[str, Any]] | None = None,
+                       upsert: bool = False, progress: bool = True, pool_factor: int | None = None) -> int:
         """Add an embedding bundle (docs.npy + doclens.npy [+ ids.txt]) or a directory of .npy files.
 
-        ids (instead of the bundle's ids.txt) and payloads (optional bytes per
-        document) are in the bundle's document order. pool_factor: as in add.
+        ids (instead of the bundle's ids.txt), payloads (optional bytes per document)
+        and metadata (optional dict per document, as for add) are in the bundle's document order.
+        pool_factor: as in add.
         """
         self._require_writable()
         check_requested_factor(pool_factor, self.pool_factor, self.root)
         source = open_source(path, self.input_dim, None if upsert else set(self._ids_index()), ids)
         source.payloads = check_payloads(payloads, source.n_docs)
+        self._attach_metadata(source, metadata)
         return self.add_source(source, upsert=upsert, progress=progress)
 
     def add_source(self, source: DocSource, *, upsert: bool = False, progress: bool = False,

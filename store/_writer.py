@@ -20,7 +20,8 @@ from ._deletes import encode_deletes
 from ._errors import StoreError
 from ._fs import failpoint, fsync_dir, fsync_tree, write_durable
 from ._ingest import DocSource
-from ._manifest import SegmentEntry
+from ._manifest import Manifest, SegmentEntry
+from ._metadata import METADATA_FEATURE, SCHEMA_KEY
 from ._projection import project
 from ._safefs import StorePath
 from ._segment import SegmentWriter
@@ -55,8 +56,9 @@ def add_source(store: "Store", source: DocSource, replaced: list[str], *, progre
             codec_path.mkdir()
             write_codec_state(codec_path, codec, limit, projection_path, projection, m.settings.get("reduction"))
             failpoint("add.codec_written")
-        payloads = source.payloads
-        writer = SegmentWriter(seg_path, codec, source.n_docs, source.n_tokens, payloads=payloads is not None)
+        payloads, metadata = source.payloads, source.metadata
+        writer = SegmentWriter(seg_path, codec, source.n_docs, source.n_tokens, payloads=payloads is not None,
+                               metadata=metadata is not None)
         bar = _progress(progress, source.n_tokens, f"encoding {name}")
         done = far = 0
         for batch_ids, doclens, tokens in source.batches():
@@ -65,7 +67,8 @@ def add_source(store: "Store", source: DocSource, replaced: list[str], *, progre
             codes, residuals = codec.encode(tokens)
             far += _drift.count_far(codec.centroids, tokens, codes, limit)
             part = None if payloads is None else payloads[done : done + len(batch_ids)]
-            writer.append(batch_ids, doclens, codes, residuals, part)
+            meta = None if metadata is None else metadata.take(np.arange(done, done + len(batch_ids)))
+            writer.append(batch_ids, doclens, codes, residuals, part, meta)
             done += len(batch_ids)
             bar.update(len(tokens))
             failpoint("add.batch_written")
@@ -85,7 +88,8 @@ def add_source(store: "Store", source: DocSource, replaced: list[str], *, progre
         failpoint("add.before_commit")
         entries.append(SegmentEntry(name=name, documents=source.n_docs, tokens=source.n_tokens))
         codec_entry = m.codec or codec.manifest_entry(CODEC_DIR)
-        commit(store, replace(m, generation=generation, codec=codec_entry, segments=tuple(entries)))
+        commit(store, with_metadata_fields(replace(m, generation=generation, codec=codec_entry,
+                                                   segments=tuple(entries)), source.metadata_schema))
     except BaseException as e:
         trees = [f"{SEGMENTS_DIR}/{name}"] + ([CODEC_DIR, PROJECTION_DIR] if new_codec else [])
         roll_back(store, e, "add", generation, trees=trees, segment_files=written)
@@ -185,7 +189,9 @@ def compact(store: "Store") -> int:
         entries: tuple[SegmentEntry, ...] = ()
         if n_docs:  # all deleted: the store keeps its codec and has no segment
             with_payloads = any(seg.has_payloads for seg, k in zip(store.segments, keep) if len(k))
-            writer = SegmentWriter(seg_path, store.codec, n_docs, n_tokens, payloads=with_payloads)
+            with_metadata = any(seg.has_metadata for seg, k in zip(store.segments, keep) if len(k))
+            writer = SegmentWriter(seg_path, store.codec, n_docs, n_tokens, payloads=with_payloads,
+                                   metadata=with_metadata)
             drift_parts = []
             for e, seg, k in zip(m.segments, store.segments, keep):
                 if len(k):
@@ -208,6 +214,14 @@ def compact(store: "Store") -> int:
         roll_back(store, e, "compact", generation, trees=[f"{SEGMENTS_DIR}/{name}"])
         raise
     return generation
+
+
+def with_metadata_fields(m: Manifest, fields: dict[str, str] | None) -> Manifest:
+    """The manifest with the metadata field types `fields` (and the writer feature metadata); as is for None."""
+    if fields is None:
+        return m
+    features = m.writer_features if METADATA_FEATURE in m.writer_features else m.writer_features + (METADATA_FEATURE,)
+    return replace(m, settings={**m.settings, SCHEMA_KEY: dict(fields)}, writer_features=features)
 
 
 def _progress(enabled: bool, total: int, desc: str):

@@ -37,6 +37,7 @@ _ARRAYS: dict[str, tuple[str, int, str]] = {
     "id_bytes": ("uint8", 1, "small"),
     "payload_offsets": ("int64", 1, "small"),
     "payload_bytes": ("uint8", 1, "small"),
+    "metadata": ("uint8", 1, "small"),
     "centroids": ("float16", 2, "raw"),
     "bucket_cutoffs": ("float32", 1, "raw"),
     "bucket_weights": ("float32", 1, "raw"),

@@ -217,3 +217,27 @@ def test_add_encoded_bundle_stores_what_add_stores(tmp_path: Path, enc: Encoder,
     with Index.create(tmp_path / "c", other) as c:
         with pytest.raises(ValueError, match="made by a different encoder"):
             c.add_encoded(bundle, ids, texts)
+
+
+def test_search_filters_on_metadata(built: Path, enc: Encoder, sample: Collection) -> None:
+    """Index.add keeps metadata as typed columns too: search(where=, params=) returns only matching documents."""
+    with Index.open(built, enc) as index:
+        assert index.store.metadata_fields == {"n": "int", "tags": "tags"}
+        hits = index.search(sample.docs[3]["title"], k=N_DOCS, where="n < ? AND tags CONTAINS ?", params=(5, "a"))
+        assert sorted(h.metadata["n"] for h in hits) == [0, 1, 2, 3, 4] and hits[0].id == sample.docs[3]["_id"]
+        with pytest.raises(ValueError, match="unknown metadata field 'year'"):
+            index.search("anything", where="year > 1")
+
+
+def test_add_refuses_untyped_metadata_before_encoding(built: Path, enc: Encoder, tmp_path: Path) -> None:
+    import shutil
+
+    path = tmp_path / "copy"
+    shutil.copytree(built, path)
+    with Index.open(path, enc, writable=True) as index:
+        generation = index.store.generation
+        for meta, message in (({"n": "seven"}, "field 'n' has more than one type"),
+                              ({"deep": {"a": 1}}, "dict is not a metadata type")):
+            with pytest.raises(ValueError, match=message):
+                index.add(["new"], ["some text"], [meta])
+        assert index.store.generation == generation and "new" not in index.store

@@ -112,7 +112,8 @@ def test_copy_documents_knows_every_column_of_a_segment():
     """Tripwire: a new per-document column (e.g. a text payload) must be carried by
     store/_compact.py copy_documents, or compaction silently drops it. Update copy_documents,
     then this list."""
-    assert list(inspect.signature(SegmentWriter.append).parameters) == ["self", "ids", "doclens", "codes", "residuals", "payloads"]
+    assert list(inspect.signature(SegmentWriter.append).parameters) == ["self", "ids", "doclens", "codes", "residuals", "payloads",
+                                                                      "metadata"]
     assert TOKEN_ARRAYS == ("codes", "residuals")
     assert SMALL_ARRAYS == ("doc_offsets", "ivf_offsets", "ivf_docs", "id_offsets", "id_bytes")
     assert PAYLOAD_ARRAYS == ("payload_offsets", "payload_bytes")

@@ -36,6 +36,12 @@ WRITER = textwrap.dedent("""
         elif op == "first-add":
             rng = np.random.default_rng(8)
             s.add([f"d{i}" for i in range(6)], [rng.standard_normal((6, %d)) for _ in range(6)])
+        elif op == "meta-add":
+            rng = np.random.default_rng(10)
+            meta = [{"year": 2000 + i, "lang": "en" if i %% 2 else "fr", "tags": ["t%%d" %% i], "w": i / 4}
+                    for i in range(5)]
+            s.add([f"{prefix}{i}" for i in range(5)], [rng.standard_normal((4, %d)) for _ in range(5)],
+                  metadata=meta)
         elif op == "compact":
             s.compact()
         elif op == "upsert":
@@ -44,7 +50,7 @@ WRITER = textwrap.dedent("""
         else:
             s.delete(["d1", "d4"])
     print("finished")
-""" % (DIM, DIM, DIM))
+""" % (DIM, DIM, DIM, DIM))
 
 COMMIT_STEPS = ["manifest.before_write", "manifest.before_fsync", "manifest.before_rename",
                 "manifest.before_dir_fsync", "commit.before_gc"]
@@ -56,16 +62,18 @@ COMPACT_STEPS = ["compact.batch_written", "compact.segment_written", "compact.be
 UPSERT_STEPS = ["add.segment_written", "add.before_commit", "manifest.before_rename", "commit.before_gc"]
 
 
-def snapshot(path) -> tuple[int, dict[str, np.ndarray]]:
+def snapshot(path) -> tuple[int, dict[str, np.ndarray], tuple]:
+    """(generation, id -> decoded tokens, (metadata fields, every document's metadata))."""
     with store.Store.open(path) as s:
         report = s.verify()
         assert report.ok, str(report)
-        return s.generation, {i: s.get(i) for i in s.ids()}
+        ids = s.ids()
+        return s.generation, {i: s.get(i) for i in ids}, (s.metadata_fields, s.get_metadata(ids))
 
 
 def same(a: tuple, b: tuple) -> bool:
     return (a[0] == b[0] and list(a[1]) == list(b[1])
-            and all(np.array_equal(a[1][k], b[1][k]) for k in a[1]))
+            and all(np.array_equal(a[1][k], b[1][k]) for k in a[1]) and a[2] == b[2])
 
 
 def run_writer(path, op: str, kill_at: str | None, prefix: str = "new") -> subprocess.CompletedProcess:
@@ -139,6 +147,30 @@ def check_kill(path, op: str, step: str, after: tuple) -> None:
 def test_kill_during_add(populated, after_states, step):
     """FORMAT.md 12 invariants 1-4 (check_kill) for an add."""
     check_kill(populated, "add", step, after_states("add"))
+
+
+@pytest.mark.crash
+@pytest.mark.parametrize("step", ADD_STEPS)
+def test_kill_during_add_with_metadata(populated, after_states, step):
+    """An add with typed metadata (new fields: the manifest's metadata_fields and writer feature change in the
+    same commit): before or after exactly, metadata included."""
+    after = after_states("meta-add")
+    assert after[2][0] == {"year": "int", "lang": "str", "tags": "tags", "w": "float"}
+    check_kill(populated, "meta-add", step, after)
+
+
+@pytest.mark.crash
+@pytest.mark.parametrize("step", ["compact.batch_written", "compact.before_commit", "manifest.before_rename",
+                                  "commit.before_gc"])
+def test_kill_during_compact_with_metadata(populated, tmp_path, step):
+    """Compaction carries metadata (documents with and without it): before or after exactly."""
+    assert run_writer(populated, "meta-add", None).returncode == 0
+    reference = tmp_path / "reference"
+    shutil.copytree(populated, reference)
+    assert run_writer(reference, "compact", None).returncode == 0
+    after = snapshot(reference)
+    assert after[2][1][-1] == {"year": 2004, "lang": "fr", "tags": ["t4"], "w": 1.0}
+    check_kill(populated, "compact", step, after)
 
 
 @pytest.mark.crash
