@@ -71,7 +71,7 @@ def truth(bundle: Path, work: Path, queries: np.ndarray, k: int) -> list[list[st
 def measure(root: Path, mode: str, queries: np.ndarray, k: int, want: list[list[str]]) -> dict:
     """One (store, mode) in this process: latency, QPS, recall, memory."""
     from lodestore.sharded import ShardedSearcher
-    from lodestore.sharded._shard import process_rss
+    from lodestore.server._backend import process_rss
 
     address = None
     if mode == "ray":

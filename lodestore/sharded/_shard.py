@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lodestore.engine import Searcher, exhaustive_search
+from lodestore.server._backend import process_rss  # the one RSS reader (no web framework imported)
 from lodestore.store import Store
 
 
@@ -79,12 +80,3 @@ class ShardReader:
         if self.searcher is not None:
             self.searcher.close()
             self.searcher = None
-
-
-def process_rss() -> int:
-    """Resident set size of this process in bytes (/proc; 0 where there is none)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
