@@ -1,4 +1,5 @@
-"""The `lodestore` command line: build, add, delete, compact, info, verify, search; index, query, eval (text)."""
+"""The `lodestore` command line: build, add, delete, compact, info, verify, search, serve (the text commands:
+lodestore/_cli_text.py; sharded roots: lodestore/sharded/_cli.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lodestore.hybrid import DEFAULT_FUSION, DEFAULT_MODE, FUSIONS, MODES
+from lodestore._cli_args import add_codec_arguments, add_filter_arguments, params
+from lodestore._cli_text import add_text_parsers
 from lodestore.store import CorruptStoreError, Store, StoreError, VerifyReport
 
 
@@ -144,7 +146,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if queries.ndim == 2:
         queries = queries[None]
     with Searcher(args.store, memory_budget=args.memory_budget) as searcher:
-        results = searcher.search(queries, k=args.k, where=args.where, params=_params(args))
+        results = searcher.search(queries, k=args.k, where=args.where, params=params(args))
     if args.json:
         print(json.dumps([[{"id": i, "score": float(s)} for i, s in hits] for hits in results]))
         return 0
@@ -152,132 +154,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"query {qi}")
         for rank, (doc_id, score) in enumerate(hits, 1):
             print(f"  {rank:>3}  {score:9.4f}  {doc_id}")
-    return 0
-
-
-def _params(args: argparse.Namespace) -> list | None:
-    """--param values: a JSON number, true/false or "quoted string" is that value; anything else the text itself."""
-    if args.where is None:
-        if args.param:
-            raise ValueError("--param given without --where")
-        return None
-    out = []
-    for text in args.param:
-        try:
-            value = json.loads(text)
-        except ValueError:
-            value = text
-        out.append(value if isinstance(value, (int, float, str, bool)) else text)
-    return out
-
-
-def _add_filter_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--where", default=None,
-                   help="only documents whose metadata match, e.g. \"year >= ? AND lang = ?\" (README: metadata filters)")
-    p.add_argument("--param", action="append", default=[], metavar="VALUE",
-                   help="the value of the next '?' (repeat in order): 2019, 1.5, true, \"2019\" (a string), or other text")
-
-
-def cmd_index(args: argparse.Namespace) -> int:
-    from .collection import Collection
-    from .index import DEFAULT_DIM, DEFAULT_POOL_FACTOR, Index
-    from lodestore.text import Encoder
-
-    col = Collection.load(args.collection, args.max_docs)
-    if col.skipped_empty:
-        print(f"skipping {col.skipped_empty} document(s) with no text", file=sys.stderr)
-    encoder = Encoder.from_dir(args.encoder, intra_op_num_threads=args.threads) if args.encoder \
-        else Encoder.default(intra_op_num_threads=args.threads)
-    path = Path(args.store)
-    if path.exists() and any(path.iterdir()):
-        index = Index.open(path, encoder, writable=True)
-    else:
-        index = Index.create(path, encoder, nbits=args.nbits, codec=args.codec, pq_subspaces=args.pq_subspaces,
-                             reduction=args.reduction,
-                             dim=DEFAULT_DIM if args.dim is None else args.dim,
-                             num_centroids=args.centroids, seed=args.seed,
-                             pool_factor=DEFAULT_POOL_FACTOR if args.pool_factor is None else args.pool_factor)
-    with index:
-        new = [d for d in col.docs if d["_id"] not in index.store]
-        if len(new) < len(col.docs):
-            print(f"{len(col.docs) - len(new)} document(s) already indexed: adding the other {len(new)}", file=sys.stderr)
-        if not new:
-            print(f"nothing to add: {index}")
-            return 0
-        ids, texts, titles = [d["_id"] for d in new], [d.get("text") or "" for d in new], [d.get("title") or "" for d in new]
-        if args.embeddings:
-            generation = index.add_encoded(args.embeddings, ids, texts, titles=titles, progress=not args.quiet,
-                                           pool_factor=args.pool_factor)
-        else:
-            generation = index.add(ids, texts, titles=titles, batch_size=args.batch, progress=not args.quiet,
-                                   pool_factor=args.pool_factor)
-        print(f"committed generation {generation}: {index}")
-    return 0
-
-
-def _encoder_arg(args: argparse.Namespace) -> object:
-    """The --encoder directory's Encoder, or None (the one the index records: the packaged MiniLM)."""
-    if not getattr(args, "encoder", None):
-        return None
-    from lodestore.text import Encoder
-
-    return Encoder.from_dir(args.encoder)
-
-
-def cmd_query(args: argparse.Namespace) -> int:
-    from .index import Index
-
-    with Index.open(args.store, _encoder_arg(args), memory_budget=args.memory_budget) as index:
-        hits = index.search(args.text, k=args.k, mode=args.mode, fusion=args.fusion, where=args.where,
-                            params=_params(args))
-    if args.json:
-        print(json.dumps([{"rank": r, "id": h.id, "score": h.score, "title": h.title, "text": h.text,
-                           "metadata": h.metadata} for r, h in enumerate(hits, 1)], ensure_ascii=False))
-        return 0
-    print(f"{'rank':>4}  {'score':>7}  id")
-    for rank, h in enumerate(hits, 1):
-        print(f"{rank:>4}  {h.score:7.3f}  {h.id}  {h.title}")
-        print(f"{'':>15}{h.snippet(args.words)}")
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from .collection import Collection
-    from .evaluate import MEASURES, evaluate
-    from .index import Index
-
-    col = Collection.load(args.collection)
-    with Index.open(args.store, _encoder_arg(args), memory_budget=args.memory_budget) as index:
-        missing = sum(d["_id"] not in index.store for d in col.docs)
-        if missing:
-            print(f"warning: {missing} document(s) of the collection are not in the index", file=sys.stderr)
-        results = evaluate(index, col, exhaustive=not args.no_exhaustive, max_queries=args.queries,
-                           mode=args.mode, fusion=args.fusion)
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
-    print(f"{'run':<11}" + "".join(f"{m:>9}" for m in MEASURES) + f"{'queries':>9}{'ms/q':>9}")
-    for name, r in results.items():
-        if name == "engine" and args.mode != "maxsim":
-            name = args.mode if args.mode == "bm25" else f"hybrid-{args.fusion}"
-        print(f"{name:<11}" + "".join(f"{r[m]:9.4f}" for m in MEASURES) + f"{r['queries']:9d}{r['ms_per_query']:9.1f}")
-    if "exhaustive" in results:
-        gap = results["exhaustive"]["nDCG@10"] - results["engine"]["nDCG@10"]
-        if abs(gap) < 5e-5:
-            print("engine nDCG@10 equals that of exhaustive MaxSim over the same store")
-        else:
-            print(f"engine nDCG@10 is {abs(gap):.4f} {'below' if gap > 0 else 'above'} exhaustive MaxSim over the same store")
-    return 0
-
-
-def cmd_convert_model(args: argparse.Namespace) -> int:
-    from lodestore.text.convert import convert_model
-
-    try:
-        report = convert_model(args.src, args.out, quantize=args.quantize)
-    except ImportError as e:  # the optional extra is missing: one line, as for serve
-        raise ValueError(str(e)) from None
-    print("\n".join(report.lines()))
     return 0
 
 
@@ -327,23 +203,6 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_serve)
 
 
-def _add_codec_arguments(p: argparse.ArgumentParser) -> None:
-    """--codec / --nbits / --pq-subspaces, as Store.create takes them (store/_codecs.py resolves them)."""
-    p.add_argument("--codec", choices=("scalar", "pq"), default=None,
-                   help="residual codec (default: scalar if --nbits is given, pq if --pq-subspaces is, else the library default)")
-    p.add_argument("--nbits", type=int, default=None, choices=(1, 2, 4), help="scalar codec: bits per dimension (default 2)")
-    p.add_argument("--pq-subspaces", type=int, default=None, choices=(16, 32, 64),
-                   help="pq codec: bytes per token residual (default: the most that fit in dim/4 bytes)")
-
-
-def _add_mode_arguments(p: argparse.ArgumentParser, default: str) -> None:
-    """--mode / --fusion, as Index.search takes them (lodestore/hybrid.py)."""
-    p.add_argument("--mode", choices=MODES, default=default,
-                   help=f"maxsim (token vectors), bm25 (keywords) or hybrid (both fused; default {default})")
-    p.add_argument("--fusion", choices=FUSIONS, default=DEFAULT_FUSION,
-                   help=f"hybrid: rrf (reciprocal rank) or score (normalized scores); default {DEFAULT_FUSION}")
-
-
 _METADATA_HELP = "JSONL file: one metadata object per document, in the bundle's order (typed fields for --where)"
 
 
@@ -354,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build (or extend) a store from an embedding bundle or a directory of .npy files")
     b.add_argument("store")
     b.add_argument("--embeddings", required=True, help="bundle dir (docs.npy, doclens.npy[, ids.txt]) or dir of .npy files")
-    _add_codec_arguments(b)
+    add_codec_arguments(b)
     b.add_argument("--centroids", type=int, default=None, help="number of k-means centroids (default: from corpus size)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--shards", type=int, default=None, help="create a sharded store of N shards (lodestore.ShardedStore)")
@@ -399,63 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--ray-address", default=None, help="sharded root: search the shards as Ray actors ('local', 'auto' or an address)")
     s.add_argument("--allow-partial", action="store_true", help="sharded root: answer without shards that fail, naming them")
-    _add_filter_arguments(s)
+    add_filter_arguments(s)
     s.set_defaults(func=cmd_search)
 
-    x = sub.add_parser("index", help="encode a BEIR collection's corpus (corpus.jsonl) into a text index")
-    x.add_argument("store")
-    x.add_argument("--collection", required=True, help="BEIR directory: corpus.jsonl, queries.jsonl, qrels/test.tsv")
-    x.add_argument("--max-docs", type=int, default=None, help="index only the first N documents")
-    x.add_argument("--encoder", default=None, help="directory with model.onnx, tokenizer.json, encoder.json (default: packaged MiniLM)")
-    x.add_argument("--embeddings", default=None,
-                   help="a bundle of these documents already encoded by the same encoder (tools/encode_collection): no re-encoding")
-    _add_codec_arguments(x)
-    x.add_argument("--dim", type=int, default=None, help="store vectors reduced to this dimension by --reduction (default: lodestore.index.DEFAULT_DIM; the encoder's dim keeps them whole)")
-    x.add_argument("--reduction", default="pca", choices=("pca", "random"))
-    x.add_argument("--centroids", type=int, default=None)
-    x.add_argument("--seed", type=int, default=0)
-    x.add_argument("--pool-factor", type=int, default=None,
-                   help="token pooling: store ~1/N of each document's vectors (cluster means; default: "
-                        "lodestore.index.DEFAULT_POOL_FACTOR); an existing index keeps its own and refuses another")
-    x.add_argument("--batch", type=int, default=32, help="documents per model call")
-    x.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
-    x.add_argument("--quiet", action="store_true")
-    x.set_defaults(func=cmd_index)
-
-    q = sub.add_parser("query", help="search a text index with a text query and print the ranked documents")
-    q.add_argument("store")
-    q.add_argument("text")
-    q.add_argument("-k", type=int, default=10)
-    q.add_argument("--words", type=int, default=25, help="words of each document's text to show")
-    q.add_argument("--memory-budget", default="auto")
-    q.add_argument("--encoder", default=None, help="the encoder directory the index was built with (default: packaged MiniLM)")
-    q.add_argument("--json", action="store_true")
-    _add_mode_arguments(q, DEFAULT_MODE)
-    _add_filter_arguments(q)
-    q.set_defaults(func=cmd_query)
-
-    e = sub.add_parser("eval", help="nDCG@10, R@100, MRR@10 of the engine and of exhaustive MaxSim on a BEIR collection")
-    e.add_argument("store")
-    e.add_argument("--collection", required=True)
-    e.add_argument("--queries", type=int, default=None, help="evaluate only the first N judged queries")
-    e.add_argument("--no-exhaustive", action="store_true", help="skip the exhaustive run (slow on big stores)")
-    e.add_argument("--memory-budget", default="auto")
-    e.add_argument("--encoder", default=None, help="the encoder directory the index was built with (default: packaged MiniLM)")
-    e.add_argument("--json", action="store_true")
-    _add_mode_arguments(e, "maxsim")
-    e.set_defaults(func=cmd_eval)
-
-    m = sub.add_parser("convert-model", help="turn a PyLate / sentence-transformers or Stanford ColBERT checkpoint "
-                       "directory into an encoder directory for --encoder (lodestore[convert])")
-    m.add_argument("src", help="checkpoint directory (local; nothing is downloaded)")
-    m.add_argument("out", help="new (or empty) directory for model.onnx, tokenizer.json, encoder.json")
-    m.add_argument("--quantize", choices=("int8",), default=None, help="int8 weights (onnxruntime dynamic quantization)")
-    m.set_defaults(func=cmd_convert_model)
-
+    add_text_parsers(sub)
     _add_serve_parser(sub)
     from lodestore.sharded._cli import add_parser as add_shard_parser
 
-    add_shard_parser(sub, _add_codec_arguments)
+    add_shard_parser(sub, add_codec_arguments)
     return p
 
 

@@ -96,9 +96,14 @@ class Client:
         return answer
 
     # ------------------------------------------------------------------ Index-shaped API
-    def search(self, query: str | Sequence[str] | np.ndarray | Sequence[np.ndarray], k: int = 10
-               ) -> list[Hit] | list[list[Hit]]:
-        """Top-k hits for one query (a string, or a (q_len, dim) array), or one list per query for a list of them."""
+    def search(self, query: str | Sequence[str] | np.ndarray | Sequence[np.ndarray], k: int = 10, *,
+               where: str | None = None, params: Sequence[Any] | None = None, mode: str | None = None,
+               fusion: str | None = None) -> list[Hit] | list[list[Hit]]:
+        """Top-k hits for one query (a string, or a (q_len, dim) array), or one list per query for a list of them.
+
+        where/params: only documents whose metadata match (e.g. where="year >= ?", params=[2019]);
+        mode ("maxsim", "bm25", "hybrid") and fusion ("rrf", "score"): text queries on a text index.
+        None leaves the server's default."""
         if isinstance(query, str):
             body: dict[str, Any] = {"query": query}
         elif isinstance(query, np.ndarray) and query.ndim == 2:
@@ -109,6 +114,10 @@ class Client:
                 raise ValueError("no queries given")
             body = {"queries": [q if isinstance(q, str) else encode_matrix(q) for q in items]}
         body["k"] = k
+        for name, value in (("where", where), ("params", None if params is None else list(params)), ("mode", mode),
+                            ("fusion", fusion)):
+            if value is not None:
+                body[name] = value
         answer = self.request("POST", "/search", body)
         if "hits" in answer:
             return _hits(answer["hits"])

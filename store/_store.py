@@ -19,19 +19,18 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import _drift, _report, _writer
-from .codecs import Codec, codec_class, creation_settings, ensure_trained, resolve_codec
-from ._commit import (PROJECTION_DIR, SEGMENTS_DIR, acquire_lock, collect_garbage,
-                      manifest_files)
+from .codecs import Codec, ensure_trained
+from ._commit import PROJECTION_DIR, acquire_lock, collect_garbage, manifest_files
+from ._create import new_store
 from ._deletes import read_deletes
 from ._errors import CorruptStoreError, StoreError
-from ._fs import fsync_dir
 from ._ingest import DocSource, InMemorySource, open_source
 from ._leases import Lease
-from ._manifest import POOLING_WRITER_FEATURE, Manifest, read_manifest, write_manifest
+from ._manifest import Manifest, read_manifest
 from ._metadata import SCHEMA_KEY, MetadataColumns
 from ._payloads import check_payloads
-from ._pooling import check_pool_factor, check_requested_factor, pooled
-from ._projection import REDUCTIONS, project, read_projection
+from ._pooling import check_requested_factor, pooled
+from ._projection import project, read_projection
 from ._report import VerifyReport
 from ._safefs import StorePath
 from ._segment import SegmentReader
@@ -79,32 +78,9 @@ class Store:
         1/f of the others, cluster means of them (token pooling, store/_pooling.py);
         recorded in the manifest and applied to every later add. 1: stored as given.
         """
-        codec, nbits, pq_subspaces = resolve_codec(dim, nbits, codec, pq_subspaces)
-        pool_factor = check_pool_factor(pool_factor)
-        if num_centroids is not None and not 1 <= num_centroids <= 65536:
-            raise ValueError(f"num_centroids must be in [1, 65536], got {num_centroids}")
-        settings: dict[str, Any] = {"num_centroids": num_centroids, "seed": int(seed)}
-        if input_dim is not None and input_dim != dim:
-            if not isinstance(input_dim, int) or input_dim < dim:
-                raise ValueError(f"input_dim must be an integer larger than dim={dim}, got {input_dim!r}")
-            if reduction not in REDUCTIONS:
-                raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
-            settings.update(input_dim=int(input_dim), reduction=reduction)
-        if pool_factor > 1:  # absent = 1: a store that does not pool is written as before pooling existed
-            settings["pool_factor"] = pool_factor
-        root = Path(path)
-        if root.exists() and (not root.is_dir() or any(root.iterdir())):
-            raise FileExistsError(f"{root}: exists and is not an empty directory; refusing to create a store there")
-        root.mkdir(parents=True, exist_ok=True)
-        (root / SEGMENTS_DIR).mkdir()
-        lock_fd = acquire_lock(root)
-        manifest = Manifest(generation=0, dim=int(dim), nbits=int(nbits),
-                            settings={**settings, **creation_settings(codec, pq_subspaces)}, encoder=encoder,
-                            reader_features=codec_class(codec).reader_features,
-                            writer_features=(("projection",) if "input_dim" in settings else ())
-                            + ((POOLING_WRITER_FEATURE,) if pool_factor > 1 else ()))
-        write_manifest(root, manifest)
-        fsync_dir(root.parent)
+        root, manifest, lock_fd = new_store(Path(path), dim, nbits, codec=codec, pq_subspaces=pq_subspaces,
+                                            num_centroids=num_centroids, seed=seed, encoder=encoder,
+                                            input_dim=input_dim, reduction=reduction, pool_factor=pool_factor)
         return cls(root, manifest, writable=True, lock_fd=lock_fd)
 
     @classmethod
@@ -225,10 +201,7 @@ class Store:
         """The typed metadata of live documents, one dict of their non-null fields each ({} for none)."""
         if isinstance(ids, str):
             raise ValueError("ids must be a list of strings, not one string")
-        index = self._ids_index()
-        missing = [i for i in ids if i not in index]
-        if missing:
-            raise KeyError(f"no documents with ids {missing[:5]}{' ...' if len(missing) > 5 else ''} in the store")
+        index = self._live_index(ids)
         return [self.segments[si].metadata().rows([local])[0] for si, local in (index[i] for i in ids)]
 
     def lease(self) -> Lease:
@@ -266,6 +239,14 @@ class Store:
             self._id_map = m
         return self._id_map
 
+    def _live_index(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """The id map, after checking every one of `ids` is live (KeyError naming up to five that are not)."""
+        index = self._ids_index()
+        missing = [i for i in ids if i not in index]
+        if missing:
+            raise KeyError(f"no documents with ids {missing[:5]}{' ...' if len(missing) > 5 else ''} in the store")
+        return index
+
     def ids(self) -> list[str]:
         """Every live document id, in store order."""
         return list(self._ids_index())
@@ -290,10 +271,7 @@ class Store:
 
     def payloads(self, ids: Sequence[str]) -> list[bytes | None]:
         """The payload bytes stored with each live document (None for one added without)."""
-        index = self._ids_index()
-        missing = [i for i in ids if i not in index]
-        if missing:
-            raise KeyError(f"no documents with ids {missing[:5]}{' ...' if len(missing) > 5 else ''} in the store")
+        index = self._live_index(ids)
         out: list[bytes | None] = [None] * len(ids)
         by_segment: dict[int, list[int]] = {}
         for pos, doc_id in enumerate(ids):

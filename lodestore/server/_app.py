@@ -10,6 +10,7 @@ a search; opening a newer generation has a thread of its own too. Every answer t
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import time
@@ -123,12 +124,14 @@ async def search(request: Request) -> Response:
     await service.fresh()
     snap = service.backend.acquire()
     try:
-        req = v.search_request(data, service.limits, snap.dim, service.backend.kind == "text")
+        req = v.search_request(data, service.limits, snap.dim, service.backend.kind == "text",
+                               snap.store.metadata_fields if snap.store is not None else {})
     except BaseException:
         snap.release()
         raise
     t0 = time.perf_counter()
-    future = asyncio.get_running_loop().run_in_executor(service.search_pool, snap.search, req.texts, req.vectors, req.k)
+    future = asyncio.get_running_loop().run_in_executor(
+        service.search_pool, functools.partial(snap.search, req.texts, req.vectors, req.k, **req.options()))
     future.add_done_callback(lambda _: snap.release())  # the snapshot stays open until the search ends, even after a 504
     try:
         results = await asyncio.wait_for(asyncio.shield(future), service.limits.timeout_s)

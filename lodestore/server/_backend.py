@@ -129,14 +129,18 @@ class Snapshot:
                 self.store.close()
 
     # ------------------------------------------------------------------ searching (in a worker thread)
-    def search(self, texts: list[str] | None, vectors: list[np.ndarray] | None, k: int) -> list[list[dict]]:
+    def search(self, texts: list[str] | None, vectors: list[np.ndarray] | None, k: int, *,
+               where: str | None = None, params: list[Any] | None = None, mode: str = "maxsim",
+               fusion: str = "rrf") -> list[list[dict]]:
+        """Hits for text queries (through the Index: any mode) or query vectors (the Searcher: maxsim),
+        only among documents matching `where` when given."""
         n = len(texts) if texts is not None else len(vectors)
         if self.empty or self.searcher is None:
             return [[] for _ in range(n)]
         if texts is not None:
             return [[hit_dict(h.id, h.score, {"title": h.title, "text": h.text, "metadata": h.metadata}) for h in hits]
-                    for hits in self.index.search(texts, k=k)]
-        raw = self.searcher.search(list(vectors), k=k)
+                    for hits in self.index.search(texts, k=k, mode=mode, fusion=fusion, where=where, params=params)]
+        raw = self.searcher.search(list(vectors), k=k, where=where, params=params)
         out = []
         for hits in raw:
             payloads = self.store.payloads([doc_id for doc_id, _ in hits])
@@ -259,7 +263,7 @@ class Backend:
             payloads = None
             if req.texts is not None or req.titles is not None or req.metadata is not None:
                 payloads = document_payloads(req.texts or [""] * n, titles, metadata)
-            return handle.add(req.ids, req.vectors, payloads=payloads, upsert=req.upsert)
+            return handle.add(req.ids, req.vectors, payloads=payloads, metadata=req.metadata, upsert=req.upsert)
 
         return self.write(op, deadline)
 

@@ -48,14 +48,22 @@ _SCHEMAS: dict[str, Any] = {
         "title": {"type": "string"}, "text": {"type": "string"}, "metadata": {"type": "object"}}},
     "SearchRequest": {
         "type": "object", "additionalProperties": False,
-        "description": "Exactly one of query, vectors or queries. The fields where, filter, params and mode are "
-                       "reserved for features this version does not have and are refused with 422.",
+        "description": "Exactly one of query, vectors or queries; optionally a metadata filter (where, params) "
+                       "and, for text queries on a text index, a search mode (mode, fusion).",
         "properties": {
             "query": {"type": "string", "description": "one text query (text index only)"},
             "vectors": {**_ref("Matrix"), "description": "one query as token vectors (q_len, dim)"},
             "queries": {"type": "array", "description": "a batch: all text queries or all matrices",
                         "items": {"oneOf": [{"type": "string"}, _ref("Matrix")]}},
             "k": {"type": "integer", "minimum": 1, "default": 10},
+            "where": {"type": "string", "description": "only documents whose metadata match, e.g. "
+                                                       "\"year >= ? AND lang = ?\" (README: metadata filters)"},
+            "params": {"type": "array", "description": "the values of where's '?' placeholders, in order",
+                       "items": {"oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}},
+            "mode": {"type": "string", "enum": ["maxsim", "bm25", "hybrid"], "default": "maxsim",
+                     "description": "bm25 and hybrid: text queries on a text index"},
+            "fusion": {"type": "string", "enum": ["rrf", "score"], "default": "rrf",
+                       "description": "how hybrid fuses the two rankings"},
         }},
     "SearchResponse": {"type": "object", "required": ["generation", "took_ms"], "properties": {
         "generation": {"type": "integer", "description": "the committed generation that answered"},

@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from lodestore.hybrid import DEFAULT_FUSION, DEFAULT_MODE, FUSIONS, MODES
+from lodestore.store import compile_where
+
 from ._config import Limits
 
-#: Fields kept for features that do not exist yet: refused by name until they do.
+#: Names a client may guess that are not fields: refused with what to send instead.
 RESERVED = {
-    "where": "metadata filters are not supported by this version",
-    "filter": "metadata filters are not supported by this version",
-    "params": "per-query search parameters are not supported by this version",
-    "mode": "search modes (hybrid, lexical) are not supported by this version",
+    "filter": "not a field: filter by metadata with where (e.g. \"year >= ? AND lang = ?\") and params",
 }
 
 
@@ -156,18 +156,65 @@ class SearchRequest:
     batch: bool
     texts: list[str] | None = None  # text queries, or
     vectors: list[np.ndarray] | None = None  # vector queries (one (q_len, dim) matrix each)
+    where: str | None = None  # a metadata filter (lodestore.store compile_where), checked against the store
+    params: list[Any] | None = None  # the values of its '?' placeholders
+    mode: str = DEFAULT_MODE  # maxsim, bm25 or hybrid (the last two: text queries on a text index)
+    fusion: str = DEFAULT_FUSION
+
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments of Snapshot.search beyond the queries and k."""
+        return {"where": self.where, "params": self.params, "mode": self.mode, "fusion": self.fusion}
 
 
-def search_request(data: dict[str, Any], limits: Limits, dim: int, takes_text: bool) -> SearchRequest:
-    """One query ("query" text or "vectors" matrix) or a batch ("queries": texts or matrices)."""
-    check_fields(data, {"query", "vectors", "queries", "k"})
+def search_request(data: dict[str, Any], limits: Limits, dim: int, takes_text: bool,
+                   schema: dict[str, str] | None = None) -> SearchRequest:
+    """One query ("query" text or "vectors" matrix) or a batch ("queries": texts or matrices), with an
+    optional metadata filter (where, params: compiled against the store's fields `schema` here, so a bad
+    one is a 422 before any search work) and, for text queries, a search mode and fusion."""
+    check_fields(data, {"query", "vectors", "queries", "k", "where", "params", "mode", "fusion"})
     given = [name for name in ("query", "vectors", "queries") if name in data]
     if len(given) != 1:
         raise ApiError(422, "missing_field" if not given else "invalid_field",
                        "give exactly one of query (text), vectors (a matrix) or queries (a batch)",
                        given[1] if len(given) > 1 else "query")
     k = positive_int(data, "k", 10, limits.max_k)
-    name = given[0]
+    req = _queries(data, given[0], k, limits, dim, takes_text)
+    req.where, req.params = _filter(data, schema or {})
+    req.mode, req.fusion = _mode(data, req.texts is not None)
+    return req
+
+
+def _filter(data: dict[str, Any], schema: dict[str, str]) -> tuple[str | None, list[Any] | None]:
+    where, params = data.get("where"), data.get("params")
+    if where is None:
+        if params is not None:
+            raise invalid("params", "params are the values of where's '?' placeholders: send where too")
+        return None, None
+    if not isinstance(where, str):
+        raise invalid("where", 'must be a string, e.g. "year >= ? AND lang = ?" (with params [2019, "en"])')
+    if params is not None and not isinstance(params, list):
+        raise invalid("params", "must be a list of values, one per '?' of where")
+    try:
+        compile_where(where, params, schema)
+    except ValueError as e:
+        raise ApiError(422, "invalid_filter", str(e), "params" if "params" in str(e) else "where") from None
+    return where, params
+
+
+def _mode(data: dict[str, Any], text: bool) -> tuple[str, str]:
+    mode, fusion = data.get("mode", DEFAULT_MODE), data.get("fusion", DEFAULT_FUSION)
+    if mode not in MODES:
+        raise invalid("mode", f"must be one of {', '.join(MODES)}")
+    if fusion not in FUSIONS:
+        raise invalid("fusion", f"must be one of {', '.join(FUSIONS)}")
+    if mode != "maxsim" and not text:
+        raise ApiError(422, "mode_not_supported", f"mode: {mode} searches the stored text by keywords and needs "
+                                                  "text queries on a text index; query vectors are searched by maxsim",
+                       "mode")
+    return mode, fusion
+
+
+def _queries(data: dict[str, Any], name: str, k: int, limits: Limits, dim: int, takes_text: bool) -> SearchRequest:
     if name == "queries":
         items = data["queries"]
         if not isinstance(items, list) or not items:
@@ -181,8 +228,8 @@ def search_request(data: dict[str, Any], limits: Limits, dim: int, takes_text: b
         items, fields_, batch = [data[name]], [name], False
     if all(isinstance(q, str) for q in items):
         if not takes_text:
-            raise ApiError(422, "text_not_supported", f"{given[0]}: this store holds vectors without an encoder; "
-                                                      "send query vectors", given[0])
+            raise ApiError(422, "text_not_supported", f"{name}: this store holds vectors without an encoder; "
+                                                      "send query vectors", name)
         for q, f in zip(items, fields_):
             if not q or q.isspace():  # no copy of a long text (lodestore/index.py tests it the same way)
                 raise invalid(f, "the query is empty")
