@@ -8,6 +8,7 @@ it wrote. `Store` (store/_store.py) checks its arguments and calls these.
 
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ from ._ingest import DocSource
 from ._manifest import Manifest, SegmentEntry
 from ._metadata import METADATA_FEATURE, SCHEMA_KEY
 from ._projection import project
+from ._readahead import read_ahead
 from ._safefs import StorePath
 from ._segment import SegmentWriter
 from ._training import CodecState, train_codec_state, write_codec_state
@@ -61,17 +63,18 @@ def add_source(store: "Store", source: DocSource, replaced: list[str], *, progre
                                metadata=metadata is not None)
         bar = _progress(progress, source.n_tokens, f"encoding {name}")
         done = far = 0
-        for batch_ids, doclens, tokens in source.batches():
-            if projection is not None:
-                tokens = project(tokens, projection)
-            codes, residuals = codec.encode(tokens)
-            far += _drift.count_far(codec.centroids, tokens, codes, limit)
-            part = None if payloads is None else payloads[done : done + len(batch_ids)]
-            meta = None if metadata is None else metadata.take(np.arange(done, done + len(batch_ids)))
-            writer.append(batch_ids, doclens, codes, residuals, part, meta)
-            done += len(batch_ids)
-            bar.update(len(tokens))
-            failpoint("add.batch_written")
+        with closing(read_ahead(source.batches())) as batches:  # the next batch is read while this one encodes
+            for batch_ids, doclens, tokens in batches:
+                if projection is not None:
+                    tokens = project(tokens, projection)
+                codes, residuals = codec.encode(tokens)
+                far += _drift.count_far(codec.centroids, tokens, codes, limit)
+                part = None if payloads is None else payloads[done : done + len(batch_ids)]
+                meta = None if metadata is None else metadata.take(np.arange(done, done + len(batch_ids)))
+                writer.append(batch_ids, doclens, codes, residuals, part, meta)
+                done += len(batch_ids)
+                bar.update(len(tokens))
+                failpoint("add.batch_written")
         bar.close()
         if limit is not None:
             writer.attrs[_drift.FAR_ATTR] = far

@@ -381,7 +381,11 @@ def test_synthetic_store_builds_in_commits_resumes_and_has_ground_truth(tmp_path
     assert synthetic_store.main(args) == 0
     with lodestore.Store.open(out / "store") as store:
         segments, n = len(store.manifest.segments), len(store)
+        tokens = [e.tokens for e in store.manifest.segments]
     assert segments == 3
+    log = [json.loads(line) for line in (out / "build.jsonl").read_text().splitlines()]
+    assert [r["generation"] for r in log] == [1, 2, 3] and [r["tokens"] for r in log] == tokens
+    assert all(r["seconds"] >= 0 and r["peak_rss_mb"] > 0 for r in log)
     assert synthetic_store.main(args) == 0  # run again: nothing left to add, nothing added
     with lodestore.Store.open(out / "store") as store:
         assert (len(store.manifest.segments), len(store)) == (segments, n)

@@ -98,7 +98,7 @@ def scalar_from_centroids(centroids, heldout: np.ndarray, nbits: int, coarse):
     cutoffs = np.quantile(flat, np.arange(1, levels) / levels).astype(np.float32)
     weights = np.quantile(flat, (np.arange(levels) + 0.5) / levels).astype(np.float32)
     codec = ResidualCodec(centroids, cutoffs, weights, nbits, float(np.abs(r).mean()))
-    object.__setattr__(codec, "_faiss_index", coarse._index())
+    object.__setattr__(codec, "_assign_fn", coarse._assigner())
     return codec
 
 
@@ -164,14 +164,14 @@ def codec_table(args, x, doclens, queries, truth) -> list[dict]:
     t = time.perf_counter()
     coarse = ResidualCodec.train(sample, 1, num_centroids=k, n_tokens=n, seed=args.seed)
     kmeans_s = time.perf_counter() - t
-    coarse._index()
+    coarse._assigner()
     print(f"k-means: K={coarse.num_centroids} on {len(sample):,} tokens in {kmeans_s:.1f} s", file=sys.stderr)
     rows_out, timed = [], []
     for kind, p in parse_codecs(args.codecs):
         t = time.perf_counter()
         if kind == "pq":
             codec = PQCodec.train_codebooks(coarse.centroids_f16, residual_sample, p, seed=args.seed)
-            object.__setattr__(codec, "_faiss_index", coarse._index())
+            object.__setattr__(codec, "_assign_fn", coarse._assigner())
         else:
             codec = scalar_from_centroids(coarse.centroids_f16, heldout, p, coarse)
         train_s = time.perf_counter() - t

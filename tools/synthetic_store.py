@@ -11,13 +11,16 @@ tools/bench_search.py reads as a bundle (`bench_search OUT OUT/store`), without 
 The build is one add (one commit, one segment) per --segment-tokens of documents, in document order:
 interrupted, it loses at most the segment being written (the store's crash guarantees) and
 `build` run again goes on from the documents the store holds. The codec is trained on the
-first segment's documents (the generator's blocks are independent draws of one model).
+first segment's documents (the generator's blocks are independent draws of one model), with K
+from the whole corpus's size (PLAID's rule) unless --centroids says otherwise. Each commit's
+tokens, seconds and the process's peak RSS are appended to OUT/build.jsonl.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +32,18 @@ def _corpus(out: Path):
     from lodestore.store.testing.streamed import SyntheticCorpus
 
     return SyntheticCorpus.from_json((out / "corpus.json").read_text())
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _log_segment(out: Path, record: dict) -> None:
+    """Append one commit's figures to OUT/build.jsonl: a build resumed over several runs still adds up."""
+    with open(out / "build.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def build(out: Path, args: argparse.Namespace) -> int:
@@ -51,8 +66,11 @@ def build(out: Path, args: argparse.Namespace) -> int:
     if path.exists():
         store = lodestore.Store.open(path, writable=True)
     else:
+        from lodestore.store.codecs import default_num_centroids
+
         options = {"codec": args.codec} if args.codec else {}
-        store = lodestore.Store.create(path, dim=corpus.dim, num_centroids=args.centroids, seed=args.seed, **options)
+        k = args.centroids or default_num_centroids(corpus.total_tokens)  # the whole corpus's K, not the first add's
+        store = lodestore.Store.create(path, dim=corpus.dim, num_centroids=k, seed=args.seed, **options)
     per = max(1, int(float(args.segment_tokens)))
     with store:
         start = len(store)
@@ -62,7 +80,12 @@ def build(out: Path, args: argparse.Namespace) -> int:
         while start < corpus.n_docs:
             stop = int(np.searchsorted(corpus.offsets, corpus.offsets[start] + per, side="left"))
             stop = max(start + 1, min(stop, corpus.n_docs))
+            t1 = time.perf_counter()
             g = store.add_source(SyntheticSource(corpus, start, stop), progress=not args.quiet)
+            _log_segment(out, {"generation": g, "documents": [start, stop],
+                               "tokens": int(corpus.offsets[stop] - corpus.offsets[start]),
+                               "seconds": round(time.perf_counter() - t1, 1), "peak_rss_mb": _peak_rss_mb(),
+                               "loadavg": os.getloadavg()[0]})
             print(f"generation {g}: documents {start:,}..{stop:,} of {corpus.n_docs:,} "
                   f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
             start = stop
@@ -94,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--mean-len", type=int, default=80)
     b.add_argument("--queries", type=int, default=100)
     b.add_argument("--segment-tokens", default="1e7", help="tokens per add (one commit each)")
-    b.add_argument("--centroids", type=int, default=None)
+    b.add_argument("--centroids", type=int, default=None, help="K (default: PLAID's rule on the corpus's tokens)")
     b.add_argument("--codec", default=None)
     b.add_argument("--quiet", action="store_true")
     t = sub.add_parser("truth", help="exact MaxSim top-k over the uncompressed (regenerated) vectors")

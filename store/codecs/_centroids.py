@@ -6,13 +6,13 @@ and `_native_table` (the lookup table the C decode kernel, store/_native.py, rea
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._native import decode as native_decode
+from ._assign import CellAssigner
 
 ENCODE_BATCH = 1 << 15
 IVF_ASSIGN_MIN_K = 4096  # below this the exact flat scan is cheap enough
@@ -48,38 +48,28 @@ class CentroidCodec:
 
     def assign(self, x: np.ndarray) -> np.ndarray:
         """Nearest centroid (max inner product) of each row of x, as code_dtype."""
-        index = self._index()
+        assigner = self._assigner()
         out = np.empty(len(x), dtype=self.code_dtype)
         for s in range(0, len(x), ENCODE_BATCH):
-            _, ids = index.search(np.ascontiguousarray(x[s : s + ENCODE_BATCH], dtype=np.float32), 1)
-            out[s : s + ENCODE_BATCH] = ids[:, 0]
+            out[s : s + ENCODE_BATCH] = assigner(np.ascontiguousarray(x[s : s + ENCODE_BATCH], dtype=np.float32))
         return out
 
-    def _index(self):
-        """Nearest-centroid index: exact for small K; above that an IVF over the centroids.
+    def _assigner(self):
+        """rows -> nearest centroid ids: the exact scan (faiss) for small K; above that the IVF run as
+        matrix products (store/codecs/_assign.py), which finds the exact nearest centroid for almost
+        every token at a fraction of the scan's time (docs/BENCHMARKS.md section C20). Deterministic."""
+        fn = getattr(self, "_assign_fn", None)
+        if fn is None:
+            if self.num_centroids < IVF_ASSIGN_MIN_K:
+                import faiss
 
-        The IVF finds the exact nearest centroid for almost every token at a fraction of
-        the flat scan's time, which dominates build time (docs/BENCHMARKS.md section 1,
-        Build). Deterministic: the IVF's own k-means is seeded.
-        """
-        idx = getattr(self, "_faiss_index", None)
-        if idx is None:
-            import faiss
-
-            k = self.num_centroids
-            if k < IVF_ASSIGN_MIN_K:
-                idx = faiss.IndexFlatIP(self.dim)
+                flat = faiss.IndexFlatIP(self.dim)
+                flat.add(self.centroids)
+                fn = lambda v: flat.search(v, 1)[1][:, 0]  # noqa: E731
             else:
-                nlist = int(2 ** round(math.log2(math.sqrt(k)) + 1))  # ~2*sqrt(K) lists
-                idx = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-                idx.cp.seed = 1234
-                idx.cp.niter = 10
-                idx.cp.min_points_per_centroid = 1  # training on K centroids: few points per list is expected
-                idx.train(self.centroids)
-                idx.nprobe = max(8, nlist // 16)
-            idx.add(self.centroids)
-            object.__setattr__(self, "_faiss_index", idx)
-        return idx
+                fn = CellAssigner(self.centroids).assign
+            object.__setattr__(self, "_assign_fn", fn)
+        return fn
 
     def _check_vectors(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)

@@ -17,6 +17,9 @@ MAX_CENTROIDS = 65536
 MAX_TRAINING_SAMPLE = 1 << 18
 POINTS_PER_CENTROID = 16
 KMEANS_ITERATIONS = 4  # ColBERT/PLAID's default; more bought no recall (docs/BENCHMARKS.md section 1, Build)
+# At and above this K, k-means assigns with the cell-grouped products (store/codecs/_assign.py)
+# instead of faiss's exact scan, which costs K x dim a point an iteration (docs/BENCHMARKS.md C20).
+CELL_KMEANS_MIN_K = 32768
 
 
 def default_num_centroids(n_tokens: int) -> int:
@@ -51,12 +54,42 @@ def train_centroids(sample: np.ndarray, *, num_centroids: int | None = None, n_t
     n_heldout = max(1, min(n // 20, 1 << 14))
     heldout = sample[order[:n_heldout]]
     train = sample[order[n_heldout:]] if n - n_heldout >= k else sample
-    km = faiss.Kmeans(
-        dim, k, niter=iterations, seed=seed, spherical=True, verbose=False,
-        max_points_per_centroid=max(POINTS_PER_CENTROID, len(train) // k + 1),
-    )
-    km.cp.min_points_per_centroid = 1
-    km.train(train)
-    centroids = km.centroids.astype(np.float16)
+    if k >= CELL_KMEANS_MIN_K:
+        centroids = cell_kmeans(train, k, seed=seed, iterations=iterations).astype(np.float16)
+    else:
+        km = faiss.Kmeans(
+            dim, k, niter=iterations, seed=seed, spherical=True, verbose=False,
+            max_points_per_centroid=max(POINTS_PER_CENTROID, len(train) // k + 1),
+        )
+        km.cp.min_points_per_centroid = 1
+        km.train(train)
+        centroids = km.centroids.astype(np.float16)
     norms = np.linalg.norm(centroids.astype(np.float32), axis=1, keepdims=True)
     return (centroids.astype(np.float32) / np.maximum(norms, 1e-12)).astype(np.float16), heldout
+
+
+def cell_kmeans(x: np.ndarray, k: int, *, seed: int, iterations: int) -> np.ndarray:
+    """Spherical k-means (Lloyd) of unit rows x into k float32 unit centroids, each iteration's
+    assignment by store/codecs/_assign.py's CellAssigner over the current centroids.
+
+    Starts from k distinct random rows (as faiss's k-means); a centroid no row chose is moved to
+    a random row (faiss splits a large cluster instead: both only matter for empty clusters).
+    Deterministic for a seed.
+    """
+    from ._assign import CellAssigner
+
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    c = x[np.sort(rng.choice(n, size=k, replace=False))].astype(np.float32)
+    for it in range(iterations):
+        ids = CellAssigner(c, seed=seed + it).assign(x)
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        firsts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
+        sums = np.add.reduceat(x[order], firsts, axis=0)
+        chosen = sorted_ids[firsts]
+        c[chosen] = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+        empty = np.setdiff1d(np.arange(k), chosen)
+        if len(empty):
+            c[empty] = x[rng.choice(n, size=len(empty), replace=False)]
+    return c

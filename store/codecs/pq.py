@@ -24,6 +24,7 @@ import numpy as np
 
 from .._errors import CorruptStoreError
 from .._manifest import PQ_READER_FEATURE, CodecEntry
+from .._native import pq_encode as native_pq_encode
 from .._smallarray import read_attributes, read_small
 from ._centroids import ENCODE_BATCH, CentroidCodec, as_centroids, write_group
 from ._kmeans import train_centroids
@@ -156,7 +157,7 @@ class PQCodec(CentroidCodec):
             faiss.omp_set_num_threads(threads)
         codebooks = faiss.vector_to_array(pq.centroids).reshape(subspaces, PQ_CODES, dim // subspaces)
         codec = cls(centroids, codebooks, float(np.abs(residuals).mean()))
-        object.__setattr__(codec, "_faiss_index", proto._index())  # same centroids: reuse the nearest-centroid index
+        object.__setattr__(codec, "_assign_fn", proto._assigner())  # same centroids: reuse the nearest-centroid search
         return codec
 
     # ------------------------------------------------------------------ encode / decode
@@ -174,10 +175,14 @@ class PQCodec(CentroidCodec):
     def encode_residuals(self, residuals: np.ndarray) -> np.ndarray:
         """(n, dim) float32 residuals -> (n, m) uint8: byte s = nearest codeword (L2) of subspace s.
 
-        faiss's compute_codes has SIMD code for subspaces of 2, 4 or 8 dimensions; for
-        others (the 384-d encoder's 6, 12, 24) one matmul per subspace is several times
-        faster (measured at d=384, m=64); the same codes but for float-rounding near-ties.
+        The C kernel (store/_native.py pq_encode) where it is built, on two threads; else faiss's
+        compute_codes, which has SIMD code for subspaces of 2, 4 or 8 dimensions, and for others
+        (the 384-d encoder's 6, 12, 24) one matmul per subspace, several times faster there. All
+        give the same codes but for float-rounding near-ties (docs/BENCHMARKS.md C20).
         """
+        if native_pq_encode is not None:
+            cb_t, cb_sq = self._cb_tables()
+            return native_pq_encode(residuals, cb_t, cb_sq)
         if self.dim // self.subspaces not in FAISS_FAST_DSUB:
             return self._encode_residuals_blas(residuals)
         pq = self._quantizer()
@@ -186,16 +191,21 @@ class PQCodec(CentroidCodec):
             out[s : s + ENCODE_BATCH] = pq.compute_codes(np.ascontiguousarray(residuals[s : s + ENCODE_BATCH], dtype=np.float32))
         return out
 
+    def _cb_tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """(codebooks transposed (m, dsub, 256), their squared norms (m, 256)) float32, made once."""
+        cb_t = getattr(self, "_cb_t", None)
+        if cb_t is None:
+            cb_t = np.ascontiguousarray(self.codebooks.transpose(0, 2, 1), dtype=np.float32)
+            object.__setattr__(self, "_cb_t", cb_t)
+            object.__setattr__(self, "_cb_sq", np.ascontiguousarray(
+                np.einsum("scj,scj->sc", self.codebooks, self.codebooks), dtype=np.float32))
+        return cb_t, self._cb_sq
+
     def _encode_residuals_blas(self, residuals: np.ndarray) -> np.ndarray:
         """Nearest codeword per subspace as argmin over codewords of |c|^2 - 2 <r_s, c> (ties: lower index,
         as faiss), BLAS_ENCODE_ROWS tokens at a time (an 8 MB distance block)."""
         m, dsub = self.subspaces, self.dim // self.subspaces
-        cb_t = getattr(self, "_cb_t", None)
-        if cb_t is None:
-            cb_t = np.ascontiguousarray(self.codebooks.transpose(0, 2, 1))  # (m, dsub, 256)
-            object.__setattr__(self, "_cb_t", cb_t)
-            object.__setattr__(self, "_cb_sq", np.einsum("scj,scj->sc", self.codebooks, self.codebooks))
-        sq = self._cb_sq
+        cb_t, sq = self._cb_tables()
         out = np.empty((len(residuals), m), dtype=np.uint8)
         for a in range(0, len(residuals), BLAS_ENCODE_ROWS):
             part = np.ascontiguousarray(residuals[a : a + BLAS_ENCODE_ROWS], dtype=np.float32).reshape(-1, m, dsub)
