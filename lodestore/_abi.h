@@ -9,7 +9,7 @@
 #ifndef LODESTORE_ABI_H
 #define LODESTORE_ABI_H
 
-#define LS_DECODE_ABI 6  /* store/_decode.c, bound by store/_native.py */
+#define LS_DECODE_ABI 5  /* store/_decode.c, bound by store/_native.py */
 #define LS_KERNELS_ABI 5 /* engine/_kernels.c, bound by engine/_native.py */
 
 /* What every ls_* function that can fail returns. */

@@ -270,40 +270,6 @@ int64_t ls_advise(const int32_t *fds, const int64_t *offs, const int64_t *lens, 
     return given;
 }
 
-/* Product-quantization encoding (FORMAT.md 7.5): byte s of token i's row = the codeword of subspace s
- * nearest (L2) the token's residual dims s*w .. s*w+w-1, ties to the lower index (as faiss). cbt holds
- * the codebooks transposed, (m, w, 256); cbsq (m, 256) their squared norms. Minimizes |c|^2 - 2 r.c
- * (|r|^2 is the same for every codeword): w multiply-adds over 256 codewords vectorize, then the
- * minimum and the first codeword that reaches it. Returns LS_OK, or LS_ERR_ARGS for w outside 1..64. */
-HOT int ls_pq_encode(const float *res, int64_t n, int64_t m, int64_t w, const float *cbt, const float *cbsq,
-                     uint8_t *out)
-{
-    if (w < 1 || w > 64 || m < 1)
-        return LS_ERR_ARGS;
-    float d[256];
-    for (int64_t i = 0; i < n; i++) {
-        const float *r = res + i * m * w;
-        for (int64_t s = 0; s < m; s++) {
-            const float *t = cbt + s * w * 256;
-            memcpy(d, cbsq + s * 256, sizeof d);
-            for (int64_t j = 0; j < w; j++) {
-                const float x = -2.0f * r[s * w + j];
-                const float *tj = t + j * 256;
-                for (int c = 0; c < 256; c++)
-                    d[c] += x * tj[c];
-            }
-            float lo = d[0];
-            for (int c = 1; c < 256; c++)
-                lo = d[c] < lo ? d[c] : lo;
-            int best = 0;
-            while (best < 255 && d[best] != lo) /* lo is one of the d[c] (255 bounds a NaN residual) */
-                best++;
-            out[i * m + s] = (uint8_t)best;
-        }
-    }
-    return LS_OK;
-}
-
 /* An importable (empty) module, so setuptools builds and names the file like any extension. */
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_decode", "lodestore decode kernel (used through ctypes)", -1, NULL};
 PyMODINIT_FUNC PyInit__decode(void) { return PyModule_Create(&module); }

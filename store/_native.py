@@ -36,10 +36,6 @@ _LIB = bind(load_library("lodestore.store._decode"), ("ls_decode_abi", LS_DECODE
 if _LIB is not None:
     _LIB.ls_advise.argtypes = [array(np.int32, 1), array(np.int64, 1), array(np.int64, 1), _I]
     _LIB.ls_advise.restype = _I
-    # residuals (n, m*w), n, m, w, codebooks transposed (m, w, 256), squared norms (m, 256), out (n, m)
-    _LIB.ls_pq_encode.argtypes = [array(np.float32, 2), _I, _I, _I, array(np.float32, 3), array(np.float32, 2),
-                                  array(np.uint8, 2, writeable=True)]
-    _LIB.ls_pq_encode.restype = ctypes.c_int
     for _name in ("ls_crc32c", "ls_crc32c_table"):
         getattr(_LIB, _name).argtypes, getattr(_LIB, _name).restype = [_BYTES, _I], ctypes.c_uint32
 
@@ -122,42 +118,4 @@ def _advise(fds: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> int:
     return int(_LIB.ls_advise(fds, offsets, lengths, len(fds)))
 
 
-advise = _advise if _LIB is not None else None
-
-_ENCODE_POOL = None  # two threads: the kernel releases the GIL
-
-
-def _pq_encode(residuals: np.ndarray, cb_t: np.ndarray, cb_sq: np.ndarray) -> np.ndarray:
-    """(n, m * w) float32 residuals -> (n, m) uint8 nearest codewords (L2; ties: the lower index, as faiss).
-
-    cb_t (m, w, 256): the codebooks transposed; cb_sq (m, 256): their squared norms. Two halves run on
-    two threads (ctypes releases the GIL), where the batch is large enough to split.
-    """
-    global _ENCODE_POOL
-    residuals = np.ascontiguousarray(residuals, dtype=np.float32)
-    cb_t = np.ascontiguousarray(cb_t, dtype=np.float32)
-    cb_sq = np.ascontiguousarray(cb_sq, dtype=np.float32)
-    m, w = cb_t.shape[0], cb_t.shape[1]
-    if cb_t.shape != (m, w, 256) or cb_sq.shape != (m, 256) or residuals.ndim != 2 or residuals.shape[1] != m * w:
-        raise ValueError(f"pq_encode: residuals {residuals.shape}, codebooks {cb_t.shape}, norms {cb_sq.shape} disagree")
-    out = np.empty((len(residuals), m), dtype=np.uint8)
-
-    def run(a: int, b: int) -> None:
-        if b > a and _LIB.ls_pq_encode(residuals[a:b], b - a, m, w, cb_t, cb_sq, out[a:b]) != LS_OK:
-            raise ValueError(f"pq_encode: subspaces of {w} dims are not supported")
-
-    half = len(residuals) // 2
-    if half < 1024:
-        run(0, len(residuals))
-        return out
-    if _ENCODE_POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _ENCODE_POOL = ThreadPoolExecutor(1, thread_name_prefix="lodestore-encode")
-    other = _ENCODE_POOL.submit(run, half, len(residuals))
-    run(0, half)
-    other.result()
-    return out
-
-
-pq_encode = _pq_encode if _LIB is not None else None  # else store/_rawarray.py calls os.posix_fadvise run by run
+advise = _advise if _LIB is not None else None  # else store/_rawarray.py calls os.posix_fadvise run by run

@@ -396,3 +396,16 @@ def test_synthetic_store_builds_in_commits_resumes_and_has_ground_truth(tmp_path
     assert np.mean([t in row for t, row in zip(targets, top)]) >= 0.5  # queries aim at their targets
     with pytest.raises(SystemExit, match="another corpus"):
         synthetic_store.main(["build", str(out), "--tokens", "7000", "--dim", "16", "--quiet"])
+
+
+def test_bench_assign_table(bundle, built, capsys):
+    """tools/bench_assign.py: the exact scan, faiss's IVF and the cell-grouped products on one store's centroids
+    (every cell probed: the exact answers)."""
+    from tools import bench_assign
+
+    assert bench_assign.main([str(built), str(bundle), "--tokens", "500", "--probes", "default,100", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["method"].startswith("exact") and rows[0]["exact_share"] == 1.0 and rows[0]["mean_loss"] == 0.0
+    every = [r for r in rows if r["method"].endswith("probe 16")]  # 64 centroids: 16 cells, all probed
+    assert every and every[0]["exact_share"] > 0.99 and every[0]["mean_loss"] < 1e-6
+    assert all(0 <= r["exact_share"] <= 1 and r["us_per_token"] > 0 for r in rows)

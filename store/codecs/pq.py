@@ -24,7 +24,6 @@ import numpy as np
 
 from .._errors import CorruptStoreError
 from .._manifest import PQ_READER_FEATURE, CodecEntry
-from .._native import pq_encode as native_pq_encode
 from .._smallarray import read_attributes, read_small
 from ._centroids import ENCODE_BATCH, CentroidCodec, as_centroids, write_group
 from ._kmeans import train_centroids
@@ -175,14 +174,10 @@ class PQCodec(CentroidCodec):
     def encode_residuals(self, residuals: np.ndarray) -> np.ndarray:
         """(n, dim) float32 residuals -> (n, m) uint8: byte s = nearest codeword (L2) of subspace s.
 
-        The C kernel (store/_native.py pq_encode) where it is built, on two threads; else faiss's
-        compute_codes, which has SIMD code for subspaces of 2, 4 or 8 dimensions, and for others
-        (the 384-d encoder's 6, 12, 24) one matmul per subspace, several times faster there. All
-        give the same codes but for float-rounding near-ties (docs/BENCHMARKS.md C20).
+        faiss's compute_codes has SIMD code for subspaces of 2, 4 or 8 dimensions; for
+        others (the 384-d encoder's 6, 12, 24) one matmul per subspace is several times
+        faster (measured at d=384, m=64); the same codes but for float-rounding near-ties.
         """
-        if native_pq_encode is not None:
-            cb_t, cb_sq = self._cb_tables()
-            return native_pq_encode(residuals, cb_t, cb_sq)
         if self.dim // self.subspaces not in FAISS_FAST_DSUB:
             return self._encode_residuals_blas(residuals)
         pq = self._quantizer()

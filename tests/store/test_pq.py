@@ -18,7 +18,6 @@ from lodestore import store
 from lodestore.store import UnsupportedFormatError
 from lodestore.store._manifest import MANIFEST_NAME, Manifest
 from lodestore.store.codecs.pq import PQ_CODES, PQCodec
-from lodestore.store._native import pq_encode as native_pq_encode
 
 pytestmark = pytest.mark.filterwarnings("ignore:the first add has only")
 
@@ -328,40 +327,3 @@ def test_matmul_encoder_gives_faiss_codes(dim, m):
     np.testing.assert_allclose(dist(ours)[differ], dist(faiss_codes)[differ], rtol=1e-5, atol=1e-7)
     assert np.array_equal(codec.encode_residuals(residuals)[:PQ_CODES], np.repeat(np.arange(PQ_CODES, dtype=np.uint8)[:, None], m, 1))
 
-
-@pytest.mark.skipif(native_pq_encode is None, reason="the C kernels are not built")
-@pytest.mark.parametrize("dim, m", [(128, 32), (96, 16), (384, 32), (256, 32)])
-def test_native_encoder_gives_faiss_codes(dim, m):
-    """The C kernel (both halves of a split batch, and a batch too small to split) picks faiss's nearest codewords."""
-    rng = np.random.default_rng(dim * m)
-    cents = rng.standard_normal((8, dim)).astype(np.float32)
-    codec = PQCodec(cents / np.linalg.norm(cents, axis=1, keepdims=True),
-                    rng.standard_normal((m, PQ_CODES, dim // m)).astype(np.float32) * 0.1)
-    residuals = rng.standard_normal((20_001, dim)).astype(np.float32) * 0.1
-    residuals[:PQ_CODES] = np.concatenate([codec.codebooks[s] for s in range(m)], axis=1)  # exact codewords
-    faiss_codes = codec._quantizer().compute_codes(residuals)
-    cb_t, cb_sq = codec._cb_tables()
-    for ours in (native_pq_encode(residuals, cb_t, cb_sq), native_pq_encode(residuals[:100], cb_t, cb_sq)):
-        parts = residuals[: len(ours)].reshape(len(ours), m, dim // m).astype(np.float64)
-
-        def dist(codes):
-            chosen = codec.codebooks[np.arange(m)[None, :], codes.astype(np.int64)].astype(np.float64)
-            return ((parts - chosen) ** 2).sum(-1)
-
-        theirs = faiss_codes[: len(ours)]
-        differ = ours != theirs
-        assert differ.mean() < 1e-3
-        np.testing.assert_allclose(dist(ours)[differ], dist(theirs)[differ], rtol=1e-5, atol=1e-7)
-        exact = min(len(ours), PQ_CODES)
-        assert np.array_equal(ours[:exact], np.repeat(np.arange(exact, dtype=np.uint8)[:, None], m, 1))
-    assert np.array_equal(codec.encode_residuals(residuals), native_pq_encode(residuals, cb_t, cb_sq))
-
-
-@pytest.mark.skipif(native_pq_encode is None, reason="the C kernels are not built")
-def test_native_encoder_refuses_mismatched_tables():
-    cb_t, cb_sq = np.zeros((16, 4, PQ_CODES), np.float32), np.zeros((16, PQ_CODES), np.float32)
-    with pytest.raises(ValueError, match="disagree"):
-        native_pq_encode(np.zeros((3, 60), np.float32), cb_t, cb_sq)  # 60 values, not 16 x 4
-    with pytest.raises(ValueError, match="disagree"):
-        native_pq_encode(np.zeros((3, 64), np.float32), cb_t, cb_sq[:8])
-    assert native_pq_encode(np.zeros((3, 64), np.float32), cb_t, cb_sq).tolist() == [[0] * 16] * 3
