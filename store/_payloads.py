@@ -21,6 +21,8 @@ from ._structure import check_csr
 if TYPE_CHECKING:
     import zarr
 
+    from ._segment import SegmentReader
+
 PAYLOAD_CHUNK = 1 << 13  # bytes per chunk: a hit costs one or two chunk reads (the size chosen in docs/BENCHMARKS.md 7.4)
 PAYLOAD_ARRAYS = ("payload_offsets", "payload_bytes")
 
@@ -83,3 +85,17 @@ class PayloadReader:
 
     def _read_chunk(self, c: int) -> bytes:
         return decode_chunk(self.path, (c,), self._meta)
+
+
+def gather_payloads(segments: Sequence["SegmentReader"], where: Sequence[tuple[int, int]]) -> list[bytes | None]:
+    """The payload of each (segment number, local document) in `where`, in order (None for a document
+    added without one): one read per segment for all of its documents."""
+    out: list[bytes | None] = [None] * len(where)
+    by_segment: dict[int, list[int]] = {}
+    for pos, (si, _) in enumerate(where):
+        by_segment.setdefault(si, []).append(pos)
+    for si, positions in by_segment.items():
+        got = segments[si].payloads(np.array([where[p][1] for p in positions]))
+        for p, data in zip(positions, got or [None] * len(positions)):
+            out[p] = data
+    return out

@@ -28,7 +28,7 @@ from ._ingest import DocSource, InMemorySource, open_source
 from ._leases import Lease
 from ._manifest import Manifest, read_manifest
 from ._metadata import SCHEMA_KEY, MetadataColumns
-from ._payloads import check_payloads
+from ._payloads import check_payloads, gather_payloads
 from ._pooling import check_requested_factor, pooled
 from ._projection import project, read_projection
 from ._report import VerifyReport
@@ -205,13 +205,9 @@ class Store:
         return [self.segments[si].metadata().rows([local])[0] for si, local in (index[i] for i in ids)]
 
     def lease(self) -> Lease:
-        """A new lease on this handle's generation, for a long-lived reader of it (a Searcher's corpus).
-
-        While it is held no writer removes the files this generation names, even after
-        this handle moves on or closes; release() it when done. Safe to take at any
-        time: this handle's own lease (or its writer lock) protects the generation
-        until the new lease is visible.
-        """
+        """A new lease on this handle's generation for a long-lived reader (a Searcher's corpus): no writer
+        removes the files it names while held, even after this handle moves on; release() it when done.
+        Safe at any time: this handle's own lease (or writer lock) covers the generation until it is visible."""
         if self._closed:
             raise StoreError("store handle is closed: open the store again to read it")
         if not self.writable and not self._lease.held:
@@ -272,15 +268,7 @@ class Store:
     def payloads(self, ids: Sequence[str]) -> list[bytes | None]:
         """The payload bytes stored with each live document (None for one added without)."""
         index = self._live_index(ids)
-        out: list[bytes | None] = [None] * len(ids)
-        by_segment: dict[int, list[int]] = {}
-        for pos, doc_id in enumerate(ids):
-            by_segment.setdefault(index[doc_id][0], []).append(pos)
-        for si, positions in by_segment.items():
-            got = self.segments[si].payloads(np.array([index[ids[p]][1] for p in positions]))
-            for p, data in zip(positions, got or [None] * len(positions)):
-                out[p] = data
-        return out
+        return gather_payloads(self.segments, [index[i] for i in ids])
 
     # ------------------------------------------------------------------ writing
     def _require_writable(self) -> None:
