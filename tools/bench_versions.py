@@ -5,8 +5,9 @@
 The older commit is checked out into a worktree (/tmp/lodestore-REV, made once) and its C kernels built
 there in place; each (code, store, round) is one child process that opens a Searcher with its defaults,
 warms up on 20 queries, and times `--queries` one at a time. Rounds alternate the codes, so both see the
-same machine. Prints p50 and CPU ms a query per cell. Commits from before the package moved under
-`lodestore.` (issue 16) import `engine` from the worktree's top level; later ones `lodestore.engine`.
+same machine. Prints p50 and CPU ms a query per cell. The older commit must predate the package's move
+under `lodestore.` (issue 16): its `engine` is imported from the worktree's top level (a later commit's
+`lodestore.engine` would resolve to the installed, current code, so the tool refuses one).
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ import numpy as np
 path, queries, n, tree = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 if tree:
     sys.path.insert(0, tree)
-try:
-    from lodestore.engine import Searcher
-except ImportError:
+    import engine
     from engine import Searcher
+    assert engine.__file__.startswith(tree), engine.__file__  # the older commit's code, not the installed one
+else:
+    from lodestore.engine import Searcher
 q = np.load(queries)[:n]
 with Searcher(path) as s:
     for x in q[:20]:
@@ -45,6 +47,9 @@ with Searcher(path) as s:
 def worktree(rev: str) -> Path:
     """A worktree of `rev` with its C kernels built in place (made once, reused)."""
     tree = Path(f"/tmp/lodestore-{rev}")
+    layout = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:setup.py"], capture_output=True, text=True)
+    if layout.returncode or "lodestore.engine" in layout.stdout:
+        raise SystemExit(f"{rev}: not a commit from before the package moved under lodestore. (see --help)")
     if not tree.exists():
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev], check=True,
                        capture_output=True)
