@@ -48,6 +48,10 @@ def _log_segment(out: Path, record: dict) -> None:
 
 def build(out: Path, args: argparse.Namespace) -> int:
     import lodestore
+    from lodestore.store.codecs import _kmeans
+
+    if args.cell_kmeans:
+        _kmeans.CELL_KMEANS_MIN_K = 32768
     from lodestore.store.testing.streamed import SyntheticCorpus, SyntheticSource
 
     out.mkdir(parents=True, exist_ok=True)
@@ -119,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--segment-tokens", default="1e7", help="tokens per add (one commit each)")
     b.add_argument("--centroids", type=int, default=None, help="K (default: PLAID's rule on the corpus's tokens)")
     b.add_argument("--codec", default=None)
+    b.add_argument("--cell-kmeans", action="store_true",
+                   help="train K >= 32,768 with the cell-grouped k-means (store/codecs/_kmeans.py; BENCHMARKS C20)")
     b.add_argument("--quiet", action="store_true")
     t = sub.add_parser("truth", help="exact MaxSim top-k over the uncompressed (regenerated) vectors")
     t.add_argument("out", type=Path)

@@ -17,9 +17,11 @@ MAX_CENTROIDS = 65536
 MAX_TRAINING_SAMPLE = 1 << 18
 POINTS_PER_CENTROID = 16
 KMEANS_ITERATIONS = 4  # ColBERT/PLAID's default; more bought no recall (docs/BENCHMARKS.md section 1, Build)
-# At and above this K, k-means assigns with the cell-grouped products (store/codecs/_assign.py)
-# instead of faiss's exact scan, which costs K x dim a point an iteration (docs/BENCHMARKS.md C20).
-CELL_KMEANS_MIN_K = 32768
+# At and above this K (None: never), k-means assigns with the cell-grouped products (store/codecs/_assign.py)
+# instead of faiss's exact scan, which costs K x dim a point an iteration (docs/BENCHMARKS.md C20). Off by
+# default until stores it trains are shown to search as well as faiss-trained ones at the same K;
+# tools/synthetic_store.py --cell-kmeans turns it on (32,768) for the 1e8 benchmark store.
+CELL_KMEANS_MIN_K: int | None = None
 
 
 def default_num_centroids(n_tokens: int) -> int:
@@ -54,7 +56,7 @@ def train_centroids(sample: np.ndarray, *, num_centroids: int | None = None, n_t
     n_heldout = max(1, min(n // 20, 1 << 14))
     heldout = sample[order[:n_heldout]]
     train = sample[order[n_heldout:]] if n - n_heldout >= k else sample
-    if k >= CELL_KMEANS_MIN_K:
+    if CELL_KMEANS_MIN_K is not None and k >= CELL_KMEANS_MIN_K:
         centroids = cell_kmeans(train, k, seed=seed, iterations=iterations).astype(np.float16)
     else:
         km = faiss.Kmeans(
