@@ -409,3 +409,13 @@ def test_bench_assign_table(bundle, built, capsys):
     every = [r for r in rows if r["method"].endswith("probe 16")]  # 64 centroids: 16 cells, all probed
     assert every and every[0]["exact_share"] > 0.99 and every[0]["mean_loss"] < 1e-6
     assert all(0 <= r["exact_share"] <= 1 and r["us_per_token"] > 0 for r in rows)
+
+
+def test_bench_versions_refuses_a_commit_whose_engine_it_cannot_isolate(tmp_path):
+    """A commit after the move under lodestore. would import the installed engine, not its own: refused."""
+    from tools import bench_versions
+
+    with pytest.raises(SystemExit, match="before the package moved"):
+        bench_versions.main([str(tmp_path), str(tmp_path / "q.npy"), "--rev", "HEAD"])
+    with pytest.raises(SystemExit, match="before the package moved"):
+        bench_versions.main([str(tmp_path), str(tmp_path / "q.npy"), "--rev", "no-such-commit"])
