@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
+
 from lodestore.hybrid import DEFAULT_FUSION, FUSIONS, MODES
 
 
@@ -46,3 +48,9 @@ def add_mode_arguments(p: argparse.ArgumentParser, default: str) -> None:
                    help=f"maxsim (token vectors), bm25 (keywords) or hybrid (both fused; default {default})")
     p.add_argument("--fusion", choices=FUSIONS, default=DEFAULT_FUSION,
                    help=f"hybrid: rrf (reciprocal rank) or score (normalized scores); default {DEFAULT_FUSION}")
+
+
+def load_queries(path: str) -> np.ndarray:
+    """--queries FILE: a .npy of one query (q_len, dim) or a batch (B, q_len, dim), as a batch."""
+    queries = np.load(path)
+    return queries[None] if queries.ndim == 2 else queries

@@ -8,9 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
-from lodestore._cli_args import add_codec_arguments, add_filter_arguments, params
+from lodestore._cli_args import add_codec_arguments, add_filter_arguments, load_queries, params
 from lodestore._cli_text import add_text_parsers
 from lodestore.store import CorruptStoreError, Store, StoreError, VerifyReport
 
@@ -142,9 +141,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from lodestore.engine import Searcher
 
-    queries = np.load(args.queries)
-    if queries.ndim == 2:
-        queries = queries[None]
+    queries = load_queries(args.queries)
     with Searcher(args.store, memory_budget=args.memory_budget) as searcher:
         results = searcher.search(queries, k=args.k, where=args.where, params=params(args))
     if args.json:

@@ -10,8 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 
+from lodestore._cli_args import load_queries
 from lodestore.store import CorruptStoreError
 
 #: the commands that take a sharded root in place of a store
@@ -120,9 +120,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from ._searcher import ShardedSearcher
 
-    queries = np.load(args.queries)
-    if queries.ndim == 2:
-        queries = queries[None]
+    queries = load_queries(args.queries)
     with ShardedSearcher(args.store, ray_address=args.ray_address, memory_budget=args.memory_budget) as searcher:
         results = searcher.search(list(queries), k=args.k, allow_partial=args.allow_partial)
     if args.json:
