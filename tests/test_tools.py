@@ -394,6 +394,26 @@ def test_synthetic_store_builds_in_commits_resumes_and_has_ground_truth(tmp_path
     assert top.shape == (4, 5)
     targets = np.load(out / "query_targets.npy")
     assert np.mean([t in row for t, row in zip(targets, top)]) >= 0.5  # queries aim at their targets
+    # computed a range at a time (kept under truth_parts/, resumed), it is the one-pass truth
+    from tools.ground_truth import exact_topk_stream
+
+    corpus = synthetic_store._corpus(out)
+    whole = exact_topk_stream(np.load(out / "queries.npy"), corpus.chunks(), corpus.n_docs, corpus.total_tokens, 5,
+                              progress=False)
+    assert synthetic_store.main(["truth", str(out), "-k", "5", "--range-tokens", "1000"]) == 0
+    parts = sorted((out / "truth_parts").glob("raw_*_k5_*.npz"))
+    assert len(parts) >= 5 and np.array_equal(np.load(out / "truth_k5.npy"), whole)
+    parts[2].unlink()
+    assert synthetic_store.main(["truth", str(out), "-k", "5", "--range-tokens", "1000"]) == 0
+    assert parts[2].exists() and np.array_equal(np.load(out / "truth_k5.npy"), whole)
+    # the exhaustive search over the store, segment by segment, is lodestore.exhaustive_search's
+    assert synthetic_store.main(["store-truth", str(out), "-k", "5"]) == 0
+    assert len(list((out / "truth_parts").glob("store_*_k5_*.npz"))) == segments
+    queries = np.load(out / "queries.npy")
+    with lodestore.Store.open(out / "store") as store:
+        expected = [[h[0] for h in hits] for hits in lodestore.exhaustive_search(store, queries, 5)]
+    assert json.loads((out / "store.truth.json").read_text())["ids"] == expected
+    assert bench_search.truth(out / "store", queries, 5) == expected  # bench_search takes it as its own
     with pytest.raises(SystemExit, match="another corpus"):
         synthetic_store.main(["build", str(out), "--tokens", "7000", "--dim", "16", "--quiet"])
 

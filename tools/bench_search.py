@@ -147,16 +147,25 @@ def timed_queries(searcher, queries, k: int = 10, before=None) -> tuple[list[flo
     return times, ids
 
 
-def truth(store_path: Path, queries: np.ndarray, k: int = 10) -> list[list[str]]:
-    """Exhaustive MaxSim top-k over the compressed store, cached beside it."""
+def _truth_key(store_path: Path, queries: np.ndarray, k: int) -> dict:
     import hashlib
 
+    return {"manifest": json.loads((store_path / "manifest.json").read_text())["checksum"],
+            "queries": hashlib.sha1(np.ascontiguousarray(queries).tobytes()).hexdigest(), "k": k}
+
+
+def save_truth(store_path: Path, queries: np.ndarray, ids: list[list[str]], k: int = 10) -> None:
+    """Cache exhaustive top-k ids for these queries beside the store (what truth() reads back)."""
     cache = store_path.with_name(store_path.name + ".truth.json")
-    key = {"manifest": json.loads((store_path / "manifest.json").read_text())["checksum"],
-           "queries": hashlib.sha1(np.ascontiguousarray(queries).tobytes()).hexdigest(), "k": k}
+    cache.write_text(json.dumps({"key": _truth_key(store_path, queries, k), "ids": ids}))
+
+
+def truth(store_path: Path, queries: np.ndarray, k: int = 10) -> list[list[str]]:
+    """Exhaustive MaxSim top-k over the compressed store, cached beside it."""
+    cache = store_path.with_name(store_path.name + ".truth.json")
     if cache.exists():
         data = json.loads(cache.read_text())
-        if data.get("key") == key:
+        if data.get("key") == _truth_key(store_path, queries, k):
             return data["ids"]
     import lodestore
 
@@ -166,7 +175,7 @@ def truth(store_path: Path, queries: np.ndarray, k: int = 10) -> list[list[str]]
         for s in range(0, len(queries), 50):
             res += lodestore.exhaustive_search(store, queries[s : s + 50], k)
     ids = [[h[0] for h in hits] for hits in res]
-    cache.write_text(json.dumps({"key": key, "ids": ids}))
+    save_truth(store_path, queries, ids, k)
     print(f"ground truth: {len(queries)} queries in {time.perf_counter() - t:.1f} s (cached in {cache})", file=sys.stderr)
     return ids
 

@@ -12,6 +12,8 @@ compression loss from search loss.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,6 +44,15 @@ def exact_topk_stream(queries: np.ndarray, pieces, n_docs: int, n_tokens: int, k
                       progress: bool = True) -> np.ndarray:
     """(n_queries, k) exact MaxSim top-k document numbers over documents streamed as pieces of
     (first document, doclens, token rows): every score kept (n_queries x n_docs float32), nothing else."""
+    return range_topk(queries, pieces, 0, n_docs, n_tokens, k, progress=progress)[0]
+
+
+def range_topk(queries: np.ndarray, pieces, first_doc: int, n_docs: int, n_tokens: int, k: int, *,
+               normalize: bool = True, progress: bool = True, desc: str = "exact MaxSim"
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(documents, scores), each (n_queries, min(k, n_docs)), best first: exact MaxSim top-k over
+    documents first_doc ... first_doc + n_docs, streamed as pieces of (first document, doclens, rows).
+    normalize: scale the rows to unit norm (raw vectors; a store's decoded rows already are)."""
     from tqdm import tqdm
 
     queries = np.asarray(queries, dtype=np.float32)
@@ -49,13 +60,15 @@ def exact_topk_stream(queries: np.ndarray, pieces, n_docs: int, n_tokens: int, k
     nq, ql, dim = queries.shape
     qflat = queries.reshape(nq * ql, dim)
     scores = np.empty((nq, n_docs), dtype=np.float32)
-    bar = tqdm(total=n_tokens, unit="tok", unit_scale=True, desc="exact MaxSim", disable=not progress)
+    bar = tqdm(total=n_tokens, unit="tok", unit_scale=True, desc=desc, disable=not progress)
     for first, lens, rows in pieces:
+        first -= first_doc
         starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
         for a in range(0, len(lens), max(1, BLOCK_TOKENS // 80)):  # ~BLOCK_TOKENS tokens a product
             b = min(len(lens), a + max(1, BLOCK_TOKENS // 80))
             block = rows[starts[a] : starts[b - 1] + lens[b - 1]]
-            block = block / np.linalg.norm(block, axis=1, keepdims=True)
+            if normalize:
+                block = block / np.linalg.norm(block, axis=1, keepdims=True)
             sim = (qflat @ block.T).reshape(nq, ql, -1)  # (nq, ql, tokens)
             scores[:, first + a : first + b] = np.maximum.reduceat(sim, starts[a:b] - starts[a], axis=2).sum(axis=1)
             bar.update(len(block))
@@ -63,7 +76,36 @@ def exact_topk_stream(queries: np.ndarray, pieces, n_docs: int, n_tokens: int, k
     k = min(k, n_docs)
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+    top = np.take_along_axis(part, order, axis=1)
+    return top + first_doc, np.take_along_axis(scores, top, axis=1)
+
+
+def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top-k of the union of disjoint ranges' top-k lists (documents, scores), best first: the
+    top-k over all the ranges, since a document in the whole top-k is in its own range's top-k."""
+    docs = np.concatenate([d for d, _ in parts], axis=1)
+    scores = np.concatenate([s for _, s in parts], axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(docs, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+
+def cached_range(path: Path, compute) -> tuple[np.ndarray, np.ndarray]:
+    """A range's (documents, scores) from `path`, or computed and saved there (atomically), so a ground
+    truth over a corpus too big for one session is computed range by range and resumed after a stop."""
+    if path.exists():
+        with np.load(path) as z:
+            return z["docs"], z["scores"]
+    docs, scores = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, docs=docs, scores=scores)
+    os.replace(tmp, path)
+    return docs, scores
+
+
+def queries_key(queries: np.ndarray) -> str:
+    """A short hash of the queries' bytes: names cached ranges, so other queries never reuse them."""
+    return hashlib.sha1(np.ascontiguousarray(queries).tobytes()).hexdigest()[:12]
 
 
 def load_or_compute(bundle: Path, k: int = 100) -> np.ndarray:

@@ -3,6 +3,11 @@ its queries and exact ground truth beside it.
 
     python -m tools.synthetic_store build OUT --tokens 1e8 [--seed 8] [--segment-tokens 1e7] [--queries 100]
     python -m tools.synthetic_store truth OUT           # exact MaxSim top-100 over the uncompressed vectors
+    python -m tools.synthetic_store store-truth OUT     # exhaustive top-10 over the compressed store
+
+Both ground truths are computed a range (or segment) at a time, each range's top-k kept under
+OUT/truth_parts/, so a run stopped midway (or begun while the store is still being built) goes on
+from there.
 
 OUT/ gets corpus.json (the generator's parameters: store/testing/streamed.py SyntheticCorpus),
 queries.npy + query_targets.npy, store/ (the store) and, after `truth`, truth_k100.npy: the layout
@@ -98,14 +103,79 @@ def build(out: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-def truth(out: Path, k: int) -> int:
-    from tools.ground_truth import exact_topk_stream
+def _doc_ranges(offsets: np.ndarray, n_docs: int, per_tokens: int) -> list[tuple[int, int]]:
+    """Consecutive document ranges of about per_tokens tokens each (build's cut: one commit each)."""
+    ranges, start = [], 0
+    while start < n_docs:
+        stop = int(np.searchsorted(offsets, offsets[start] + per_tokens, side="left"))
+        stop = max(start + 1, min(stop, n_docs))
+        ranges.append((start, stop))
+        start = stop
+    return ranges
+
+
+def truth(out: Path, k: int, range_tokens: int = 10_000_000) -> int:
+    """Exact top-k over the regenerated uncompressed vectors, a range of ~range_tokens at a time, each
+    range's top-k saved under OUT/truth_parts/ as it finishes: stopped, it goes on from there."""
+    from tools.ground_truth import cached_range, merge_topk, queries_key, range_topk
 
     corpus = _corpus(out)
+    queries = np.load(out / "queries.npy")
+    key = queries_key(queries)
     t0 = time.perf_counter()
-    top = exact_topk_stream(np.load(out / "queries.npy"), corpus.chunks(), corpus.n_docs, corpus.total_tokens, k)
+    parts = []
+    for a, b in _doc_ranges(corpus.offsets, corpus.n_docs, range_tokens):
+        n_tok = int(corpus.offsets[b] - corpus.offsets[a])
+        parts.append(cached_range(
+            out / "truth_parts" / f"raw_{key}_k{k}_{a}_{b}.npz",
+            lambda a=a, b=b, n_tok=n_tok: range_topk(queries, corpus.chunks(a, b), a, b - a, n_tok, k,
+                                                     desc=f"exact MaxSim {a:,}..{b:,}")))
+    top, _ = merge_topk(parts, k)
     np.save(out / f"truth_k{k}.npy", top)
     print(f"exact ground truth of {len(top)} queries in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return 0
+
+
+def store_truth(out: Path, k: int) -> int:
+    """Exhaustive exact MaxSim top-k over the compressed store (the search-loss reference), segment by
+    segment, each segment's top-k saved under OUT/truth_parts/ (segments never change once committed:
+    a stopped run, or one after another commit, computes only the segments it lacks), then written
+    where tools/bench_search.py looks for it (STORE.truth.json, keyed by the manifest and the queries)."""
+    import lodestore
+    from tools.bench_search import save_truth
+    from tools.ground_truth import cached_range, merge_topk, queries_key, range_topk
+
+    path = out / "store"
+    queries = np.load(out / "queries.npy")
+    key = queries_key(queries)
+    t0 = time.perf_counter()
+    with lodestore.Store.open(path) as store:
+        if store.input_dim != store.codec.dim:
+            raise SystemExit(f"{path}: reduces dimensions; exhaustive_search handles that, this tool does not")
+        parts, ids, base = [], [], 0
+        for si, seg in enumerate(store.segments):
+            if store.deleted(si).any():
+                raise SystemExit(f"{path}: segment {seg.name} has deleted documents; use lodestore.exhaustive_search")
+
+            def compute(seg=seg):
+                def pieces():
+                    start = 0
+                    while start < seg.n_docs:
+                        stop = min(seg.n_docs, start + 2048)
+                        codes, res, lens, _ = seg.read_docs(np.arange(start, stop))
+                        yield start, lens, store.codec.decode(codes, res)
+                        start = stop
+                return range_topk(queries, pieces(), 0, seg.n_docs, int(seg.doc_offsets[-1]), k,
+                                  normalize=False, desc=f"exhaustive {seg.name}")
+
+            docs, scores = cached_range(out / "truth_parts" / f"store_{key}_k{k}_{seg.name}.npz", compute)
+            parts.append((docs + base, scores))
+            ids.extend(seg.ids())
+            base += seg.n_docs
+        top, _ = merge_topk(parts, k)
+    save_truth(path, queries, [[ids[d] for d in row] for row in top.tolist()], k)
+    print(f"exhaustive search over the store for {len(top)} queries in {time.perf_counter() - t0:.0f} s",
+          file=sys.stderr)
     return 0
 
 
@@ -129,8 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("truth", help="exact MaxSim top-k over the uncompressed (regenerated) vectors")
     t.add_argument("out", type=Path)
     t.add_argument("-k", type=int, default=100)
+    t.add_argument("--range-tokens", default="1e7", help="tokens a range (each range's top-k is kept as it finishes)")
+    s = sub.add_parser("store-truth", help="exhaustive exact MaxSim top-k over the compressed store "
+                                           "(the reference tools/bench_search.py measures search loss against)")
+    s.add_argument("out", type=Path)
+    s.add_argument("-k", type=int, default=10)
     args = p.parse_args(argv)
-    return build(args.out, args) if args.cmd == "build" else truth(args.out, args.k)
+    if args.cmd == "build":
+        return build(args.out, args)
+    return truth(args.out, args.k, int(float(args.range_tokens))) if args.cmd == "truth" else store_truth(args.out, args.k)
 
 
 if __name__ == "__main__":
