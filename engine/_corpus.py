@@ -2,7 +2,8 @@
 
 Global document g lives in segment s = searchsorted(seg_base, g, 'right') - 1 at
 local number g - seg_base[s]. Everything here is built once at open from
-`store`'s public reader API.
+`store`'s public reader API: the merged inverted lists by engine/_pairs.py, in RAM or
+(a memory budget below the index) in a memory-mapped file (engine/_paged.py).
 """
 
 from __future__ import annotations
@@ -12,17 +13,21 @@ import numpy as np
 from lodestore.store import Store
 
 from ._maxsim import int8_centroids, ramp
-
-IVF_BLOCK = 1 << 16  # documents per block of the resident inverted lists (uint16 offsets inside a block)
+from ._paged import PagedArrays, ResidentArrays
+from . import _pairs
+from ._pairs import merge_pairs, offsets_dtype, pairs_bytes
 
 
 class Corpus:
     """Centroids, merged inverted lists, deletion mask, compact id table; optionally codes/residuals."""
 
     def __init__(self, store: Store):
+        """Open `store`'s segments and read what every placement keeps in RAM; the inverted lists and
+        each document's centroid ids come with build_index, once the budget has said where they go."""
         self.store = store
         self.codec = store.codec
         self.lease = store.lease()  # this generation's files stay on disk until close(), whatever writers do
+        self.arrays: ResidentArrays | PagedArrays = ResidentArrays()
         try:
             self.segments = store.open_segments()  # our own readers: a commit on `store` closes its own
         except BaseException:
@@ -35,50 +40,41 @@ class Corpus:
         self.seg_base = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.n_docs = int(self.seg_base[-1])
         self.deleted = np.concatenate([store.deleted(i) for i in range(len(self.segments))])
-        self._build_ivf()
+        self.n_pairs = sum(seg.ivf_size() for seg in self.segments)
+        self.ivf_block = _pairs.IVF_BLOCK  # documents a block of the centroid-major lists
         self._build_ids()
+        self.ivf_docs = self.ivf_offsets = self.doc_codes = self.doc_code_offsets = np.zeros(0, np.uint32)
         self.codes: np.ndarray | None = None
         self.residuals: np.ndarray | None = None
         self.token_offsets: np.ndarray | None = None
 
-    def _build_ivf(self) -> None:
-        """Merge the segments' inverted lists into two resident views of the (centroid, document) pairs.
+    def pageable_bytes(self) -> int:
+        """Bytes of what build_index(paged=True) keeps in a memory-mapped file: the merged inverted
+        lists, each document's distinct centroid ids, their offsets and the document id table."""
+        return pairs_bytes(self.n_pairs, self.n_docs, self.codec.num_centroids, self.codec.code_dtype,
+                           self.ivf_block) \
+            + self.id_offsets.nbytes + self.id_bytes.nbytes
 
-        Centroid-major (probing): the documents of each list as uint16 offsets inside
-        blocks of IVF_BLOCK documents, block by block: ivf_offsets[b, c] : ivf_offsets[b, c + 1]
-        are centroid c's documents in block b. Half the bytes of uint32 document numbers
-        (docs/BENCHMARKS.md 4.1) for (blocks x K) offsets. Document-major (centroid
-        interaction): each document's distinct centroid ids.
-        """
-        k = self.codec.num_centroids
-        cents, docs = [], []
-        for base, seg in zip(self.seg_base[:-1], self.segments):
-            offsets, seg_docs = seg.ivf()
-            cents.append(np.repeat(np.arange(k, dtype=np.int32), np.diff(offsets)))
-            docs.append(seg_docs.astype(np.uint32) + np.uint32(base))
-        cent = np.concatenate(cents)
-        doc = np.concatenate(docs)
-        del cents, docs
-        n_blocks = max(1, -(-self.n_docs // IVF_BLOCK))
-        key = (doc // IVF_BLOCK).astype(np.int64)  # (block, centroid), built in place: one int64 a pair
-        key *= k
-        key += cent
-        order = np.argsort(key, kind="stable")  # stable: docs stay ascending in each list
-        self.ivf_docs = (doc[order] % IVF_BLOCK).astype(np.uint16)
-        del order
-        counts = np.bincount(key, minlength=n_blocks * k)
-        del key
-        offs = np.zeros(n_blocks * k + 1, dtype=np.int64)
-        np.cumsum(counts, out=offs[1:])
-        self.ivf_offsets = _narrow(offs)  # list (b, c) is ivf_docs[offs[b * k + c] : offs[b * k + c + 1]]
-        # The same pairs document-major: each document's distinct centroid ids. Centroid
-        # interaction only needs these (a max over a document's tokens is a max over its
-        # distinct centroids), at ~1/4 of the per-token codes on the benchmark corpora.
-        by_doc = np.argsort(doc, kind="stable")
-        self.doc_codes = cent[by_doc].astype(self.codec.code_dtype)
-        offs = np.zeros(self.n_docs + 1, dtype=np.int64)
-        np.cumsum(np.bincount(doc, minlength=self.n_docs), out=offs[1:])
-        self.doc_code_offsets = _narrow(offs)
+    def planned_index_bytes(self) -> int:
+        """Bytes of the whole index once build_index has built it in RAM."""
+        parts = self.index_parts()
+        rest = sum(v for name, v in parts.items() if name not in ("ivf_docs", "ivf_offsets", "doc_codes",
+                                                                    "doc_code_offsets"))
+        return rest + pairs_bytes(self.n_pairs, self.n_docs, self.codec.num_centroids, self.codec.code_dtype,
+                                  self.ivf_block)
+
+    def build_index(self, paged: bool = False, directory: str | None = None) -> None:
+        """Merge the segments' inverted lists (engine/_pairs.py) into RAM, or with paged=True into an
+        unlinked file under `directory` (default: the system's temporary directory) that queries
+        read through the page cache (engine/_paged.py), with the id table beside them."""
+        if paged:
+            self.arrays = PagedArrays(directory)
+        pairs = merge_pairs(self.segments, self.seg_base, self.codec.num_centroids, self.codec.code_dtype,
+                            self.n_pairs, self.arrays, self.ivf_block)
+        self.ivf_docs, self.ivf_offsets = pairs.ivf_docs, pairs.ivf_offsets
+        self.doc_codes, self.doc_code_offsets = pairs.doc_codes, pairs.doc_code_offsets
+        self.id_offsets, self.id_bytes = self.arrays.keep(self.id_offsets), self.arrays.keep(self.id_bytes)
+        self.arrays.seal()
 
     def probed_docs(self, cents: np.ndarray, with_centroids: bool = False):
         """The documents of the given centroids' inverted lists (with repeats), int64;
@@ -89,7 +85,7 @@ class Corpus:
         starts = self.ivf_offsets[lists].astype(np.int64)
         lens = self.ivf_offsets[lists + 1] - starts
         local = np.take(self.ivf_docs, np.repeat(starts, lens) + ramp(lens))
-        docs = np.repeat(lists // k * IVF_BLOCK, lens) + local
+        docs = np.repeat(lists // k * self.ivf_block, lens) + local
         return (docs, np.repeat(lists % k, lens)) if with_centroids else docs
 
     def _build_ids(self) -> None:
@@ -99,7 +95,7 @@ class Corpus:
             offs.append(o[:-1] + shift)
             blobs.append(b)
             shift += len(b)
-        self.id_offsets = _narrow(np.concatenate(offs + [np.array([shift])]).astype(np.int64))
+        self.id_offsets = np.concatenate(offs + [np.array([shift])]).astype(offsets_dtype(shift))
         self.id_bytes = np.concatenate(blobs) if blobs else np.zeros(0, np.uint8)
         self._id_lookup: dict[str, int] | None = None
 
@@ -118,6 +114,11 @@ class Corpus:
     def close(self) -> None:
         for seg in self.segments:
             seg.close()
+        if self.arrays.paged:  # let go of the maps, so closing them frees the file now
+            empty = np.zeros(0, np.uint32)
+            self.ivf_docs = self.ivf_offsets = self.doc_codes = self.doc_code_offsets = empty
+            self.id_offsets, self.id_bytes = empty, np.zeros(0, np.uint8)
+        self.arrays.close()
         self.lease.release()
 
     # ------------------------------------------------------------------ residency
@@ -136,7 +137,8 @@ class Corpus:
         }
 
     def index_bytes(self) -> int:
-        return sum(self.index_parts().values())
+        """Bytes of the index in RAM (what build_index paged is in the page cache, not counted)."""
+        return sum(self.index_parts().values()) - (self.arrays.bytes if self.arrays.paged else 0)
 
     def tokens(self) -> int:
         return sum(s.n_tokens for s in self.segments)
@@ -234,8 +236,3 @@ class Corpus:
         """Codes and residual rows of docs from RAM, concatenated, with their lengths."""
         idx, lens = self._token_index(docs)
         return np.take(self.codes, idx), np.take(self.residuals, idx, axis=0), lens
-
-
-def _narrow(offsets: np.ndarray) -> np.ndarray:
-    """int64 offsets as uint32 when they fit (half the bytes of the resident offset tables)."""
-    return offsets.astype(np.uint32) if len(offsets) == 0 or int(offsets[-1]) < (1 << 32) else offsets

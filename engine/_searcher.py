@@ -46,7 +46,11 @@ class Searcher:
     read for the survivors; with prefetch on, plus a 4 MB row cache), or "all"
     to keep everything in RAM. What a budget leaves beyond the index (and the
     codes) is the prefetch threads' row cache; without prefetch rows are read
-    through and the OS page cache serves repeats.
+    through and the OS page cache serves repeats. A budget below the index pages
+    it: the inverted lists, each document's centroid ids and the id table go to an
+    unlinked file under index_dir (default: the system's temporary directory),
+    memory-mapped, read through the page cache like token rows (placement
+    "index-paged"; its cost: docs/BENCHMARKS.md C18); only the centroids stay in RAM.
     nprobe: centroids probed per query token. ndocs (at least k): at most how
     many candidates centroid interaction passes on to residual interaction,
     best first; their rows are read and scored in waves of 256, stopping once
@@ -81,7 +85,7 @@ class Searcher:
                  nprobe: int | None = None, ndocs: int | None = None, *, device: str = "cpu",
                  prefetch: bool = False, prefetch_threads: int = 2, threads: int | None = None,
                  probe_delta: float | None | str = "auto", max_query_tokens: int | None = None,
-                 read_hints: bool | str = "auto"):
+                 read_hints: bool | str = "auto", index_dir: str | os.PathLike | None = None):
         check_options(nprobe, ndocs, probe_delta, max_query_tokens)
         check_read_hints(read_hints)
         workers = Workers(default_threads() if threads is None else threads)  # checked before anything is opened
@@ -95,7 +99,8 @@ class Searcher:
         self.settings: SearchSettings = choose_settings(
             sum(seg.tokens for seg in self.store.manifest.segments), nprobe=nprobe, ndocs=ndocs,
             probe_delta=probe_delta, device=device, prefetch=prefetch, prefetch_threads=prefetch_threads,
-            memory_budget=memory_budget, max_query_tokens=max_query_tokens, read_hints=read_hints)
+            memory_budget=memory_budget, max_query_tokens=max_query_tokens, read_hints=read_hints,
+            index_dir=None if index_dir is None else os.fspath(index_dir))
         self.workers = workers
         self.generation = self.store.generation
         try:
@@ -150,10 +155,12 @@ class Searcher:
             store.projection  # load (and check) a dimension-reduction matrix now, not at the first query
             tokens = c.tokens()
             placement = place(
-                parse_size(self.settings.memory_budget), c.index_bytes(), tokens * c.codec.code_dtype.itemsize,
-                tokens * c.codec.residual_bytes,
+                parse_size(self.settings.memory_budget), c.planned_index_bytes(),
+                tokens * c.codec.code_dtype.itemsize, tokens * c.codec.residual_bytes,
                 auto_cache=AUTO_CACHE if self.settings.prefetch else AUTO_CACHE_NO_PREFETCH,
+                pageable_bytes=c.pageable_bytes(),
             )
+            c.build_index(paged=placement.index_paged, directory=self.settings.index_dir)
             if placement.codes_resident:
                 c.load_codes()
             if placement.residuals_resident:

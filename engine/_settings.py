@@ -44,7 +44,8 @@ class SearchSettings:
     background reads of the likely survivors' rows. memory_budget: as parse_size takes it.
     max_query_tokens: the most token vectors one query may hold (ValueError above it).
     read_hints: tell the kernel which rows are read next (True, False, or "auto": while they come
-    from the device; engine/_rows.py HintPolicy).
+    from the device; engine/_rows.py HintPolicy). index_dir: where a memory budget below the index
+    puts the paged part's (unlinked) file; None: the system's temporary directory.
     """
 
     nprobe: int
@@ -56,6 +57,7 @@ class SearchSettings:
     memory_budget: int | str | None = DEFAULT_BUDGET
     max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS
     read_hints: bool | str = DEFAULT_READ_HINTS
+    index_dir: str | None = None
 
     def survivors(self, k: int) -> int:
         """How many candidates centroid interaction keeps for a top-k query."""
@@ -68,7 +70,8 @@ class SearchSettings:
 def choose_settings(store_tokens: int, *, nprobe: int | None = None, ndocs: int | None = None,
                     probe_delta: float | None | str = "auto", device: str = "cpu", prefetch: bool = False,
                     prefetch_threads: int = 2, memory_budget: int | str | None = DEFAULT_BUDGET,
-                    max_query_tokens: int | None = None, read_hints: bool | str = DEFAULT_READ_HINTS) -> SearchSettings:
+                    max_query_tokens: int | None = None, read_hints: bool | str = DEFAULT_READ_HINTS,
+                    index_dir: str | None = None) -> SearchSettings:
     """The settings for a store of `store_tokens` tokens: what the caller gave (already checked by
     engine/_args.py check_options), the defaults by store size for the rest."""
     large = store_tokens >= LARGE_STORE_TOKENS
@@ -82,4 +85,5 @@ def choose_settings(store_tokens: int, *, nprobe: int | None = None, ndocs: int 
         memory_budget=memory_budget,
         max_query_tokens=DEFAULT_MAX_QUERY_TOKENS if max_query_tokens is None else int(max_query_tokens),
         read_hints=read_hints if isinstance(read_hints, str) else bool(read_hints),
+        index_dir=index_dir,
     )

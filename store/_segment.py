@@ -321,6 +321,12 @@ class SegmentReader:
                                                         self.path / METADATA_ARRAY)
         return self._metadata
 
+    def ivf_size(self) -> int:
+        """How many (centroid, document) pairs the inverted lists hold (reads ivf_offsets only)."""
+        k = self.num_centroids
+        offsets = read_small(self.path, "ivf_offsets", (None if k is None else k + 1,))
+        return int(offsets[-1]) if len(offsets) else 0
+
     def ivf(self) -> tuple[np.ndarray, np.ndarray]:
         """Inverted lists: (ivf_offsets (K+1,) int64, ivf_docs (E,) uint32 absolute doc numbers)."""
         k = self.num_centroids

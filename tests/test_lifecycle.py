@@ -60,7 +60,7 @@ def test_a_searcher_keeps_working_after_its_store_commits_and_leaks_nothing(stor
     query = _docs(1, 9)[0][:8]
     before = _open_fds()
     store = lodestore.Store.open(store_path, writable=True)
-    searcher = lodestore.Searcher(store, memory_budget=0)  # disk placement: every query reads the store
+    searcher = lodestore.Searcher(store, memory_budget=0)  # the smallest budget: index paged, rows read from the store
     first = searcher.search(query, k=5)
     store.add([f"b{i}" for i in range(10)], _docs(10, 2))  # closes the store's own segment readers
     searcher.prefetcher.clear()

@@ -194,12 +194,14 @@ def budgets(engine_store) -> dict[str, int | str]:
         tokens = s.corpus.tokens()
         codes = tokens * s.corpus.codec.code_dtype.itemsize
         residuals = tokens * s.corpus.codec.residual_bytes
+        unpageable = index - s.corpus.pageable_bytes()
     assert residuals > 2 * MIN_CACHE, "the engine store is too small to have a codes-in-RAM placement"
     return {
         "all-in-RAM": "all",
         # room for the index, the codes and more than the minimum cache, but not the residuals
         "codes-in-RAM": index + codes + 2 * MIN_CACHE + (residuals - 2 * MIN_CACHE) // 2,
-        "disk": 4096,  # not even the index fits: nothing but the index (and a minimum cache) resident
+        "disk": index + MIN_CACHE,  # the index and the smallest cache: every row read from disk
+        "index-paged": unpageable + MIN_CACHE,  # the smallest budget: the index paged from a file too
     }
 
 

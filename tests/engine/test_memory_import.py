@@ -40,6 +40,6 @@ def test_cpu_search_imports_neither_torch_nor_onnxruntime(template_store):
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(out) == {"after_import", "all-in-RAM", "disk", "exhaustive"}, out
+    assert set(out) == {"after_import", "all-in-RAM", "index-paged", "exhaustive"}, out
     for stage, loaded in out.items():
         assert loaded == [], f"{stage}: {loaded} imported by the CPU query path"
