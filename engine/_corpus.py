@@ -77,16 +77,41 @@ class Corpus:
         self.arrays.seal()
 
     def probed_docs(self, cents: np.ndarray, with_centroids: bool = False):
-        """The documents of the given centroids' inverted lists (with repeats), int64;
-        with_centroids: also the centroid each (document, centroid) pair came from."""
+        """The documents of the given centroids' inverted lists (with repeats), int64, grouped by
+        block (ascending within each list); with_centroids: also the centroid each pair came from."""
+        k = self.codec.num_centroids
+        lists, starts, lens = self._lists(cents)
+        local = np.take(self.ivf_docs, np.repeat(starts, lens) + ramp(lens))
+        docs = np.repeat(lists // k * self.ivf_block, lens) + local
+        return (docs, np.repeat(lists % k, lens)) if with_centroids else docs
+
+    def probed_pairs_by_doc(self, cents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The (document, centroid) pairs of the given centroids' inverted lists, sorted by document
+        (int64), then by centroid (the codec's code dtype): each candidate's probed centroids together.
+        The lists come block by block, so each block's pairs are sorted on their uint16 offsets (a
+        radix sort) instead of the whole by int64 document numbers."""
+        k = self.codec.num_centroids
+        lists, starts, lens = self._lists(cents)
+        local = np.take(self.ivf_docs, np.repeat(starts, lens) + ramp(lens))
+        owner = np.repeat((lists % k).astype(self.codec.code_dtype), lens)
+        n_blocks = (len(self.ivf_offsets) - 1) // k
+        bounds = np.concatenate([[0], np.cumsum(lens.reshape(n_blocks, -1).sum(axis=1))]).tolist()
+        docs = np.empty(len(local), dtype=np.int64)
+        cents_out = np.empty(len(local), dtype=owner.dtype)
+        for b, (a, e) in enumerate(zip(bounds[:-1], bounds[1:])):
+            if a < e:
+                order = np.argsort(local[a:e], kind="stable")  # stable: centroids stay ascending per document
+                np.add(local[a:e][order], b * self.ivf_block, out=docs[a:e], dtype=np.int64, casting="unsafe")
+                cents_out[a:e] = owner[a:e][order]
+        return docs, cents_out
+
+    def _lists(self, cents: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(list numbers b * K + c, starts, lengths) of the centroids' lists in every block, block-major."""
         k = self.codec.num_centroids
         n_blocks = (len(self.ivf_offsets) - 1) // k
         lists = (np.arange(n_blocks, dtype=np.int64)[:, None] * k + np.asarray(cents, dtype=np.int64)).ravel()
         starts = self.ivf_offsets[lists].astype(np.int64)
-        lens = self.ivf_offsets[lists + 1] - starts
-        local = np.take(self.ivf_docs, np.repeat(starts, lens) + ramp(lens))
-        docs = np.repeat(lists // k * self.ivf_block, lens) + local
-        return (docs, np.repeat(lists % k, lens)) if with_centroids else docs
+        return lists, starts, self.ivf_offsets[lists + 1] - starts
 
     def _build_ids(self) -> None:
         offs, blobs, shift = [], [], 0

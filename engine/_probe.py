@@ -2,7 +2,8 @@
 
   1. Q C^T, the query-centroid scores, kept centroid-major as int16 (1/SCORE_SCALE steps), and in
      the same pass the top `nprobe` centroids of each query token (and, with probe_delta, the close calls).
-  2. Probe: the union of those centroids' inverted lists gives the candidates.
+  2. Probe: the union of those centroids' inverted lists gives the candidates; where they are more than
+     PREFILTER_PER_SURVIVOR per survivor, the best by centroid interaction over their probed centroids only.
   3. Centroid interaction: each candidate scored by MaxSim with its tokens replaced by their centroids,
      computed from the document's *distinct* centroid ids; the best max(k, ndocs) survive.
 
@@ -23,6 +24,11 @@ from ._rows import RowReader
 from ._settings import MAX_PROBE, SearchSettings
 
 CENTROID_BLOCK = 4096  # centroids per piece of the query-centroid product (pieces run in parallel)
+# Centroid interaction ranks at most this many candidates per survivor; when the probed lists hold more,
+# they are cut first by centroid interaction over their probed centroids only (a lower bound of the full
+# one, from the pairs probing listed; PLAID's stage 2 prunes to centroids above a score threshold to the
+# same end). Chosen in docs/BENCHMARKS.md C18.
+PREFILTER_PER_SURVIVOR = 16
 SCORE_SCALE = 1 << 14  # query-centroid scores are kept as int16 multiples of 1/16384 (|score| <= ~1)
 
 
@@ -95,17 +101,26 @@ class Prober:
         if allowed is not None and len(allowed) <= survivors:
             docs = allowed.docs  # a small subset skips probing: all of it is scored
         else:
-            cents = np.unique(probed)
-            if self.rows.reading_ahead:
-                pair_docs, pair_cents = c.probed_docs(cents, with_centroids=True)
-                if len(pair_docs):
-                    self._read_ahead(table, pair_docs, pair_cents, survivors)
+            pair_docs, pair_cents = c.probed_pairs_by_doc(np.unique(probed))
+            first = np.flatnonzero(np.r_[True, pair_docs[1:] != pair_docs[:-1]]) if len(pair_docs) else \
+                np.zeros(0, np.int64)  # where each candidate's pairs start
+            counts = np.diff(np.r_[first, len(pair_docs)])
+            docs = pair_docs[first]  # the distinct candidates, ascending
+            live = ~c.deleted[docs]
+            if allowed is not None and len(allowed) <= live.sum():
+                docs, first = allowed.docs, None  # score every admitted document: no more work (engine/_filter.py)
             else:
-                pair_docs = c.probed_docs(cents)
-            docs = distinct(pair_docs, c.n_docs)
-            docs = docs[~c.deleted[docs]]
-            if allowed is not None:  # score every admitted document when that is no more work (engine/_filter.py)
-                docs = allowed.docs if len(allowed) <= len(docs) else docs[allowed.mask[docs]]
+                if allowed is not None:
+                    live &= allowed.mask[docs]
+                docs, first, counts = docs[live], first[live], counts[live]
+            keep = PREFILTER_PER_SURVIVOR * survivors
+            if first is not None and (len(docs) > keep or self.rows.reading_ahead) and len(docs):
+                # centroid interaction over the probed pairs only: a lower bound of the full one
+                bound = centroid_interaction(table, pair_cents, first, counts, self.workers)
+                if self.rows.reading_ahead:
+                    self._read_ahead(docs[top_k(bound, 2 * min(survivors, FIRST_WAVE))])
+                if len(docs) > keep:
+                    docs = np.sort(docs[top_k(bound, keep)])
         if len(docs) == 0:
             return docs, np.zeros(0, dtype=np.float32)
         starts, lens = c.distinct_code_spans(docs)
@@ -113,20 +128,12 @@ class Prober:
         best = top_k(ci, survivors)
         return docs[best], ci[best] / np.float32(self.scale)
 
-    def _read_ahead(self, table: np.ndarray, docs: np.ndarray, cents: np.ndarray, survivors: int) -> None:
-        """Start reading the likely survivors before centroid interaction has picked them.
-
-        (docs, cents) are the probed (document, centroid) pairs. A cheap guess from
-        them alone (sum over query tokens of the best probed centroid each candidate
-        has) picks 2 x the first wave's survivors, so the reads overlap centroid interaction
-        (the row cache must hold 2 x survivors' rows for that; BENCHMARKS 2.0b).
-        """
-        order = np.argsort(docs, kind="stable")  # group the pairs by document
-        docs, cents = docs[order], cents[order]
-        first = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]])  # group starts
-        guess = np.maximum.reduceat(np.take(table, cents, axis=0), first, axis=0).sum(axis=1)
-        likely = docs[first][top_k(guess, 2 * min(survivors, FIRST_WAVE))]
-        self.rows.read_ahead(likely[~self.corpus.deleted[likely]])
+    def _read_ahead(self, likely: np.ndarray) -> None:
+        """Start reading the likely survivors before centroid interaction has picked them: the best
+        2 x the first wave's survivors by centroid interaction over their probed centroids alone, so
+        the reads overlap the full centroid interaction (the row cache must hold 2 x survivors' rows
+        for that; BENCHMARKS 2.0b)."""
+        self.rows.read_ahead(likely)
 
 
 def score_scale(centroids: np.ndarray) -> float:
@@ -208,16 +215,3 @@ def top_columns(S: np.ndarray, n: int) -> np.ndarray:
         out[:, j] = work.argmax(axis=1)
         work[rows, out[:, j]] = low
     return out
-
-
-def distinct(values: np.ndarray, n: int) -> np.ndarray:
-    """The distinct values (all in [0, n)), ascending.
-
-    Marking them in an n-slot mask is much cheaper than sorting for the few thousand
-    candidates of 1e6-1e7-token stores; sorting wins when n dwarfs them.
-    """
-    if n > 32 * len(values):
-        return np.unique(values)
-    seen = np.zeros(n, dtype=bool)
-    seen[values] = True
-    return np.flatnonzero(seen)

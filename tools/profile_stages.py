@@ -25,7 +25,7 @@ import numpy as np
 STAGES = (  # (module or class path, attribute, label)
     ("lodestore.engine._probe:Prober", "score_and_probe", "1-2 query-centroid scores Q C^T + top-nprobe per token"),
     ("lodestore.engine._probe:Prober", "candidates", "2-3 probe + centroid interaction"),
-    ("lodestore.engine._probe", "distinct", "  2b distinct candidate documents"),
+    ("lodestore.engine._corpus:Corpus", "probed_pairs_by_doc", "  2b probed (document, centroid) pairs by document"),
     ("lodestore.engine._probe", "centroid_interaction", "  3b centroid interaction (gather ids + scores, segmented max)"),
     ("lodestore.engine._rerank:Reranker", "rerank", "4-5 residual interaction, then exact MaxSim over its best"),
     ("lodestore.engine._corpus:Corpus", "read_concat", "  4a read the survivors' token rows (disk placements, CRC-checked)"),

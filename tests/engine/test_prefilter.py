@@ -1,0 +1,65 @@
+"""The cut before centroid interaction (engine/_probe.py PREFILTER_PER_SURVIVOR): when the probed lists hold
+more candidates than it allows, the best by centroid interaction over their probed centroids only go on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lodestore
+from lodestore.engine import _pairs, _probe
+from lodestore.engine._args import normalize_query
+
+
+@pytest.mark.parametrize("block", [64, 1 << 16])
+def test_probed_pairs_by_doc_are_the_probed_pairs_sorted(engine_store, monkeypatch, block):
+    monkeypatch.setattr(_pairs, "IVF_BLOCK", block)
+    with lodestore.Searcher(engine_store) as s:
+        c = s.corpus
+        rng = np.random.default_rng(2)
+        for _ in range(10):
+            cents = np.unique(rng.integers(0, c.codec.num_centroids, size=rng.integers(1, 40)))
+            docs, owners = c.probed_pairs_by_doc(cents)
+            want_docs, want_owners = c.probed_docs(cents, with_centroids=True)
+            want = sorted(zip(want_docs.tolist(), want_owners.tolist()))
+            assert list(zip(docs.tolist(), owners.tolist())) == want
+
+
+def _by_hand(s, query, survivors: int, keep: int) -> list[int]:
+    """The survivors, computed the slow way: every probed candidate's bound over its probed centroids,
+    the best `keep` of them (ties: lower document), then full centroid interaction (ties: lower document)."""
+    c = s.corpus
+    table, _, probed = s.prober.score_and_probe(normalize_query(query), s.settings)
+    table = table.astype(np.int64)
+    probed = set(np.unique(probed).tolist())
+    docs, owners = c.probed_docs(np.array(sorted(probed)), with_centroids=True)
+    mine: dict[int, set[int]] = {}
+    for d, o in zip(docs.tolist(), owners.tolist()):
+        mine.setdefault(d, set()).add(o)
+    bound = {d: int(table[sorted(cs)].max(axis=0).sum()) for d, cs in mine.items()}
+    cut = sorted(bound, key=lambda d: (-bound[d], d))[:keep]
+    full = {}
+    for d in cut:
+        ids = c.doc_codes[c.doc_code_offsets[d] : c.doc_code_offsets[d + 1]]
+        full[d] = int(table[ids].max(axis=0).sum())
+    return sorted(full, key=lambda d: (-full[d], d))[:survivors]
+
+
+def test_the_cut_keeps_the_best_by_their_probed_centroids(engine_store, engine_queries, monkeypatch):
+    monkeypatch.setattr(_probe, "PREFILTER_PER_SURVIVOR", 1)
+    with lodestore.Searcher(engine_store, ndocs=30) as s:
+        for query in engine_queries[:6]:
+            table, _, probed = s.prober.score_and_probe(normalize_query(query), s.settings)
+            got, _ = s.prober.candidates(table, probed, 10, None, s.settings)
+            n_candidates = len(np.unique(s.corpus.probed_docs(np.unique(probed))))
+            assert n_candidates > 30  # the cut is in play
+            assert got.tolist() == _by_hand(s, query, 30, 30)
+
+
+def test_search_with_the_cut_keeps_its_recall(engine_store, engine_queries, monkeypatch, recall):
+    with lodestore.Searcher(engine_store, ndocs=40) as s:
+        want = s.search(engine_queries, k=10)
+    monkeypatch.setattr(_probe, "PREFILTER_PER_SURVIVOR", 4)
+    with lodestore.Searcher(engine_store, ndocs=40) as s:
+        got = s.search(engine_queries, k=10)
+    assert np.mean([recall(g, w) for g, w in zip(got, want)]) >= 0.95
