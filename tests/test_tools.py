@@ -439,3 +439,17 @@ def test_bench_versions_refuses_a_commit_whose_engine_it_cannot_isolate(tmp_path
         bench_versions.main([str(tmp_path), str(tmp_path / "q.npy"), "--rev", "HEAD"])
     with pytest.raises(SystemExit, match="before the package moved"):
         bench_versions.main([str(tmp_path), str(tmp_path / "q.npy"), "--rev", "no-such-commit"])
+
+
+def test_plot_memlimit_takes_the_cached_row_and_the_best_limited_one():
+    from tools.plot_memlimit import points_from_run
+
+    rows = [{"memory_limit": "cache=2", "p50_ms": 10.0, "placement": "disk"},
+            {"memory_limit": "cache=2", "p50_ms": 9.0, "placement": "disk"},  # a second cached row: not the baseline
+            {"memory_limit": "1GB", "p50_ms": 14.0, "placement": "disk"},
+            {"memory_limit": "1GB", "p50_ms": 12.0, "placement": "disk"},
+            {"memory_limit": "1GB", "p50_ms": 11.0, "placement": "index-paged"},  # another budget: not this curve
+            {"memory_limit": None, "p50_ms": 1.0, "placement": "disk"}]
+    assert points_from_run(1e8, rows) == (1e8, 10.0, 12.0)
+    with pytest.raises(SystemExit, match="needs a cached row"):
+        points_from_run(1e8, rows[2:])
