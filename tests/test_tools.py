@@ -44,7 +44,7 @@ def test_bench_search_runs(bundle, built, capsys):
     assert bench_search.main([str(bundle), str(built), "--queries", "6", "--budgets", "all,1",
                               "--batch", "3", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())
-    assert [r["placement"] for r in rows] == ["all-in-RAM", "disk"]
+    assert [r["placement"] for r in rows] == ["all-in-RAM", "index-paged"]  # 1 byte: the smallest placement
     assert all(0.0 <= r["recall"] <= 1.0 and r["p50_ms"] > 0 for r in rows)
     assert "| budget |" in capsys.readouterr().out
 
