@@ -28,7 +28,7 @@ CENTROID_BLOCK = 4096  # centroids per piece of the query-centroid product (piec
 # they are cut first by centroid interaction over their probed centroids only (a lower bound of the full
 # one, from the pairs probing listed; PLAID's stage 2 prunes to centroids above a score threshold to the
 # same end). Chosen in docs/BENCHMARKS.md C18.
-PREFILTER_PER_SURVIVOR = 256
+PREFILTER_PER_SURVIVOR = 512
 SCORE_SCALE = 1 << 14  # query-centroid scores are kept as int16 multiples of 1/16384 (|score| <= ~1)
 
 
