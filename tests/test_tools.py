@@ -414,6 +414,26 @@ def test_synthetic_store_builds_in_commits_resumes_and_has_ground_truth(tmp_path
         expected = [[h[0] for h in hits] for hits in lodestore.exhaustive_search(store, queries, 5)]
     assert json.loads((out / "store.truth.json").read_text())["ids"] == expected
     assert bench_search.truth(out / "store", queries, 5) == expected  # bench_search takes it as its own
+    # a commit while it computes: the truth is kept under the generation it was computed from
+    from tools import ground_truth
+
+    real = ground_truth.cached_range
+
+    def commit_meanwhile(path, compute):
+        if not getattr(commit_meanwhile, "done", False):
+            commit_meanwhile.done = True
+            with lodestore.Store.open(out / "store", writable=True) as w:
+                w.add(["late"], [np.ones((3, 16), np.float32)])
+        return real(path, compute)
+
+    (out / "store.truth.json").unlink()
+    ground_truth.cached_range = commit_meanwhile
+    try:
+        assert synthetic_store.main(["store-truth", str(out), "-k", "5"]) == 0
+    finally:
+        ground_truth.cached_range = real
+    key = json.loads((out / "store.truth.json").read_text())["key"]
+    assert key["manifest"] != bench_search.manifest_checksum(out / "store")  # not the newer generation's
     with pytest.raises(SystemExit, match="another corpus"):
         synthetic_store.main(["build", str(out), "--tokens", "7000", "--dim", "16", "--quiet"])
 

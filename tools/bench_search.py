@@ -147,17 +147,37 @@ def timed_queries(searcher, queries, k: int = 10, before=None) -> tuple[list[flo
     return times, ids
 
 
-def _truth_key(store_path: Path, queries: np.ndarray, k: int) -> dict:
+def manifest_checksum(store_path: Path) -> str:
+    """The checksum of the store's current manifest: which generation a cached truth belongs to."""
+    return json.loads((store_path / "manifest.json").read_text())["checksum"]
+
+
+def _truth_key(store_path: Path, queries: np.ndarray, k: int, checksum: str | None = None) -> dict:
     import hashlib
 
-    return {"manifest": json.loads((store_path / "manifest.json").read_text())["checksum"],
+    return {"manifest": checksum or manifest_checksum(store_path),
             "queries": hashlib.sha1(np.ascontiguousarray(queries).tobytes()).hexdigest(), "k": k}
 
 
-def save_truth(store_path: Path, queries: np.ndarray, ids: list[list[str]], k: int = 10) -> None:
-    """Cache exhaustive top-k ids for these queries beside the store (what truth() reads back)."""
+def save_truth(store_path: Path, queries: np.ndarray, ids: list[list[str]], k: int = 10,
+               checksum: str | None = None) -> None:
+    """Cache exhaustive top-k ids for these queries beside the store (what truth() reads back).
+    checksum: the manifest the ids were computed from (default: the current one), so a truth computed
+    while a writer committed is kept under the generation it describes."""
     cache = store_path.with_name(store_path.name + ".truth.json")
-    cache.write_text(json.dumps({"key": _truth_key(store_path, queries, k), "ids": ids}))
+    cache.write_text(json.dumps({"key": _truth_key(store_path, queries, k, checksum), "ids": ids}))
+
+
+def opened_checksum(store_path: Path, store) -> str:
+    """The manifest checksum of the generation `store` (just opened) holds: read until it names that
+    generation, so a commit racing the open cannot label one generation's truth with another's."""
+    while True:
+        doc = json.loads((store_path / "manifest.json").read_text())
+        if doc["generation"] == store.generation:
+            return doc["checksum"]
+        if doc["generation"] < store.generation:  # pragma: no cover - the file lags the open: read again
+            continue
+        raise RuntimeError(f"{store_path}: a writer committed while the store was being opened; run again")
 
 
 def truth(store_path: Path, queries: np.ndarray, k: int = 10) -> list[list[str]]:
@@ -171,11 +191,12 @@ def truth(store_path: Path, queries: np.ndarray, k: int = 10) -> list[list[str]]
 
     t = time.perf_counter()
     with lodestore.Store.open(store_path) as store:
+        checksum = opened_checksum(store_path, store)
         res = []
         for s in range(0, len(queries), 50):
             res += lodestore.exhaustive_search(store, queries[s : s + 50], k)
     ids = [[h[0] for h in hits] for hits in res]
-    save_truth(store_path, queries, ids, k)
+    save_truth(store_path, queries, ids, k, checksum)
     print(f"ground truth: {len(queries)} queries in {time.perf_counter() - t:.1f} s (cached in {cache})", file=sys.stderr)
     return ids
 

@@ -142,7 +142,7 @@ def store_truth(out: Path, k: int) -> int:
     a stopped run, or one after another commit, computes only the segments it lacks), then written
     where tools/bench_search.py looks for it (STORE.truth.json, keyed by the manifest and the queries)."""
     import lodestore
-    from tools.bench_search import save_truth
+    from tools.bench_search import opened_checksum, save_truth
     from tools.ground_truth import cached_range, merge_topk, queries_key, range_topk
 
     path = out / "store"
@@ -150,6 +150,7 @@ def store_truth(out: Path, k: int) -> int:
     key = queries_key(queries)
     t0 = time.perf_counter()
     with lodestore.Store.open(path) as store:
+        checksum = opened_checksum(path, store)  # the generation computed, whatever commits meanwhile
         if store.input_dim != store.codec.dim:
             raise SystemExit(f"{path}: reduces dimensions; exhaustive_search handles that, this tool does not")
         parts, ids, base = [], [], 0
@@ -173,7 +174,7 @@ def store_truth(out: Path, k: int) -> int:
             ids.extend(seg.ids())
             base += seg.n_docs
         top, _ = merge_topk(parts, k)
-    save_truth(path, queries, [[ids[d] for d in row] for row in top.tolist()], k)
+    save_truth(path, queries, [[ids[d] for d in row] for row in top.tolist()], k, checksum)
     print(f"exhaustive search over the store for {len(top)} queries in {time.perf_counter() - t0:.0f} s",
           file=sys.stderr)
     return 0
