@@ -322,10 +322,16 @@ class SegmentReader:
         return self._metadata
 
     def ivf_size(self) -> int:
-        """How many (centroid, document) pairs the inverted lists hold (reads ivf_offsets only)."""
+        """How many (centroid, document) pairs the inverted lists hold (reads ivf_offsets only; checked, and
+        at most the segment's tokens, so a hostile store cannot make a reader allocate for more)."""
         k = self.num_centroids
         offsets = read_small(self.path, "ivf_offsets", (None if k is None else k + 1,))
-        return int(offsets[-1]) if len(offsets) else 0
+        check_csr(offsets, len(offsets) - 1, None, self.path / "ivf_offsets", "ivf_offsets")
+        pairs = int(offsets[-1]) if len(offsets) else 0
+        if pairs > self.n_tokens:
+            raise CorruptStoreError(f"{self.path / 'ivf_offsets'}: {pairs:,} (centroid, document) pairs in a "
+                                    f"segment of {self.n_tokens:,} tokens")
+        return pairs
 
     def ivf(self) -> tuple[np.ndarray, np.ndarray]:
         """Inverted lists: (ivf_offsets (K+1,) int64, ivf_docs (E,) uint32 absolute doc numbers)."""
