@@ -36,6 +36,12 @@ def check_read_hints(read_hints: Any) -> None:
         raise ValueError(f"read_hints must be True, False or 'auto', got {read_hints!r}")
 
 
+def check_prefilter(prefilter: Any) -> None:
+    """"auto", None (no cut) or a positive integer: candidates per survivor that reach centroid interaction."""
+    if not (prefilter is None or (isinstance(prefilter, str) and prefilter == "auto") or _positive_int(prefilter)):
+        raise ValueError(f"prefilter must be 'auto', None or a positive integer, got {prefilter!r}")
+
+
 def check_k(k: Any) -> int:
     """k as an int: a positive integer, at most MAX_K."""
     if not _positive_int(k):

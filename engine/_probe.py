@@ -3,7 +3,8 @@
   1. Q C^T, the query-centroid scores, kept centroid-major as int16 (1/SCORE_SCALE steps), and in
      the same pass the top `nprobe` centroids of each query token (and, with probe_delta, the close calls).
   2. Probe: the union of those centroids' inverted lists gives the candidates; where they are more than
-     PREFILTER_PER_SURVIVOR per survivor, the best by centroid interaction over their probed centroids only.
+     `prefilter` per survivor (engine/_settings.py), the best by centroid interaction over their probed
+     centroids only (a lower bound of the full one, from the pairs probing listed).
   3. Centroid interaction: each candidate scored by MaxSim with its tokens replaced by their centroids,
      computed from the document's *distinct* centroid ids; the best max(k, ndocs) survive.
 
@@ -24,11 +25,6 @@ from ._rows import RowReader
 from ._settings import MAX_PROBE, SearchSettings
 
 CENTROID_BLOCK = 4096  # centroids per piece of the query-centroid product (pieces run in parallel)
-# Centroid interaction ranks at most this many candidates per survivor; when the probed lists hold more,
-# they are cut first by centroid interaction over their probed centroids only (a lower bound of the full
-# one, from the pairs probing listed; PLAID's stage 2 prunes to centroids above a score threshold to the
-# same end). Chosen in docs/BENCHMARKS.md C18.
-PREFILTER_PER_SURVIVOR = 512
 SCORE_SCALE = 1 << 14  # query-centroid scores are kept as int16 multiples of 1/16384 (|score| <= ~1)
 
 
@@ -113,7 +109,7 @@ class Prober:
                 if allowed is not None:
                     live &= allowed.mask[docs]
                 docs, first, counts = docs[live], first[live], counts[live]
-            keep = PREFILTER_PER_SURVIVOR * survivors
+            keep = len(docs) if settings.prefilter is None else settings.prefilter * survivors
             if first is not None and (len(docs) > keep or self.rows.reading_ahead) and len(docs):
                 # centroid interaction over the probed pairs only: a lower bound of the full one
                 bound = centroid_interaction(table, pair_cents, first, counts, self.workers)

@@ -22,7 +22,7 @@ import numpy as np
 
 from lodestore.store import Store
 
-from ._args import check_k, check_options, check_queries, check_read_hints, check_subset, split_queries
+from ._args import check_k, check_options, check_prefilter, check_queries, check_read_hints, check_subset, split_queries
 from ._budget import AUTO_CACHE, AUTO_CACHE_NO_PREFETCH, Placement, parse_size, place
 from ._corpus import Corpus
 from ._filter import Allowed, DocFilter
@@ -76,6 +76,10 @@ class Searcher:
     of one read at a time when they are needed. "auto" (the default) gives hints while the rows
     come from the device and stops while the page cache holds them (engine/_rows.py HintPolicy);
     True / False force it. stats()["read_hit_rate"] says how many reads found their rows cached.
+    prefilter: where probing finds more than this many candidates per survivor, only the best
+    by centroid interaction over their probed centroids go on to full centroid interaction (a
+    lower bound, cheaper: engine/_probe.py); "auto" (512, chosen in docs/BENCHMARKS.md C18) or
+    None for no cut. It acts only on large stores (above ~131,000 candidates at the defaults).
     threads: threads one query's work is spread over (query-centroid product,
     centroid interaction, re-ranking chunks); default 2 where the process may
     use 2 cores. Results do not depend on it.
@@ -85,9 +89,11 @@ class Searcher:
                  nprobe: int | None = None, ndocs: int | None = None, *, device: str = "cpu",
                  prefetch: bool = False, prefetch_threads: int = 2, threads: int | None = None,
                  probe_delta: float | None | str = "auto", max_query_tokens: int | None = None,
-                 read_hints: bool | str = "auto", index_dir: str | os.PathLike | None = None):
+                 read_hints: bool | str = "auto", index_dir: str | os.PathLike | None = None,
+                 prefilter: int | None | str = "auto"):
         check_options(nprobe, ndocs, probe_delta, max_query_tokens)
         check_read_hints(read_hints)
+        check_prefilter(prefilter)
         workers = Workers(default_threads() if threads is None else threads)  # checked before anything is opened
         self._own_store = not isinstance(store_or_path, Store)
         self.store = Store.open(Path(store_or_path)) if self._own_store else store_or_path
@@ -100,7 +106,7 @@ class Searcher:
             sum(seg.tokens for seg in self.store.manifest.segments), nprobe=nprobe, ndocs=ndocs,
             probe_delta=probe_delta, device=device, prefetch=prefetch, prefetch_threads=prefetch_threads,
             memory_budget=memory_budget, max_query_tokens=max_query_tokens, read_hints=read_hints,
-            index_dir=None if index_dir is None else os.fspath(index_dir))
+            index_dir=None if index_dir is None else os.fspath(index_dir), prefilter=prefilter)
         self.workers = workers
         self.generation = self.store.generation
         try:

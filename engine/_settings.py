@@ -31,6 +31,10 @@ DEFAULT_MAX_QUERY_TOKENS = 1024
 # Kernel read hints (posix_fadvise WILLNEED) for the survivors' rows as soon as they are known: "auto" gives them
 # while the rows come from the device and not while the page cache holds them (engine/_rows.py HintPolicy)
 DEFAULT_READ_HINTS = "auto"
+# Centroid interaction ranks at most this many candidates per survivor; when the probed lists hold more, they are
+# cut first by centroid interaction over their probed centroids only (a lower bound of the full one; PLAID's
+# stage 2 prunes to centroids above a score threshold to the same end). Chosen in docs/BENCHMARKS.md C18.
+DEFAULT_PREFILTER = 512
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,9 @@ class SearchSettings:
     max_query_tokens: the most token vectors one query may hold (ValueError above it).
     read_hints: tell the kernel which rows are read next (True, False, or "auto": while they come
     from the device; engine/_rows.py HintPolicy). index_dir: where a memory budget below the index
-    puts the paged part's (unlinked) file; None: the system's temporary directory.
+    puts the paged part's (unlinked) file; None: the system's temporary directory. prefilter: at
+    most this many candidates per survivor reach full centroid interaction (the rest are cut by
+    centroid interaction over their probed centroids); None: no cut.
     """
 
     nprobe: int
@@ -58,6 +64,7 @@ class SearchSettings:
     max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS
     read_hints: bool | str = DEFAULT_READ_HINTS
     index_dir: str | None = None
+    prefilter: int | None = DEFAULT_PREFILTER
 
     def survivors(self, k: int) -> int:
         """How many candidates centroid interaction keeps for a top-k query."""
@@ -71,7 +78,7 @@ def choose_settings(store_tokens: int, *, nprobe: int | None = None, ndocs: int 
                     probe_delta: float | None | str = "auto", device: str = "cpu", prefetch: bool = False,
                     prefetch_threads: int = 2, memory_budget: int | str | None = DEFAULT_BUDGET,
                     max_query_tokens: int | None = None, read_hints: bool | str = DEFAULT_READ_HINTS,
-                    index_dir: str | None = None) -> SearchSettings:
+                    index_dir: str | None = None, prefilter: int | None | str = "auto") -> SearchSettings:
     """The settings for a store of `store_tokens` tokens: what the caller gave (already checked by
     engine/_args.py check_options), the defaults by store size for the rest."""
     large = store_tokens >= LARGE_STORE_TOKENS
@@ -86,4 +93,5 @@ def choose_settings(store_tokens: int, *, nprobe: int | None = None, ndocs: int 
         max_query_tokens=DEFAULT_MAX_QUERY_TOKENS if max_query_tokens is None else int(max_query_tokens),
         read_hints=read_hints if isinstance(read_hints, str) else bool(read_hints),
         index_dir=index_dir,
+        prefilter=DEFAULT_PREFILTER if isinstance(prefilter, str) else prefilter,
     )

@@ -53,6 +53,8 @@ def child(cfg: dict) -> dict:
         options["threads"] = cfg["threads"]
     if cfg.get("hints") is not None:
         options["read_hints"] = cfg["hints"]
+    if cfg.get("prefilter") is not None:
+        options["prefilter"] = None if cfg["prefilter"] == "none" else int(cfg["prefilter"])
     searcher = lodestore.Searcher(cfg["store"], memory_budget=cfg["budget"], nprobe=cfg["nprobe"], ndocs=cfg["ndocs"],
                                   **options)
     load_s = time.perf_counter() - t0
@@ -233,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hints", default=None, choices=["on", "off", "both"],
                    help="kernel read hints (Searcher read_hints) on, off, or a row each; default: the Searcher's")
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--prefilter", default=None,
+                   help="Searcher prefilter: candidates per survivor kept before centroid interaction, or 'none'")
     p.add_argument("--out", type=Path, default=None, help="also write the rows (with each query's top-10 ids) as JSON here")
     p.add_argument("--no-truth", action="store_true",
                    help="skip exhaustive search over the store (R@10 store '-'; a huge store's truth can come later: "
@@ -266,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = {"bundle": str(args.bundle), "store": str(args.store), "budget": budget, "queries": len(queries),
                "prefetch": {"prefetch": True, "sync": False, "": None}[mode],
                "nprobe": args.nprobe, "ndocs": args.ndocs, "cold": args.cold, "batch": args.batch,
-               "threads": int(threads) if threads else None, "memory_limit": lim, "hints": hint}
+               "threads": int(threads) if threads else None, "memory_limit": lim, "hints": hint,
+               "prefilter": args.prefilter}
         if not args.cold and lim is None:  # warm rows start with the store's files in the page cache
             from tools import memstat
 

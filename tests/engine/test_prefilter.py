@@ -1,5 +1,6 @@
-"""The cut before centroid interaction (engine/_probe.py PREFILTER_PER_SURVIVOR): when the probed lists hold
-more candidates than it allows, the best by centroid interaction over their probed centroids only go on."""
+"""The cut before centroid interaction (Searcher(prefilter=), engine/_probe.py): when the probed lists hold
+more candidates than it allows per survivor, the best by centroid interaction over their probed centroids
+only go on."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 
 import lodestore
-from lodestore.engine import _pairs, _probe
+from lodestore.engine import _pairs
+from lodestore.engine._settings import DEFAULT_PREFILTER
 from lodestore.engine._args import normalize_query
 
 
@@ -45,9 +47,8 @@ def _by_hand(s, query, survivors: int, keep: int) -> list[int]:
     return sorted(full, key=lambda d: (-full[d], d))[:survivors]
 
 
-def test_the_cut_keeps_the_best_by_their_probed_centroids(engine_store, engine_queries, monkeypatch):
-    monkeypatch.setattr(_probe, "PREFILTER_PER_SURVIVOR", 1)
-    with lodestore.Searcher(engine_store, ndocs=30) as s:
+def test_the_cut_keeps_the_best_by_their_probed_centroids(engine_store, engine_queries):
+    with lodestore.Searcher(engine_store, ndocs=30, prefilter=1) as s:
         for query in engine_queries[:6]:
             table, _, probed = s.prober.score_and_probe(normalize_query(query), s.settings)
             got, _ = s.prober.candidates(table, probed, 10, None, s.settings)
@@ -56,10 +57,26 @@ def test_the_cut_keeps_the_best_by_their_probed_centroids(engine_store, engine_q
             assert got.tolist() == _by_hand(s, query, 30, 30)
 
 
-def test_search_with_the_cut_keeps_its_recall(engine_store, engine_queries, monkeypatch, recall):
-    with lodestore.Searcher(engine_store, ndocs=40) as s:
+def test_search_with_the_cut_keeps_its_recall(engine_store, engine_queries, recall):
+    with lodestore.Searcher(engine_store, ndocs=40, prefilter=None) as s:
         want = s.search(engine_queries, k=10)
-    monkeypatch.setattr(_probe, "PREFILTER_PER_SURVIVOR", 4)
-    with lodestore.Searcher(engine_store, ndocs=40) as s:
+    with lodestore.Searcher(engine_store, ndocs=40, prefilter=4) as s:
         got = s.search(engine_queries, k=10)
     assert np.mean([recall(g, w) for g, w in zip(got, want)]) >= 0.95
+
+
+def test_no_cut_and_a_cut_wider_than_the_candidates_give_the_same_answers(engine_store, engine_queries):
+    with lodestore.Searcher(engine_store, ndocs=30, prefilter=None) as s:
+        assert s.settings.prefilter is None
+        want = s.search(engine_queries, k=10)
+    with lodestore.Searcher(engine_store, ndocs=30) as s:
+        assert s.settings.prefilter == DEFAULT_PREFILTER
+        assert s.search(engine_queries, k=10) == want  # 512 x 30 is more than this store's documents
+    with lodestore.Searcher(engine_store, ndocs=30, prefilter=1) as s:
+        assert s.search(engine_queries, k=10) != want  # the cut is in play: the test can fail
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "none", True])
+def test_a_bad_prefilter_is_refused_before_opening(engine_store, bad):
+    with pytest.raises(ValueError, match="prefilter must be"):
+        lodestore.Searcher(engine_store, prefilter=bad)

@@ -407,3 +407,39 @@ def test_verify_reports_structural_forgeries(sandbox, forge):
         read_op(path)
 
     refused(check, root)
+
+
+def _forge_ivf_pairs(root: Path, pairs: int) -> None:
+    """ivf_offsets' last entry (the segment's pair count) set to `pairs`, re-compressed and its CRC recomputed:
+    a chunk that decodes and is still a valid CSR."""
+    import gzip
+
+    from lodestore.store.testing.hostile import fix_crcs
+
+    rel = f"{SEG}/ivf_offsets/c/0"
+    raw = bytearray(gzip.decompress((root / rel).read_bytes()[:-4]))  # codecs: bytes, gzip, crc32c
+    raw[-8:] = int(pairs).to_bytes(8, "little")
+    (root / rel).write_bytes(fix_crcs(root, rel, gzip.compress(bytes(raw)) + b"\0" * 4))
+
+
+def test_a_forged_ivf_pair_count_is_refused_before_anything_is_sized_by_it(sandbox):
+    """A reader sizing the merged inverted lists by ivf_offsets (the engine does) gets a CorruptStoreError
+    naming the array, not an allocation of 2^40 pairs: checked against the segment's tokens."""
+    root, _ = sandbox
+    _forge_ivf_pairs(root, 1 << 40)
+
+    def size(path):
+        with store.Store.open(path) as s:
+            for seg in s.segments:
+                seg.ivf_size()
+
+    detail = refused(size, root, words=("ivf_offsets", "pairs"))
+    assert "tokens" in detail
+
+
+def test_an_honest_ivf_pair_count_is_what_the_lists_hold(sandbox):
+    root, _ = sandbox
+    with store.Store.open(root) as s:
+        for seg in s.segments:
+            offsets, docs = seg.ivf()
+            assert seg.ivf_size() == len(docs) == offsets[-1] <= seg.n_tokens
