@@ -1,7 +1,7 @@
 """Sharded lodestore: 1, 2, 4, 8 shards of one bundle, in-process (threads) and on a local Ray cluster.
 
     nice -n 10 .venv/bin/python -m tools.bench_shards BUNDLE --work DIR [--shards 1,2,4,8] [--modes threads,ray]
-        [--queries 100] [--k 10] [--out rows.json]
+        [--queries 100] [--k 10] [--out rows.json] [--build-only]
 
 Builds one sharded store per shard count under DIR (reused when there): the 1-shard store
 trains the codec, the others adopt it (Store.adopt_codec on shard 0 before the first add),
@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=100)
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--build-only", action="store_true",
+                   help="build the stores and the truth, measure nothing (e.g. at low priority ahead of a quiet run)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -158,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"built {b}", file=sys.stderr)
     queries = np.load(args.bundle / "queries.npy")[: args.queries]
     truth(args.bundle, args.work, queries, args.k)
+    if args.build_only:
+        return 0
     rows = []
     for n in counts:
         for mode in args.modes.split(","):
