@@ -20,9 +20,9 @@ import numpy as np
 
 from lodestore._staging import clean_staging, spill_dir
 from lodestore.hybrid import DEFAULT_FUSION, DEFAULT_MODE, check_mode, depth, fuse
-from lodestore.keyword import KeywordIndex
+from lodestore.keyword import KeywordIndex, document_keywords
 from lodestore.engine import Searcher
-from lodestore.store import MetadataColumns, Store, check_pool_factor
+from lodestore.store import Keywords, MetadataColumns, Store, check_pool_factor
 from lodestore.text import Encoder
 
 #: Documents encoded per slice while adding: bounds the float32 vectors held in RAM.
@@ -148,10 +148,12 @@ class Index:
         if not upsert:
             self._check_new(ids)
         typed = self._check_metadata(ids, metadata)
+        keywords = document_keywords(titles, texts)
         with spill_dir(self.store) as spill:
             _encode_to_bundle(self.encoder, [f"{t}. {x}" if t else x for t, x in zip(titles, texts)], spill,
                               batch_size, progress)
-            return self._commit(spill, ids, document_payloads(texts, titles, metadata), typed, upsert, progress)
+            return self._commit(spill, ids, document_payloads(texts, titles, metadata), typed, keywords, upsert,
+                                progress)
 
     def add_encoded(self, bundle: str | os.PathLike, ids: Sequence[str], texts: Sequence[str],
                     metadata: Sequence[dict[str, Any]] | None = None, *, titles: Sequence[str] | None = None,
@@ -176,7 +178,8 @@ class Index:
             raise ValueError(f"{bundle}: its documents (ids.txt) are not the given ids in the same order")
         self._check_new(ids)
         typed = self._check_metadata(ids, metadata)
-        return self._commit(bundle, ids, document_payloads(texts, titles, metadata), typed, False, progress)
+        keywords = document_keywords(titles, texts)
+        return self._commit(bundle, ids, document_payloads(texts, titles, metadata), typed, keywords, False, progress)
 
     def _check_pool_factor(self, pool_factor: int | None) -> None:
         if pool_factor is not None and check_pool_factor(pool_factor) != self.store.pool_factor:
@@ -197,9 +200,10 @@ class Index:
         return metadata
 
     def _commit(self, bundle: Path, ids: list[str], payloads: list[bytes], metadata: list[dict] | None,
-                upsert: bool, progress: bool) -> int:
-        generation = self.store.add_embeddings(bundle, ids=ids, payloads=payloads, metadata=metadata, upsert=upsert,
-                                               progress=progress)
+                keywords: Keywords, upsert: bool, progress: bool) -> int:
+        """One commit: the vectors of `bundle`, with the text payloads, metadata and keyword postings."""
+        generation = self.store.add_embeddings(bundle, ids=ids, payloads=payloads, metadata=metadata,
+                                               keywords=keywords, upsert=upsert, progress=progress)
         if self._searcher is not None:  # it answers from the generation it opened: reopen on next search
             self._searcher.close()
             self._searcher = None

@@ -1,13 +1,18 @@
-"""The keyword (BM25) index of an Index: postings derived from the stored text, per segment.
+"""The keyword (BM25) index of an Index: postings stored per segment, or derived from the stored text.
 
-What is stored: nothing beyond the documents' text payloads (FORMAT.md section 8.5),
-which every Index already writes in the same commit as the vectors. The keyword
-index is derived from them when a keyword or hybrid search first needs it:
+What is stored (FORMAT.md 8.6): when an Index adds documents, it tokenizes their
+title and text here (`document_keywords`) and the store writes each document's
+(term, frequency) pairs into the new segment, in the same commit as the vectors
+and the text. The keyword index is built from them when a keyword or hybrid search
+first needs it:
 
-* per segment (immutable, so derived once per process and cached by segment name):
+* per segment (immutable, so loaded once per process and cached by segment name):
   each document's terms, tokenized as bm25s does (lower case, words of two or more
   word characters, English stop words removed, Snowball English stems), as
-  (document, term, frequency) triples over one growing term table;
+  (document, term, frequency) triples over one growing term table: read from the
+  segment's stored postings when it holds them from this tokenizer (`TOKENIZER`),
+  else derived by tokenizing its stored text payloads (segments written before
+  postings were stored, or by another tokenizer version), with the same result;
 * per generation: the corpus statistics over the live documents only (N, document
   frequencies, average document length; deleted and replaced documents excluded),
   and from them the BM25 weight of every (term, document) pair, in a term-major
@@ -17,9 +22,9 @@ A query sums the weights of its terms' postings (a term repeated in the query
 counts again) with the scoring of bm25s' default variant (method "lucene": idf =
 ln(1 + (N - df + 0.5) / (df + 0.5)), tf part tf / (tf + k1 (1 - b + b dl / avgdl)),
 k1 = 1.5, b = 0.75). Only documents matching at least one query term are returned.
-Why derive instead of store, and what it costs: docs/BENCHMARKS.md, "Hybrid
-keyword + MaxSim search". bm25s (the tokenizer) and PyStemmer load on first use:
-importing lodestore or a MaxSim search never imports them.
+What stored postings cost on disk and save at a process's first keyword search:
+docs/BENCHMARKS.md, "Hybrid keyword + MaxSim search". bm25s (the tokenizer) and
+PyStemmer load on first use: importing lodestore or a MaxSim search never imports them.
 """
 
 from __future__ import annotations
@@ -29,16 +34,20 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib.metadata import version
 from typing import TYPE_CHECKING, Collection, Sequence
 
 import numpy as np
+
+from lodestore.store import Keywords
 
 if TYPE_CHECKING:
     from lodestore.store import Store
 
 K1 = 1.5
 B = 0.75
-#: Documents read and tokenized per step while deriving a segment's postings: bounds the text held in RAM.
+#: Documents read and tokenized per step while deriving or storing postings: bounds the text held in RAM.
 DERIVE_SLICE = 4096
 #: Bytes of derived segment postings kept for later KeywordIndexes of this process (a server opens one
 #: Index per generation: each reuses the unchanged segments' postings instead of tokenizing them again).
@@ -47,6 +56,14 @@ CACHE_BYTES = 256 << 20
 _LOCK = threading.Lock()  # guards the term table and the cache (a server searches from several threads)
 _TERMS: dict[str, int] = {}  # one term table per process, so cached postings share term ids
 _CACHE: "OrderedDict[tuple, SegmentTerms]" = OrderedDict()
+
+
+@lru_cache(maxsize=None)
+def tokenizer_name() -> str:
+    """The name stored postings carry (FORMAT.md 8.6): what `tokenize` does, and bm25s' minor version, whose
+    tokenizer could change with it; postings of another name are derived again from the text, not used."""
+    major_minor = ".".join(version("bm25s").split(".")[:2])
+    return f"bm25s-{major_minor}/stopwords-en/snowball-english/1"
 
 
 def tokenize(texts: Sequence[str]) -> list[list[str]]:
@@ -69,17 +86,32 @@ def _stemmer(module):
     return _STEMMER
 
 
+def keyword_text(title: str | None, text: str | None) -> str:
+    """The text BM25 sees for a document: its title and text."""
+    return f"{title or ''} {text or ''}"
+
+
 def payload_text(payload: bytes | None) -> str:
-    """The text BM25 sees for a stored document: its title and text (lodestore/index.py payloads)."""
+    """The text BM25 sees for a stored document (lodestore/index.py payloads)."""
     if not payload:
         return ""
     d = json.loads(payload)
-    return f"{d.get('title') or ''} {d.get('text') or ''}"
+    return keyword_text(d.get("title"), d.get("text"))
+
+
+def document_keywords(titles: Sequence[str], texts: Sequence[str]) -> Keywords:
+    """The postings the store keeps with documents being added (Store.add's `keywords`): their title and
+    text tokenized DERIVE_SLICE documents at a time, exactly as a derivation from their payloads would."""
+    parts = []
+    for i in range(0, len(texts), DERIVE_SLICE):
+        docs = zip(titles[i : i + DERIVE_SLICE], texts[i : i + DERIVE_SLICE])
+        parts.append(Keywords.from_terms(tokenizer_name(), tokenize([keyword_text(t, x) for t, x in docs])))
+    return Keywords.concat(parts)
 
 
 @dataclass(frozen=True)
 class SegmentTerms:
-    """One segment's documents as (document, term, frequency) triples, sorted by document then term."""
+    """One segment's documents as (document, term, frequency) triples, grouped by document in ascending order."""
 
     n_docs: int
     doc: np.ndarray  # int32 local document numbers
@@ -114,10 +146,14 @@ _EMPTY = LivePostings(None, [], {}, 0.0, np.zeros(1, dtype=np.int64), np.zeros(0
 
 
 class KeywordIndex:
-    """BM25 over the live documents of one store generation; `refresh()` follows the store's commits."""
+    """BM25 over the live documents of one store generation; `refresh()` follows the store's commits.
 
-    def __init__(self, store: "Store"):
+    stored=False ignores stored postings and derives every segment's from its text (a check, a benchmark).
+    """
+
+    def __init__(self, store: "Store", *, stored: bool = True):
         self.store = store
+        self.stored = stored
         self.vocab = _TERMS
         self._segments: dict[tuple, SegmentTerms] = {}
         self._live = _EMPTY
@@ -147,10 +183,10 @@ class KeywordIndex:
         parts, ids = [], []
         wanted = set()
         for si, entry in enumerate(self.store.manifest.segments):
-            key = self._key(entry)
+            key = self._key(si, entry)
             wanted.add(key)
             if key not in self._segments:
-                self._segments[key] = _cached(key, lambda: self._derive(si))
+                self._segments[key] = _cached(key, lambda: self._load(si) if key[-1] == "stored" else self._derive(si))
             seg_ids = self.store.segments[si].ids()
             live = np.flatnonzero(~self.store.deleted(si))
             parts.append((self._segments[key], live, len(ids)))
@@ -159,11 +195,24 @@ class KeywordIndex:
             del self._segments[key]
         return self._build(parts, ids)
 
-    def _key(self, entry) -> tuple:
+    def _key(self, si: int, entry) -> tuple:
         """What identifies a committed segment's content: its name (never reused within a store), its
-        document count, and its directory's identity (a store removed and made again at the same path)."""
+        document count, and its directory's identity (a store removed and made again at the same path);
+        last, where its postings come from ("stored" or "derived")."""
         st = os.stat(self.store.root / "segments" / entry.name, follow_symlinks=False)
-        return (str(self.store.root.resolve()), entry.name, entry.documents, st.st_dev, st.st_ino, st.st_mtime_ns)
+        tokenizer = self.store.segments[si].keyword_tokenizer
+        source = "stored" if self.stored and tokenizer == tokenizer_name() else "derived"
+        return (str(self.store.root.resolve()), entry.name, entry.documents, st.st_dev, st.st_ino, st.st_mtime_ns,
+                source)
+
+    def _load(self, si: int) -> SegmentTerms:
+        """Segment si's stored postings, their term numbers mapped into the process's term table."""
+        kw = self.store.segments[si].keywords()
+        table = np.fromiter((self.vocab.setdefault(w, len(self.vocab)) for w in kw.words), dtype=np.int64,
+                            count=len(kw.words))
+        doc = np.repeat(np.arange(kw.n, dtype=np.int32), np.diff(kw.offsets))
+        return SegmentTerms(kw.n, doc, table[kw.terms].astype(np.int32), kw.tfs.astype(np.int32),
+                            kw.lengths.astype(np.int32))
 
     def _derive(self, si: int) -> SegmentTerms:
         """Tokenize segment si's stored text into (document, term, frequency) triples."""

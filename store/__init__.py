@@ -6,6 +6,7 @@ This package never imports `engine`: it knows nothing about queries.
 from ._errors import CorruptStoreError, StoreError, StoreLockedError, UnsupportedFormatError
 from ._ingest import BundleSource, DocSource, as_numpy, normalize_rows, open_source
 from ._manifest import FORMAT_VERSION, OLDEST_READABLE_VERSION, Manifest, SegmentEntry
+from ._keywords import Keywords
 from ._pooling import check_pool_factor
 from ._metadata import MetadataColumns
 from ._metadata_where import Where, compile_where
@@ -20,6 +21,7 @@ __all__ = [
     "CorruptStoreError",
     "DocSource",
     "FORMAT_VERSION",
+    "Keywords",
     "Manifest",
     "MetadataColumns",
     "OLDEST_READABLE_VERSION",

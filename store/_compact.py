@@ -24,18 +24,29 @@ def copy_documents(src: SegmentReader, docs: np.ndarray, ids: list[str], dst: Se
     external ids (`ids[d]` is the id of local document d of `src`; the inverted lists
     are rebuilt by `dst` from the codes), the payloads (when `dst` keeps them, a
     document of a source without payloads gets b"") and the typed metadata (when `dst`
-    keeps it; a source without any has all fields null). A new per-document column MUST
+    keeps it; a source without any has all fields null) and the keyword postings (when `dst`
+    keeps them, which the caller decides by `common_tokenizer`; term numbers are remapped to
+    the merged term table at finish, never re-tokenized). A new per-document column MUST
     be read from `src` for `docs` and handed to `dst` here, or compaction drops it;
     tests/store/test_compact.py has a tripwire on SegmentWriter.append's signature
     and the segment's array names.
     """
+    keywords = None if dst.keywords is None else src.keywords()  # read once: batches share its term table
     for batch in _batches(src, docs):
         codes, residuals, lens, _ = src.read_docs(batch)
         payloads = None
         if dst.payloads is not None:
             payloads = src.payloads(batch) if src.has_payloads else [b""] * len(batch)
         metadata = None if dst.metadata is None else src.metadata().take(batch)
-        dst.append([ids[d] for d in batch.tolist()], lens, codes, residuals, payloads, metadata)
+        postings = None if keywords is None else keywords.take(batch)
+        dst.append([ids[d] for d in batch.tolist()], lens, codes, residuals, payloads, metadata, postings)
+
+
+def common_tokenizer(segments: list[SegmentReader]) -> str | None:
+    """The tokenizer of the postings every one of `segments` holds, or None when one holds none or
+    they differ (the merged segment then has none: its reader derives them from the text)."""
+    names = {seg.keyword_tokenizer for seg in segments}
+    return names.pop() if len(names) == 1 else None
 
 
 def _batches(src: SegmentReader, docs: np.ndarray) -> Iterator[np.ndarray]:

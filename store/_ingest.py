@@ -114,6 +114,8 @@ class DocSource:
     #: Typed metadata of every document (store/_metadata.py) and the store's field types with it, or None.
     metadata: Any = None
     metadata_schema: dict[str, str] | None = None
+    #: Keyword postings of every document (store/_keywords.py Keywords), or None.
+    keywords: Any = None
 
     def ids(self) -> list[str]:
         raise NotImplementedError

@@ -35,7 +35,9 @@ KNOWN_READER_FEATURES: frozenset[str] = frozenset({PQ_READER_FEATURE})
 POOLING_WRITER_FEATURE = "token-pooling"
 #: "metadata": segments may hold typed metadata whose field types settings.metadata_fields records;
 #: a writer that does not know it would drop the metadata at compaction (FORMAT.md 8.2.2)
-KNOWN_WRITER_FEATURES: frozenset[str] = frozenset({"projection", POOLING_WRITER_FEATURE, "metadata"})
+#: "keywords": segments may hold keyword postings; a writer that does not know it would drop them at
+#: compaction, so every later reader would tokenize the text again (FORMAT.md 8.6)
+KNOWN_WRITER_FEATURES: frozenset[str] = frozenset({"projection", POOLING_WRITER_FEATURE, "metadata", "keywords"})
 # codec.kind values this version reads: "residual" (the scalar codec) and "pq"
 KNOWN_CODEC_KINDS: frozenset[str] = frozenset({"residual", "pq"})
 

@@ -153,6 +153,7 @@ class PooledSource(DocSource):
         self.source, self.factor = source, check_pool_factor(factor)
         self.dim, self.n_docs, self.payloads = source.dim, source.n_docs, source.payloads
         self.metadata, self.metadata_schema = source.metadata, source.metadata_schema  # per document: unpooled
+        self.keywords = source.keywords
         self.input_doclens = _doclens(source)
         self.doclens = pooled_lengths(self.input_doclens, self.factor)
         self.n_tokens = int(self.doclens.sum())

@@ -10,6 +10,7 @@ Layout (FORMAT.md section 8), for a segment of N documents and T tokens:
   id_bytes     (B,)            uint8          UTF-8
   payload_offsets, payload_bytes  optional per-document bytes (store/_payloads.py)
   metadata     (M,)            uint8          optional typed metadata as UTF-8 JSON (store/_metadata.py)
+  keyword_*                                   optional keyword postings (store/_keywords.py)
 The small arrays are gzip + crc32c; doc_offsets is decoded at open, ids and
 inverted lists each time they are asked for (a Searcher asks once).
 """
@@ -26,6 +27,7 @@ import numpy as np
 
 from .codecs import Codec
 from ._errors import CorruptStoreError
+from ._keywords import KEYWORD_ARRAYS, KEYWORDS_ATTR, TOKENIZER_NAME, Keywords, read_keywords
 from ._metadata import METADATA_ARRAY, MetadataColumns
 from ._payloads import PAYLOAD_ARRAYS, PayloadReader, write_payloads
 from ._rawarray import RawShardedArray
@@ -107,22 +109,25 @@ class SegmentWriter:
     """Writes one new segment directory; nothing is visible until the manifest names it.
 
     Memory is bounded by one encode batch plus one shard of rows per token array, plus the
-    (centroid, document) pairs of the inverted lists (8 bytes per distinct pair).
+    (centroid, document) pairs of the inverted lists (8 bytes per distinct pair), plus the
+    keyword postings when kept (16 bytes per (document, term) pair, and the terms).
+    `keywords`: the name of the tokenizer whose postings every document brings, or None.
     """
 
     def __init__(self, path: StorePath, codec: Codec, n_docs: int, n_tokens: int, *, payloads: bool = False,
-                 metadata: bool = False):
+                 metadata: bool = False, keywords: str | None = None):
         if isinstance(path, StorePath):
             path.mkdir()  # a new, real directory (never through a symlink): zarr writes only inside it
             try:
-                self._start(path, codec, n_docs, n_tokens, payloads, metadata)
+                self._start(path, codec, n_docs, n_tokens, payloads, metadata, keywords)
             except BaseException:
                 path.remove_tree()  # ours: made just now
                 raise
         else:
-            self._start(path, codec, n_docs, n_tokens, payloads, metadata)
+            self._start(path, codec, n_docs, n_tokens, payloads, metadata, keywords)
 
-    def _start(self, path, codec: Codec, n_docs: int, n_tokens: int, payloads: bool, metadata: bool) -> None:
+    def _start(self, path, codec: Codec, n_docs: int, n_tokens: int, payloads: bool, metadata: bool,
+               keywords: str | None) -> None:
         self.path = Path(path)
         self.codec = codec
         self.n_docs, self.n_tokens = n_docs, n_tokens
@@ -134,9 +139,13 @@ class SegmentWriter:
             attrs["payloads"] = True
         if metadata:
             attrs["metadata"] = True
+        if keywords is not None:
+            attrs[KEYWORDS_ATTR] = keywords
         self.group.attrs.update(attrs)
         self.payloads: list[bytes] | None = [] if payloads else None  # held until finish: bytes per doc, not tokens
         self.metadata: list[MetadataColumns] | None = [] if metadata else None  # columns, joined at finish
+        self.tokenizer = keywords
+        self.keywords: list[Keywords] | None = None if keywords is None else []  # postings, joined at finish
         self.codes = _RowBuffer(_token_array(self.group, "codes", (n_tokens,), codec.code_dtype))
         self.residuals = _RowBuffer(_token_array(self.group, "residuals", (n_tokens, codec.residual_bytes), np.dtype(np.uint8)))
         self.doclens: list[np.ndarray] = []
@@ -146,12 +155,20 @@ class SegmentWriter:
         self.attrs: dict = {}  # informational group attributes added at finish (e.g. far_tokens, store/_drift.py)
 
     def append(self, ids: list[str], doclens: np.ndarray, codes: np.ndarray, residuals: np.ndarray,
-               payloads: list[bytes] | None = None, metadata: MetadataColumns | None = None) -> None:
-        """Add encoded documents (their tokens concatenated in document order), their payloads and metadata."""
+               payloads: list[bytes] | None = None, metadata: MetadataColumns | None = None,
+               keywords: Keywords | None = None) -> None:
+        """Add encoded documents (their tokens concatenated in document order), their payloads, metadata
+        and keyword postings."""
         if (payloads is None) != (self.payloads is None) or (payloads is not None and len(payloads) != len(ids)):
             raise ValueError("a segment's documents must all have a payload, or none")
         if (metadata is None) != (self.metadata is None) or (metadata is not None and metadata.n != len(ids)):
             raise ValueError("a segment's documents must all have metadata columns, or none")
+        if (keywords is None) != (self.keywords is None) or keywords is not None and (
+                keywords.n != len(ids) or keywords.tokenizer != self.tokenizer):
+            raise ValueError(f"a segment's documents must all have keyword postings of tokenizer {self.tokenizer!r}, "
+                             "or none")
+        if keywords is not None:
+            self.keywords.append(keywords)
         if metadata is not None:
             self.metadata.append(metadata)
         if payloads is not None:
@@ -193,6 +210,10 @@ class SegmentWriter:
             blob = MetadataColumns.concat(self.metadata).encode()
             write_small_array(self.group, METADATA_ARRAY, np.frombuffer(blob, dtype=np.uint8))
             self.metadata = []
+        if self.keywords is not None:
+            for name, data in Keywords.concat(self.keywords).pruned().arrays().items():
+                write_small_array(self.group, name, data)
+            self.keywords = []
 
 
 def delta_encode_lists(docs: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -237,6 +258,7 @@ class SegmentReader:
     has_metadata: bool = False
     metadata_schema: dict | None = None  # the manifest's settings.metadata_fields: what `metadata` may hold
     _metadata: MetadataColumns | None = None
+    keyword_tokenizer: str | None = None  # the tokenizer whose postings the segment holds, or None
 
     @classmethod
     def open(cls, path: StorePath, *, documents: int | None = None, tokens: int | None = None,
@@ -248,6 +270,9 @@ class SegmentReader:
             raise CorruptStoreError(f"{path}: not a lodestore segment (format {attrs.get('lodestore_segment')!r})")
         if not isinstance(attrs.get("payloads", False), bool) or not isinstance(attrs.get("metadata", False), bool):
             raise CorruptStoreError(f"{path}: attribute payloads or metadata is not a boolean")
+        tokenizer = attrs.get(KEYWORDS_ATTR)
+        if tokenizer is not None and not (isinstance(tokenizer, str) and TOKENIZER_NAME.match(tokenizer)):
+            raise CorruptStoreError(f"{path}: attribute {KEYWORDS_ATTR} is not a tokenizer name")
         offsets = read_small(path, "doc_offsets", (None if documents is None else documents + 1,))
         check_csr(offsets, len(offsets) - 1, tokens, path / "doc_offsets", "doc_offsets")
         n_tokens = int(offsets[-1])
@@ -258,7 +283,7 @@ class SegmentReader:
             codes.close()
             raise
         return cls(path, path.name, offsets, codes, residuals, has_payloads=attrs.get("payloads", False),
-                   num_centroids=num_centroids, has_metadata=attrs.get("metadata", False))
+                   num_centroids=num_centroids, has_metadata=attrs.get("metadata", False), keyword_tokenizer=tokenizer)
 
     @classmethod
     def open_entry(cls, root: str | os.PathLike, entry, codec_entry, metadata_schema: dict | None = None
@@ -321,6 +346,12 @@ class SegmentReader:
                                                         self.path / METADATA_ARRAY)
         return self._metadata
 
+    def keywords(self) -> Keywords:
+        """The segment's keyword postings, read and checked (not kept: the caller holds what it needs)."""
+        if self.keyword_tokenizer is None:
+            raise ValueError(f"{self.path}: the segment holds no keyword postings")
+        return read_keywords(self.path, self.n_docs, self.keyword_tokenizer)
+
     def ivf_size(self) -> int:
         """How many (centroid, document) pairs the inverted lists hold (reads ivf_offsets only; checked, and
         at most the segment's tokens, so a hostile store cannot make a reader allocate for more)."""
@@ -373,14 +404,19 @@ class SegmentReader:
             c, f = arr.verify()
             checked += c
             failures += f
-        for name in SMALL_ARRAYS + (PAYLOAD_ARRAYS if self.has_payloads else ()) + \
-                ((METADATA_ARRAY,) if self.has_metadata else ()):
+        names, checks = list(SMALL_ARRAYS), [self.ids, self.ivf, self._check_codes]
+        for present, arrays, check in ((self.has_payloads, PAYLOAD_ARRAYS, self._check_payloads),
+                                       (self.has_metadata, (METADATA_ARRAY,), self.metadata),
+                                       (self.keyword_tokenizer is not None, KEYWORD_ARRAYS, self.keywords)):
+            if present:
+                names += arrays
+                checks.append(check)
+        for name in names:
             c, f = verify_small(self.path / name)
             checked += c
             failures += f
         if not failures:
-            for check in (self.ids, self.ivf, self._check_codes) + ((self._check_payloads,) if self.has_payloads else ()) \
-                    + ((self.metadata,) if self.has_metadata else ()):
+            for check in checks:
                 try:
                     check()
                 except CorruptStoreError as e:
@@ -408,4 +444,4 @@ class SegmentReader:
 def segment_disk_usage(root: Path, segment: str) -> dict[str, int]:
     """Bytes on disk per array of segment `segment` of the store at `root` (never through a symlink)."""
     return {name: tree_bytes(root, f"segments/{segment}/{name}")
-            for name in TOKEN_ARRAYS + SMALL_ARRAYS + PAYLOAD_ARRAYS + (METADATA_ARRAY,)}
+            for name in TOKEN_ARRAYS + SMALL_ARRAYS + PAYLOAD_ARRAYS + (METADATA_ARRAY,) + KEYWORD_ARRAYS}

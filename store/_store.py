@@ -25,6 +25,7 @@ from ._create import new_store
 from ._deletes import read_deletes
 from ._errors import CorruptStoreError, StoreError
 from ._ingest import DocSource, InMemorySource, open_source
+from ._keywords import Keywords
 from ._leases import Lease
 from ._manifest import Manifest, read_manifest
 from ._metadata import SCHEMA_KEY, MetadataColumns
@@ -278,8 +279,8 @@ class Store:
             raise StoreError("store opened read-only: use Store.open(path, writable=True) to change it")
 
     def add(self, ids: Sequence[str], embeddings: Sequence[Any], *, payloads: Sequence[bytes] | None = None,
-            metadata: Sequence[dict[str, Any]] | None = None, upsert: bool = False, progress: bool = False,
-            pool_factor: int | None = None) -> int:
+            metadata: Sequence[dict[str, Any]] | None = None, keywords: Keywords | None = None, upsert: bool = False,
+            progress: bool = False, pool_factor: int | None = None) -> int:
         """Add documents in one commit; trains the codec on the first add. Returns the new generation.
 
         Embeddings: one (n_tokens, dim) float16/32/64 numpy array or torch tensor per
@@ -290,12 +291,15 @@ class Store:
         the same commit (a deleted id may always be added again). Metadata: optional dict per
         document of typed fields (int, float, str, bool, None, list of str; store/_metadata.py),
         written in the same commit; a field keeps one type across the store.
+        Keywords: optional keyword postings of the documents (`Keywords.from_terms(tokenizer, terms per
+        document)`; the store never tokenizes), written in the same commit (FORMAT.md 8.6).
         Documents are pooled at the store's pool_factor; a `pool_factor` given here must be that one.
         """
         self._require_writable()
         check_requested_factor(pool_factor, self.pool_factor, self.root)
         source = InMemorySource(ids, embeddings, self.input_dim, None if upsert else set(self._ids_index()), payloads)
         self._attach_metadata(source, metadata)
+        _attach_keywords(source, keywords)
         return self.add_source(source, upsert=upsert, progress=progress)
 
     def _attach_metadata(self, source: DocSource, metadata: Sequence[dict[str, Any]] | None) -> None:
@@ -306,11 +310,12 @@ class Store:
 
     def add_embeddings(self, path: str | os.PathLike, *, ids: Sequence[str] | None = None,
                        payloads: Sequence[bytes] | None = None, metadata: Sequence[dict[str, Any]] | None = None,
-                       upsert: bool = False, progress: bool = True, pool_factor: int | None = None) -> int:
+                       keywords: Keywords | None = None, upsert: bool = False, progress: bool = True,
+                       pool_factor: int | None = None) -> int:
         """Add an embedding bundle (docs.npy + doclens.npy [+ ids.txt]) or a directory of .npy files.
 
-        ids (instead of the bundle's ids.txt), payloads (optional bytes per document)
-        and metadata (optional dict per document, as for add) are in the bundle's document order.
+        ids (instead of the bundle's ids.txt), payloads (optional bytes per document),
+        metadata (optional dict per document) and keywords (as for add) are in the bundle's document order.
         pool_factor: as in add.
         """
         self._require_writable()
@@ -318,6 +323,7 @@ class Store:
         source = open_source(path, self.input_dim, None if upsert else set(self._ids_index()), ids)
         source.payloads = check_payloads(payloads, source.n_docs)
         self._attach_metadata(source, metadata)
+        _attach_keywords(source, keywords)
         return self.add_source(source, upsert=upsert, progress=progress)
 
     def add_source(self, source: DocSource, *, upsert: bool = False, progress: bool = False,
@@ -411,3 +417,15 @@ class Store:
     def verify(self) -> VerifyReport:
         """Check every checksum in the store: manifest body, codec, every chunk of every segment, bitmaps."""
         return _report.verify(self)
+
+
+def _attach_keywords(source: DocSource, keywords: Keywords | None) -> None:
+    """Check that `keywords` are postings of the source's documents (ValueError, nothing written)."""
+    if keywords is None:
+        return
+    if not isinstance(keywords, Keywords):
+        raise ValueError(f"keywords must be lodestore.store.Keywords (Keywords.from_terms(tokenizer, terms per "
+                         f"document)), not {type(keywords).__name__}")
+    if keywords.n != source.n_docs:
+        raise ValueError(f"got keyword postings of {keywords.n} documents for {source.n_docs} documents")
+    source.keywords = keywords

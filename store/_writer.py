@@ -16,11 +16,12 @@ import numpy as np
 
 from . import _drift
 from ._commit import CODEC_DIR, PROJECTION_DIR, SEGMENTS_DIR, commit, roll_back
-from ._compact import copy_documents, far_tokens_estimate
+from ._compact import common_tokenizer, copy_documents, far_tokens_estimate
 from ._deletes import encode_deletes
 from ._errors import StoreError
 from ._fs import failpoint, fsync_dir, fsync_tree, write_durable
 from ._ingest import DocSource
+from ._keywords import KEYWORDS_FEATURE
 from ._manifest import Manifest, SegmentEntry
 from ._metadata import METADATA_FEATURE, SCHEMA_KEY
 from ._projection import project
@@ -58,9 +59,9 @@ def add_source(store: "Store", source: DocSource, replaced: list[str], *, progre
             codec_path.mkdir()
             write_codec_state(codec_path, codec, limit, projection_path, projection, m.settings.get("reduction"))
             failpoint("add.codec_written")
-        payloads, metadata = source.payloads, source.metadata
+        payloads, metadata, keywords = source.payloads, source.metadata, source.keywords
         writer = SegmentWriter(seg_path, codec, source.n_docs, source.n_tokens, payloads=payloads is not None,
-                               metadata=metadata is not None)
+                               metadata=metadata is not None, keywords=None if keywords is None else keywords.tokenizer)
         bar = _progress(progress, source.n_tokens, f"encoding {name}")
         done = far = 0
         with closing(read_ahead(source.batches())) as batches:  # the next batch is read while this one encodes
@@ -70,8 +71,10 @@ def add_source(store: "Store", source: DocSource, replaced: list[str], *, progre
                 codes, residuals = codec.encode(tokens)
                 far += _drift.count_far(codec.centroids, tokens, codes, limit)
                 part = None if payloads is None else payloads[done : done + len(batch_ids)]
-                meta = None if metadata is None else metadata.take(np.arange(done, done + len(batch_ids)))
-                writer.append(batch_ids, doclens, codes, residuals, part, meta)
+                batch = np.arange(done, done + len(batch_ids))
+                meta = None if metadata is None else metadata.take(batch)
+                postings = None if keywords is None else keywords.take(batch)
+                writer.append(batch_ids, doclens, codes, residuals, part, meta, postings)
                 done += len(batch_ids)
                 bar.update(len(tokens))
                 failpoint("add.batch_written")
@@ -91,8 +94,10 @@ def add_source(store: "Store", source: DocSource, replaced: list[str], *, progre
         failpoint("add.before_commit")
         entries.append(SegmentEntry(name=name, documents=source.n_docs, tokens=source.n_tokens))
         codec_entry = m.codec or codec.manifest_entry(CODEC_DIR)
-        commit(store, with_metadata_fields(replace(m, generation=generation, codec=codec_entry,
-                                                   segments=tuple(entries)), source.metadata_schema))
+        manifest = replace(m, generation=generation, codec=codec_entry, segments=tuple(entries))
+        if keywords is not None:
+            manifest = with_writer_feature(manifest, KEYWORDS_FEATURE)
+        commit(store, with_metadata_fields(manifest, source.metadata_schema))
     except BaseException as e:
         trees = [f"{SEGMENTS_DIR}/{name}"] + ([CODEC_DIR, PROJECTION_DIR] if new_codec else [])
         roll_back(store, e, "add", generation, trees=trees, segment_files=written)
@@ -193,8 +198,9 @@ def compact(store: "Store") -> int:
         if n_docs:  # all deleted: the store keeps its codec and has no segment
             with_payloads = any(seg.has_payloads for seg, k in zip(store.segments, keep) if len(k))
             with_metadata = any(seg.has_metadata for seg, k in zip(store.segments, keep) if len(k))
+            tokenizer = common_tokenizer([seg for seg, k in zip(store.segments, keep) if len(k)])
             writer = SegmentWriter(seg_path, store.codec, n_docs, n_tokens, payloads=with_payloads,
-                                   metadata=with_metadata)
+                                   metadata=with_metadata, keywords=tokenizer)
             drift_parts = []
             for e, seg, k in zip(m.segments, store.segments, keep):
                 if len(k):
@@ -211,6 +217,8 @@ def compact(store: "Store") -> int:
             fsync_dir(store.root / SEGMENTS_DIR)
             fsync_dir(store.root)
             entries = (SegmentEntry(name=name, documents=n_docs, tokens=n_tokens),)
+            if tokenizer is not None:
+                m = with_writer_feature(m, KEYWORDS_FEATURE)
         failpoint("compact.before_commit")
         commit(store, replace(m, generation=generation, segments=entries))
     except BaseException as e:
@@ -223,8 +231,12 @@ def with_metadata_fields(m: Manifest, fields: dict[str, str] | None) -> Manifest
     """The manifest with the metadata field types `fields` (and the writer feature metadata); as is for None."""
     if fields is None:
         return m
-    features = m.writer_features if METADATA_FEATURE in m.writer_features else m.writer_features + (METADATA_FEATURE,)
-    return replace(m, settings={**m.settings, SCHEMA_KEY: dict(fields)}, writer_features=features)
+    return replace(with_writer_feature(m, METADATA_FEATURE), settings={**m.settings, SCHEMA_KEY: dict(fields)})
+
+
+def with_writer_feature(m: Manifest, feature: str) -> Manifest:
+    """The manifest listing writer feature `feature` (once)."""
+    return m if feature in m.writer_features else replace(m, writer_features=m.writer_features + (feature,))
 
 
 def _progress(enabled: bool, total: int, desc: str):

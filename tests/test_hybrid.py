@@ -1,6 +1,9 @@
-"""Hybrid keyword + MaxSim search: BM25 over the stored text equals bm25s' own scoring of the
-same live corpus built from scratch, through adds, deletes, upserts, compaction, reopen and a
-writer killed mid-add; search modes are validated; fused results are deterministic."""
+"""Hybrid keyword + MaxSim search: BM25 over the stored postings (or, for segments without them,
+over postings derived from the stored text) equals bm25s' own scoring of the same live corpus
+built from scratch, and stored postings score exactly as derived ones, through adds, deletes,
+upserts, compaction, reopen and a writer killed mid-add; a corrupt postings chunk is found by
+verify; a new process never tokenizes a segment that stores postings; search modes are
+validated; fused results are deterministic."""
 
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ from hypothesis import strategies as st
 
 from lodestore import Encoder, Index, Store, cli
 from lodestore.hybrid import FUSION_DEPTH, RRF_K, fuse
-from lodestore.keyword import KeywordIndex, tokenize, top_k
+from lodestore.keyword import KeywordIndex, document_keywords, tokenize, tokenizer_name, top_k
+from lodestore.store import CorruptStoreError, Keywords
 
 WORDS = ["cancer", "cells", "protein", "gene", "mouse", "brain", "heart", "insulin", "virus", "the", "of",
          "running", "runs", "runner"]
@@ -55,6 +59,17 @@ def check_against_reference(keyword: KeywordIndex, live: dict[str, str], queries
     texts = [live[i] for i in keyword.ids]
     for q in queries:
         np.testing.assert_allclose(keyword.scores(q), reference_scores(texts, q), rtol=2e-6, atol=1e-6)
+    check_stored_equals_derived(keyword.store, queries)
+
+
+def check_stored_equals_derived(store: Store, queries: list[str]) -> None:
+    """Scores from the stored postings are bit for bit those derived from the text."""
+    stored, derived = KeywordIndex(store), KeywordIndex(store, stored=False)
+    stored.refresh()
+    derived.refresh()
+    assert stored.ids == derived.ids
+    for q in queries:
+        np.testing.assert_array_equal(stored.scores(q), derived.scores(q))
 
 
 # ---------------------------------------------------------------- the keyword index over a plain Store
@@ -67,35 +82,47 @@ def _vectors(n: int, seed: int) -> list[np.ndarray]:
     return [rng.standard_normal((3, 8)).astype(np.float32) for _ in range(n)]
 
 
+def _keywords(texts: list[str], stored: bool) -> Keywords | None:
+    """What an Index stores with these texts (stored=True), or nothing, as stores written before postings were."""
+    return document_keywords([""] * len(texts), texts) if stored else None
+
+
 ops = st.lists(st.tuples(st.sampled_from(["add", "upsert", "delete", "compact"]),
-                         st.lists(st.lists(st.sampled_from(WORDS), min_size=0, max_size=8), min_size=1, max_size=4)),
+                         st.lists(st.lists(st.sampled_from(WORDS), min_size=0, max_size=8), min_size=1, max_size=4),
+                         st.booleans()),
                min_size=1, max_size=5)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=ops)
-def test_bm25_equals_reference_through_adds_deletes_upserts_and_compaction(tmp_path_factory, ops) -> None:
+@given(ops=ops, first_stored=st.booleans())
+def test_bm25_equals_reference_through_adds_deletes_upserts_and_compaction(tmp_path_factory, ops,
+                                                                           first_stored) -> None:
+    """Segments with stored postings and segments without (derived from their text), mixed at random."""
     path = tmp_path_factory.mktemp("kw") / "store"
     live: dict[str, str] = {"s0": "cancer cells of the mouse", "s1": "insulin and the heart", "s2": "brain gene"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         store = Store.create(path, dim=8, num_centroids=2)
-        store.add(list(live), _vectors(3, 0), payloads=[_payload(t) for t in live.values()])
+        store.add(list(live), _vectors(3, 0), payloads=[_payload(t) for t in live.values()],
+                  keywords=_keywords(list(live.values()), first_stored))
     queries = ["cancer cells", "the heart of the mouse", "runner running", "gene gene brain"]
     keyword = KeywordIndex(store)
     counter = 3
     with store:
         check_against_reference(keyword, live, queries)
-        for step, (op, docs) in enumerate(ops):
+        for step, (op, docs, stored) in enumerate(ops):
             texts = [" ".join(words) for words in docs]
             if op == "add":
                 ids = [f"s{counter + i}" for i in range(len(texts))]
                 counter += len(texts)
-                store.add(ids, _vectors(len(ids), step), payloads=[_payload(t) for t in texts])
+                store.add(ids, _vectors(len(ids), step), payloads=[_payload(t) for t in texts],
+                          keywords=_keywords(texts, stored))
                 live.update(zip(ids, texts))
+                assert store.segments[-1].keyword_tokenizer == (tokenizer_name() if stored else None)
             elif op == "upsert" and live:
                 ids = sorted(live)[: len(texts)]
-                store.add(ids, _vectors(len(ids), step), payloads=[_payload(t) for t in texts[: len(ids)]], upsert=True)
+                store.add(ids, _vectors(len(ids), step), payloads=[_payload(t) for t in texts[: len(ids)]],
+                          keywords=_keywords(texts[: len(ids)], stored), upsert=True)
                 live.update(zip(ids, texts))
             elif op == "delete" and len(live) > 1:
                 gone = sorted(live)[:: 2][: len(texts)]
@@ -107,6 +134,87 @@ def test_bm25_equals_reference_through_adds_deletes_upserts_and_compaction(tmp_p
             check_against_reference(keyword, live, queries)
     with Store.open(path) as reopened:  # a new process-level index over the committed store
         check_against_reference(KeywordIndex(reopened), live, queries)
+
+
+def _no_tokenizer(texts):
+    raise AssertionError(f"tokenized {list(texts)[:3]}: stored postings should have been used")
+
+
+def test_compaction_carries_postings_without_tokenizing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = {"a": "cancer cells cells", "b": "zebrafish gene", "c": "insulin heart", "d": "heart gene brain"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        store = Store.create(tmp_path / "s", dim=8, num_centroids=2)
+    with store:
+        for ids in (["a", "b"], ["c", "d"]):
+            store.add(ids, _vectors(2, len(ids)), payloads=[_payload(texts[i]) for i in ids],
+                      keywords=_keywords([texts[i] for i in ids], True))
+        assert "keywords" in store.manifest.writer_features
+        store.delete(["b"])
+        monkeypatch.setattr("lodestore.keyword.tokenize", _no_tokenizer)
+        store.compact()
+        (seg,) = store.segments
+        assert seg.keyword_tokenizer == tokenizer_name() and store.verify().ok
+        kw = seg.keywords()
+        assert "zebrafish" not in kw.words and kw.n == 3, "the deleted document's postings and terms are dropped"
+        assert kw.lengths.tolist() == [3, 2, 3]
+        keyword = KeywordIndex(store)
+        keyword.refresh()
+        monkeypatch.undo()
+        live = {i: texts[i] for i in "acd"}
+        check_against_reference(keyword, live, ["cells", "heart gene", "zebrafish"])
+
+
+def test_compacting_a_segment_without_postings_leaves_them_to_be_derived(tmp_path: Path) -> None:
+    texts = {"a": "cancer cells", "b": "insulin heart", "c": "heart gene"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        store = Store.create(tmp_path / "s", dim=8, num_centroids=2)
+    with store:
+        store.add(["a"], _vectors(1, 0), payloads=[_payload(texts["a"])])  # as written before postings were stored
+        store.add(["b", "c"], _vectors(2, 1), payloads=[_payload(texts[i]) for i in "bc"],
+                  keywords=_keywords([texts[i] for i in "bc"], True))
+        store.compact()
+        assert store.segments[0].keyword_tokenizer is None and store.verify().ok
+        check_against_reference(KeywordIndex(store), texts, ["heart", "cancer gene"])
+
+
+def test_bad_keywords_are_refused_with_nothing_written(tmp_path: Path) -> None:
+    tok = tokenizer_name()
+    for bad, match in ((lambda: Keywords.from_terms("two words", [["a"]]), "tokenizer name"),
+                       (lambda: Keywords.from_terms(tok, ["cancer"]), "not a list of terms"),
+                       (lambda: Keywords.from_terms(tok, "cancer"), "one list of terms per document"),
+                       (lambda: Keywords.from_terms(tok, [["ok", ""]]), "not a non-empty string"),
+                       (lambda: Keywords.from_terms(tok, [["ok", 3]]), "not a non-empty string"),
+                       (lambda: Keywords.from_terms(tok, [["\ud800"]]), "not encodable as UTF-8")):
+        with pytest.raises(ValueError, match=match):
+            bad()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        store = Store.create(tmp_path / "s", dim=8, num_centroids=2)
+    with store:
+        with pytest.raises(ValueError, match="keyword postings of 1 documents for 2 documents"):
+            store.add(["a", "b"], _vectors(2, 0), keywords=_keywords(["cancer"], True))
+        with pytest.raises(ValueError, match="keywords must be lodestore.store.Keywords"):
+            store.add(["a"], _vectors(1, 0), keywords=[["cancer"]])
+        assert store.generation == 0 and not list((tmp_path / "s" / "segments").iterdir())
+
+
+def test_verify_names_a_corrupt_postings_chunk(tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Store.create(tmp_path / "s", dim=8, num_centroids=2) as store:
+            store.add(["a", "b"], _vectors(2, 0), payloads=[_payload("cancer cells"), _payload("heart")],
+                      keywords=_keywords(["cancer cells", "heart"], True))
+    chunk = tmp_path / "s" / "segments" / "seg-000001" / "keyword_tfs" / "c" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    with Store.open(tmp_path / "s") as store:
+        report = store.verify()
+        assert not report.ok and any("keyword_tfs/c/0" in f for f in report.failures), report.failures
+        with pytest.raises(CorruptStoreError, match="keyword_tfs/c/0: checksum mismatch"):
+            KeywordIndex(store).refresh()
 
 
 def test_top_k_breaks_ties_by_id_and_returns_only_matches() -> None:
@@ -214,6 +322,49 @@ def test_index_updates_reach_the_keyword_index(tmp_path: Path, enc: Encoder) -> 
             assert index.search("dogs", k=3, mode="bm25")[0].id in {"a", "d"}
 
 
+def test_an_index_written_before_postings_were_stored_still_searches(tmp_path: Path, enc: Encoder,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "index"
+    first = dict(list(DOCS.items())[:3])
+    with monkeypatch.context() as m:  # the add path of the code before postings were stored
+        m.setattr("lodestore.index.document_keywords", lambda titles, texts: None)
+        _build(path, enc, first)
+    live = dict(first)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Index.open(path, enc, writable=True) as index:
+            assert index.store.segments[0].keyword_tokenizer is None
+            assert "keywords" not in index.store.manifest.writer_features
+            check_against_reference(index.keyword, live, QUERIES)
+            index.add(["d", "e"], [DOCS["d"], DOCS["e"]])
+            live.update(d=DOCS["d"], e=DOCS["e"])
+            assert index.store.segments[-1].keyword_tokenizer == tokenizer_name()
+            assert "keywords" in index.store.manifest.writer_features
+            check_against_reference(index.keyword, live, QUERIES)
+            index.store.compact()  # one source has no postings: the merged segment is derived again
+            check_against_reference(index.keyword, live, QUERIES)
+            assert [h.id for h in index.search("stock markets", k=2, mode="bm25")] == ["b", "e"]
+
+
+def test_a_new_process_tokenizes_only_the_query(built: Path) -> None:
+    code = textwrap.dedent(f"""
+        import lodestore.keyword as kw
+        real, calls = kw.tokenize, []
+        def spy(texts):
+            calls.append(list(texts))
+            return real(texts)
+        kw.tokenize = spy
+        from lodestore import Index
+        with Index.open({str(built)!r}) as index:
+            assert all(s.keyword_tokenizer == kw.tokenizer_name() for s in index.store.segments)
+            hits = index.ranked(["stock markets"], 2, mode="bm25")
+        assert calls == [["stock markets"]], calls
+        print([h for h, _ in hits[0]])
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.strip() == "['b', 'e']", proc.stderr
+
+
 KILL_MID_ADD = textwrap.dedent("""
     import sys, warnings
     from lodestore import Index
@@ -225,7 +376,8 @@ KILL_MID_ADD = textwrap.dedent("""
 
 
 @pytest.mark.crash
-@pytest.mark.parametrize("kill_at, after", [("add.segment_written", False), ("commit.before_gc", True)])
+@pytest.mark.parametrize("kill_at, after", [("add.segment_written", False), ("add.before_commit", False),
+                                             ("commit.before_gc", True)])
 def test_writer_killed_mid_add_leaves_before_or_after(tmp_path: Path, enc: Encoder, kill_at: str, after: bool) -> None:
     path = tmp_path / "index"
     before = {i: DOCS[i] for i in "abcd"}
@@ -237,6 +389,8 @@ def test_writer_killed_mid_add_leaves_before_or_after(tmp_path: Path, enc: Encod
     expected = {**before, "e": DOCS["e"], "f": DOCS["f"]} if after else before
     with Index.open(path, enc) as index:
         assert index.store.verify().ok
+        assert len(index.store.segments) == (2 if after else 1)
+        assert all(seg.keyword_tokenizer == tokenizer_name() for seg in index.store.segments), "postings committed"
         check_against_reference(index.keyword, expected, QUERIES)
         assert {h.id for h in index.search("stock markets", k=6, mode="bm25")} == {"b", "e"} & set(expected)
 

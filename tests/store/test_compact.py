@@ -16,6 +16,7 @@ import pytest
 from lodestore import store
 from lodestore.store import _compact
 from lodestore.store._leases import READERS_DIR, live_leases
+from lodestore.store._keywords import KEYWORD_ARRAYS
 from lodestore.store._payloads import PAYLOAD_ARRAYS
 from lodestore.store._segment import SMALL_ARRAYS, TOKEN_ARRAYS, SegmentWriter
 
@@ -113,10 +114,12 @@ def test_copy_documents_knows_every_column_of_a_segment():
     store/_compact.py copy_documents, or compaction silently drops it. Update copy_documents,
     then this list."""
     assert list(inspect.signature(SegmentWriter.append).parameters) == ["self", "ids", "doclens", "codes", "residuals", "payloads",
-                                                                      "metadata"]
+                                                                      "metadata", "keywords"]
     assert TOKEN_ARRAYS == ("codes", "residuals")
     assert SMALL_ARRAYS == ("doc_offsets", "ivf_offsets", "ivf_docs", "id_offsets", "id_bytes")
     assert PAYLOAD_ARRAYS == ("payload_offsets", "payload_bytes")
+    assert KEYWORD_ARRAYS == ("keyword_term_offsets", "keyword_term_bytes", "keyword_doc_offsets", "keyword_terms",
+                              "keyword_tfs")
 
 
 def test_compaction_carries_payloads(tmp_path):
