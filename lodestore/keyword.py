@@ -10,7 +10,7 @@ first needs it:
   each document's terms, tokenized as bm25s does (lower case, words of two or more
   word characters, English stop words removed, Snowball English stems), as
   (document, term, frequency) triples over one growing term table: read from the
-  segment's stored postings when it holds them from this tokenizer (`TOKENIZER`),
+  segment's stored postings when they carry this tokenizer's name (`tokenizer_name`),
   else derived by tokenizing its stored text payloads (segments written before
   postings were stored, or by another tokenizer version), with the same result;
 * per generation: the corpus statistics over the live documents only (N, document
@@ -49,8 +49,8 @@ K1 = 1.5
 B = 0.75
 #: Documents read and tokenized per step while deriving or storing postings: bounds the text held in RAM.
 DERIVE_SLICE = 4096
-#: Bytes of derived segment postings kept for later KeywordIndexes of this process (a server opens one
-#: Index per generation: each reuses the unchanged segments' postings instead of tokenizing them again).
+#: Bytes of segment postings (read or derived) kept for later KeywordIndexes of this process (a server opens
+#: one Index per generation: each reuses the unchanged segments' postings instead of reading them again).
 CACHE_BYTES = 256 << 20
 
 _LOCK = threading.Lock()  # guards the term table and the cache (a server searches from several threads)
