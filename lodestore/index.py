@@ -239,7 +239,8 @@ class Index:
         """Top-k hits for one query string, or one list per query for a list of strings.
 
         mode: "maxsim" (the token vectors), "bm25" (keywords of the stored title and
-        text) or "hybrid" (both, fused by `fusion`: "rrf" or "score"; lodestore/hybrid.py).
+        text) or "hybrid" (both, fused by `fusion`: "rrf" or "score"; lodestore/hybrid.py). The default,
+        hybrid with score fusion, ranked best on every collection measured (BENCHMARKS 11.3).
         A hit's score is the mode's: MaxSim, BM25, or the fused score.
         where/params: only documents whose metadata match, in every mode, e.g.
         where="year >= ? AND lang = ?", params=(2019, "en") (checked before the queries are encoded).

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from lodestore.hybrid import DEFAULT_FUSION, DEFAULT_MODE
 from lodestore.store import StoreLockedError
 
 from ._config import ServeConfig
@@ -130,8 +131,8 @@ class Snapshot:
 
     # ------------------------------------------------------------------ searching (in a worker thread)
     def search(self, texts: list[str] | None, vectors: list[np.ndarray] | None, k: int, *,
-               where: str | None = None, params: list[Any] | None = None, mode: str = "maxsim",
-               fusion: str = "rrf") -> list[list[dict]]:
+               where: str | None = None, params: list[Any] | None = None, mode: str = DEFAULT_MODE,
+               fusion: str = DEFAULT_FUSION) -> list[list[dict]]:
         """Hits for text queries (through the Index: any mode) or query vectors (the Searcher: maxsim),
         only among documents matching `where` when given."""
         n = len(texts) if texts is not None else len(vectors)

@@ -60,9 +60,10 @@ _SCHEMAS: dict[str, Any] = {
                                                        "\"year >= ? AND lang = ?\" (README: metadata filters)"},
             "params": {"type": "array", "description": "the values of where's '?' placeholders, in order",
                        "items": {"oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}},
-            "mode": {"type": "string", "enum": ["maxsim", "bm25", "hybrid"], "default": "maxsim",
-                     "description": "bm25 and hybrid: text queries on a text index"},
-            "fusion": {"type": "string", "enum": ["rrf", "score"], "default": "rrf",
+            "mode": {"type": "string", "enum": ["maxsim", "bm25", "hybrid"], "default": "hybrid",
+                     "description": "bm25 and hybrid: text queries on a text index (the default for text queries: "
+                                    "hybrid; query vectors are searched by maxsim, their only mode)"},
+            "fusion": {"type": "string", "enum": ["rrf", "score"], "default": "score",
                        "description": "how hybrid fuses the two rankings"},
         }},
     "SearchResponse": {"type": "object", "required": ["generation", "took_ms"], "properties": {

@@ -202,7 +202,8 @@ def _filter(data: dict[str, Any], schema: dict[str, str]) -> tuple[str | None, l
 
 
 def _mode(data: dict[str, Any], text: bool) -> tuple[str, str]:
-    mode, fusion = data.get("mode", DEFAULT_MODE), data.get("fusion", DEFAULT_FUSION)
+    # text queries default to the Index's mode; query vectors can only be searched by MaxSim
+    mode, fusion = data.get("mode", DEFAULT_MODE if text else "maxsim"), data.get("fusion", DEFAULT_FUSION)
     if mode not in MODES:
         raise invalid("mode", f"must be one of {', '.join(MODES)}")
     if fusion not in FUSIONS:
