@@ -473,3 +473,16 @@ def test_plot_memlimit_takes_the_cached_row_and_the_best_limited_one():
     assert points_from_run(1e8, rows) == (1e8, 10.0, 12.0)
     with pytest.raises(SystemExit, match="needs a cached row"):
         points_from_run(1e8, rows[2:])
+
+
+def test_bench_kmeans_compares_faiss_and_cell_trained_stores(bundle, tmp_path, capsys):
+    """tools/bench_kmeans.py: two stores of one bundle at the same K, one per k-means, each searched."""
+    from tools import bench_kmeans
+
+    work = tmp_path / "km"
+    assert bench_kmeans.main([str(bundle), "--work", str(work), "--queries", "6", "--centroids", "64", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in rows] == ["faiss", "cell"] and {r["K"] for r in rows} == {64}
+    assert all(0 < r["mean_cos"] <= 1 and 0 <= r["recall"] <= 1 and r["build_s"] >= r["train_s"] > 0 for r in rows)
+    with lodestore.Store.open(work / "store-faiss") as a, lodestore.Store.open(work / "store-cell") as b:
+        assert not np.array_equal(a.codec_state().codec.centroids, b.codec_state().codec.centroids)
