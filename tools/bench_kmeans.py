@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         row = json.loads(record.read_text())
         print(f"{method}: built in {row['build_s']:.0f} s (k-means {row['train_s']:.0f} s), K={row['K']}", file=sys.stderr)
         row.update(objective(args.bundle, path))
-        row.update({key: search_row(args.bundle, path, args.queries)[key]
-                    for key in ("recall", "recall_raw", "p50_ms", "scored_per_query")})
+        searched = search_row(args.bundle, path, args.queries)
+        row.update({key: searched[key] for key in ("recall", "recall_raw", "p50_ms", "scored_per_query")})
         rows.append(row)
     if args.json:
         print(json.dumps(rows))
