@@ -18,10 +18,11 @@ MAX_TRAINING_SAMPLE = 1 << 18
 POINTS_PER_CENTROID = 16
 KMEANS_ITERATIONS = 4  # ColBERT/PLAID's default; more bought no recall (docs/BENCHMARKS.md section 1, Build)
 # At and above this K (None: never), k-means assigns with the cell-grouped products (store/codecs/_assign.py)
-# instead of faiss's exact scan, which costs K x dim a point an iteration (docs/BENCHMARKS.md C20). Off by
-# default until stores it trains are shown to search as well as faiss-trained ones at the same K;
-# tools/synthetic_store.py --cell-kmeans turns it on (32,768) for the 1e8 benchmark store.
-CELL_KMEANS_MIN_K: int | None = None
+# instead of faiss's exact scan, which costs K x dim a point an iteration. Stores it trains search as well as
+# faiss-trained ones at the same K (same k-means objective to 1e-4, same recall against exhaustive search and
+# against the uncompressed vectors) on two synthetic bundles and scifact, training 3-8x faster:
+# docs/BENCHMARKS.md C20, "Cell k-means against faiss's" (tools/bench_kmeans.py).
+CELL_KMEANS_MIN_K: int | None = 16384
 
 
 def default_num_centroids(n_tokens: int) -> int:
@@ -83,13 +84,16 @@ def cell_kmeans(x: np.ndarray, k: int, *, seed: int, iterations: int) -> np.ndar
     rng = np.random.default_rng(seed)
     n = len(x)
     c = x[np.sort(rng.choice(n, size=k, replace=False))].astype(np.float32)
+    from scipy.sparse import csr_matrix
+
+    rows = np.arange(n)
+    ones = np.ones(n, dtype=np.float32)
     for it in range(iterations):
         ids = CellAssigner(c, seed=seed + it).assign(x)
-        order = np.argsort(ids, kind="stable")
-        sorted_ids = ids[order]
-        firsts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
-        sums = np.add.reduceat(x[order], firsts, axis=0)
-        chosen = sorted_ids[firsts]
+        # each centroid's sum of its rows as one sparse (k, n) x (n, dim) product: no sorted copy of x
+        sums = np.asarray(csr_matrix((ones, (ids, rows)), shape=(k, n)) @ x, dtype=np.float32)
+        chosen = np.flatnonzero(np.bincount(ids, minlength=k))
+        sums = sums[chosen]
         c[chosen] = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
         empty = np.setdiff1d(np.arange(k), chosen)
         if len(empty):
