@@ -19,9 +19,8 @@ POINTS_PER_CENTROID = 16
 KMEANS_ITERATIONS = 4  # ColBERT/PLAID's default; more bought no recall (docs/BENCHMARKS.md section 1, Build)
 # At and above this K (None: never), k-means assigns with the cell-grouped products (store/codecs/_assign.py)
 # instead of faiss's exact scan, which costs K x dim a point an iteration. Stores it trains search as well as
-# faiss-trained ones at the same K (same k-means objective to 1e-4, same recall against exhaustive search and
-# against the uncompressed vectors) on two synthetic bundles and scifact, training 3-8x faster:
-# docs/BENCHMARKS.md C20, "Cell k-means against faiss's" (tools/bench_kmeans.py).
+# faiss-trained ones at the same K (the same objective and recall, on two synthetic bundles and scifact) and
+# train faster: docs/BENCHMARKS.md C20, "Cell k-means against faiss's" (tools/bench_kmeans.py).
 CELL_KMEANS_MIN_K: int | None = 16384
 
 
@@ -79,13 +78,13 @@ def cell_kmeans(x: np.ndarray, k: int, *, seed: int, iterations: int) -> np.ndar
     a random row (faiss splits a large cluster instead: both only matter for empty clusters).
     Deterministic for a seed.
     """
+    from scipy.sparse import csr_matrix  # a core dependency (pyproject.toml)
+
     from ._assign import CellAssigner
 
     rng = np.random.default_rng(seed)
     n = len(x)
     c = x[np.sort(rng.choice(n, size=k, replace=False))].astype(np.float32)
-    from scipy.sparse import csr_matrix
-
     rows = np.arange(n)
     ones = np.ones(n, dtype=np.float32)
     for it in range(iterations):
