@@ -8,6 +8,9 @@ local number g - seg_base[s]. Everything here is built once at open from
 
 from __future__ import annotations
 
+import threading
+import weakref
+
 import numpy as np
 
 from lodestore.store import Store
@@ -16,6 +19,23 @@ from ._maxsim import int8_centroids, ramp
 from ._paged import PagedArrays, ResidentArrays
 from . import _pairs
 from ._pairs import merge_pairs, offsets_dtype, pairs_bytes
+
+# The int8 query-centroid tables of each codec object in use: Corpora over one codec (a Searcher's
+# generations, the shards of a sharded store searched in one process: store/codecs/_shared.py gives
+# them one codec object) share them instead of computing and holding a copy each.
+_INT8: dict[int, tuple] = {}  # id(codec) -> its tables, dropped when the codec is freed (codecs are not hashable)
+_INT8_LOCK = threading.Lock()
+
+
+def _int8_tables(codec) -> tuple:
+    """int8_centroids(codec.centroids), computed once per codec object while it lives."""
+    key = id(codec)
+    with _INT8_LOCK:
+        tables = _INT8.get(key)
+        if tables is None:
+            tables = _INT8[key] = int8_centroids(codec.centroids)
+            weakref.finalize(codec, _INT8.pop, key, None)
+        return tables
 
 
 class Corpus:
@@ -35,7 +55,7 @@ class Corpus:
             raise
         self.centroids = self.codec.centroids  # (K, d) float32: decoding for exact MaxSim
         # int8 copies for the query-centroid product (rows, byte sums, scales): a quarter of the float32 bytes
-        self.centroids_i8 = int8_centroids(self.centroids)
+        self.centroids_i8 = _int8_tables(self.codec)
         sizes = [s.n_docs for s in self.segments]
         self.seg_base = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.n_docs = int(self.seg_base[-1])

@@ -58,9 +58,11 @@ def check_codec(codec, *, num_centroids: int, dim: int, nbits: int, where: objec
 
 
 def read_checked_codec(root, entry, *, nbits: int, dim: int):
-    """The codec the manifest's entry names, loaded and checked against the entry (store/codecs reads it)."""
+    """The codec the manifest's entry names, loaded and checked against the entry (store/codecs reads it);
+    the process's resident copy of it when another store already loaded the same codec (codecs/_shared.py)."""
     from ._safefs import StorePath
     from .codecs import read_codec
+    from .codecs._shared import one_copy
 
     path = StorePath(root) / entry.path
     try:
@@ -68,4 +70,4 @@ def read_checked_codec(root, entry, *, nbits: int, dim: int):
     except (ValueError, IndexError, TypeError, ZeroDivisionError) as e:  # arrays that do not fit each other
         raise CorruptStoreError(f"{path}: codec arrays do not fit together ({e})") from None
     check_codec(codec, num_centroids=entry.num_centroids, dim=dim, nbits=nbits, where=path)
-    return codec
+    return one_copy(codec)  # stores of one codec (a sharded store's shards) share its resident copy

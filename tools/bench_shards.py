@@ -97,6 +97,7 @@ def measure(root: Path, mode: str, queries: np.ndarray, k: int, want: list[list[
     qps = len(qs) / (time.perf_counter() - t)
     per = searcher.stats()["per_shard"]
     recall = float(np.mean([len(set(g) & set(w)) / len(w) for g, w in zip(got, want)]))
+    rss = process_rss()  # with the shards open (after close() much of it is freed)
     searcher.close()
     row = {"shards": len(per), "mode": mode, "open_s": open_s, "p50_ms": float(np.percentile(times, 50)),
            "p95_ms": float(np.percentile(times, 95)), "qps_batch32": qps, f"recall@{k}": recall,
@@ -109,8 +110,8 @@ def measure(root: Path, mode: str, queries: np.ndarray, k: int, want: list[list[
 
         ray.shutdown()
     else:
-        row["process_rss_mb"] = process_rss() / 1e6
-        row["total_rss_mb"] = (process_rss() - base_rss) / 1e6  # what opening the shards added
+        row["process_rss_mb"] = rss / 1e6
+        row["total_rss_mb"] = (rss - base_rss) / 1e6  # what opening and searching the shards added
     return row
 
 
