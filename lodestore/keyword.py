@@ -36,7 +36,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import version
-from typing import TYPE_CHECKING, Collection, Sequence
+from typing import TYPE_CHECKING, Collection, Iterable, Sequence
 
 import numpy as np
 
@@ -102,11 +102,15 @@ def payload_text(payload: bytes | None) -> str:
 def document_keywords(titles: Sequence[str], texts: Sequence[str]) -> Keywords:
     """The postings the store keeps with documents being added (Store.add's `keywords`): their title and
     text tokenized DERIVE_SLICE documents at a time, exactly as a derivation from their payloads would."""
-    parts = []
-    for i in range(0, len(texts), DERIVE_SLICE):
-        docs = zip(titles[i : i + DERIVE_SLICE], texts[i : i + DERIVE_SLICE])
-        parts.append(Keywords.from_terms(tokenizer_name(), tokenize([keyword_text(t, x) for t, x in docs])))
-    return Keywords.concat(parts)
+    return postings([keyword_text(t, x) for t, x in zip(titles[i : i + DERIVE_SLICE], texts[i : i + DERIVE_SLICE])]
+                    for i in range(0, len(texts), DERIVE_SLICE))
+
+
+def postings(slices: Iterable[list[str]]) -> Keywords:
+    """Keyword postings of texts given a slice at a time (so only one slice's text is held), in order."""
+    name = tokenizer_name()
+    parts = [Keywords.from_terms(name, tokenize(texts)) for texts in slices]
+    return Keywords.concat(parts) if parts else Keywords.from_terms(name, [])
 
 
 @dataclass(frozen=True)
@@ -206,34 +210,29 @@ class KeywordIndex:
                 source)
 
     def _load(self, si: int) -> SegmentTerms:
-        """Segment si's stored postings, their term numbers mapped into the process's term table."""
-        kw = self.store.segments[si].keywords()
+        """Segment si's stored postings."""
+        return self._segment_terms(self.store.segments[si].keywords())
+
+    def _derive(self, si: int) -> SegmentTerms:
+        """Segment si's postings made from its stored text (a segment written without them, or by
+        another tokenizer), DERIVE_SLICE documents at a time."""
+        seg = self.store.segments[si]
+        n = self.store.manifest.segments[si].documents
+
+        def texts(start: int) -> list[str]:
+            local = np.arange(start, min(n, start + DERIVE_SLICE))
+            return [payload_text(p) for p in seg.payloads(local)] if seg.has_payloads else [""] * len(local)
+
+        return self._segment_terms(postings(texts(start) for start in range(0, n, DERIVE_SLICE)))
+
+    def _segment_terms(self, kw: Keywords) -> SegmentTerms:
+        """(document, term, frequency) triples of postings, their term numbers mapped into the process's
+        term table."""
         table = np.fromiter((self.vocab.setdefault(w, len(self.vocab)) for w in kw.words), dtype=np.int64,
                             count=len(kw.words))
         doc = np.repeat(np.arange(kw.n, dtype=np.int32), np.diff(kw.offsets))
         return SegmentTerms(kw.n, doc, table[kw.terms].astype(np.int32), kw.tfs.astype(np.int32),
                             kw.lengths.astype(np.int32))
-
-    def _derive(self, si: int) -> SegmentTerms:
-        """Tokenize segment si's stored text into (document, term, frequency) triples."""
-        seg = self.store.segments[si]
-        n = self.store.manifest.segments[si].documents
-        docs, terms, lengths = [], [], np.zeros(n, dtype=np.int32)
-        for start in range(0, n, DERIVE_SLICE):
-            local = np.arange(start, min(n, start + DERIVE_SLICE))
-            payloads = seg.payloads(local) if seg.has_payloads else None
-            texts = [payload_text(p) for p in payloads] if payloads else [""] * len(local)
-            for d, words in zip(local.tolist(), tokenize(texts)):
-                ids = np.fromiter((self.vocab.setdefault(w, len(self.vocab)) for w in words), dtype=np.int64,
-                                  count=len(words))
-                lengths[d] = len(ids)
-                docs.append(np.full(len(ids), d, dtype=np.int64))
-                terms.append(ids)
-        doc = np.concatenate(docs) if docs else np.zeros(0, dtype=np.int64)
-        term = np.concatenate(terms) if terms else np.zeros(0, dtype=np.int64)
-        pairs, tf = np.unique(doc << 32 | term, return_counts=True)
-        return SegmentTerms(n, (pairs >> 32).astype(np.int32), (pairs & 0xFFFFFFFF).astype(np.int32),
-                            tf.astype(np.int32), lengths)
 
     def _build(self, parts: list[tuple[SegmentTerms, np.ndarray, int]], ids: list[str]) -> LivePostings:
         """The BM25 weights of every live (term, document) pair, term-major."""

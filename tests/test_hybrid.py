@@ -430,4 +430,5 @@ def test_bench_hybrid_runs(tmp_path: Path) -> None:
     assert row["docs"] == 24 and row["queries"] > 0 and row["terms"] > 0
     for name, _, _ in RUNS:
         assert 0 <= row[name]["nDCG@10"] <= 1 and 0 <= row[name]["R@100"] <= 1
-    assert "| scifact-sample | 24 |" in table([row])
+    assert all(row[name]["k10_ms"] > 0 for name, _, _ in RUNS)
+    assert "| scifact-sample | 24 |" in table([row]) and "ms at k=10" in table([row])

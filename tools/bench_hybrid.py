@@ -34,6 +34,7 @@ RUNS = (("maxsim", "maxsim", "rrf"), ("bm25", "bm25", "rrf"), ("hybrid-rrf", "hy
         ("hybrid-score", "hybrid", "score"))
 DEPTH = 100
 FRESH_RUNS = 3
+K10_QUERIES = 100  # queries timed one at a time at k = 10 through Index.search (query encoding included)
 #: A fresh process's first bm25 query: argv = store path, "stored" or "derived", query text.
 FIRST_QUERY = textwrap.dedent("""
     import json, sys, time
@@ -114,6 +115,15 @@ def bench(collection: Path, work: Path, threads: int, max_docs: int | None = Non
             ms = 1000 * (time.perf_counter() - t0) / len(qids)
             scores = measure(qids, results, col.qrels)
             out[name] = {"nDCG@10": scores["nDCG@10"], "R@100": scores["R@100"], "ms_per_query": ms}
+        for name, mode, fusion in RUNS:  # what a user's k = 10 query costs in each mode, round robin
+            out[name]["k10_ms"] = []
+        for text in texts[:K10_QUERIES]:
+            for name, mode, fusion in RUNS:
+                t0 = time.perf_counter()
+                index.search(text, k=10, mode=mode, fusion=fusion)
+                out[name]["k10_ms"].append(1000 * (time.perf_counter() - t0))
+        for name, _, _ in RUNS:
+            out[name]["k10_ms"] = statistics.median(out[name]["k10_ms"])
     return out
 
 
@@ -125,6 +135,12 @@ def table(rows: list[dict]) -> str:
         cells = [r["collection"], f"{r['docs']:,}", str(r["queries"])]
         cells += [f"{r[n]['nDCG@10']:.4f} / {r[n]['R@100']:.4f}" for n, _, _ in RUNS]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| collection | " + " | ".join(f"{n} ms at k=10 (vs maxsim)" for n, _, _ in RUNS) + " |",
+              "|" + "---|" * (len(RUNS) + 1)]
+    for r in rows:
+        base = r["maxsim"]["k10_ms"]
+        lines.append(f"| {r['collection']} | " + " | ".join(f"{r[n]['k10_ms']:.1f} (x{r[n]['k10_ms'] / base:.2f})"
+                                                            for n, _, _ in RUNS) + " |")
     lines += ["", "| collection | " + " | ".join(f"{n} ms/query" for n, _, _ in RUNS)
               + " | fresh process: imports s | first bm25 query, stored s | derived s"
               " | stored postings B / doc on disk | resident postings B / doc | term table B / doc | terms |",
