@@ -3,8 +3,8 @@
   4. Residual interaction: the survivors' token rows are read (slices of RESIDUAL_SLICE documents over
      the query's threads) and each survivor is scored by MaxSim with every token's residual scored from
      per-query lookup tables (one int16 row per residual byte), never decoded: within rounding, MaxSim
-     over the un-normalized decoded tokens. Waves of survivors are scored until stop() says the next
-     could not reach the best.
+     over the un-normalized decoded tokens. Waves of survivors are scored until stop() expects none of
+     the rest to reach the top k.
   5. The best max(EXACT_DOCS, 2k) of those are decoded and ranked by exact MaxSim (their rows are
      already in memory), STREAM_CHUNK documents at a time; top k.
 
@@ -13,6 +13,8 @@ never depend on timing, placement or the number of threads: same scores, same ti
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -23,14 +25,16 @@ from ._rows import RowReader, RowsOf, select_docs, sliced
 
 FIRST_WAVE = 256  # survivors residual interaction scores before the first stop test (2 slices)
 WAVE = 256  # survivors scored between stop tests: fixed, so results never depend on the thread count
-STOP_MARGIN = 0.5  # stop()'s allowance over the largest gain seen (BENCHMARKS 3.4)
+# stop() ends the waves once fewer than STOP_EXPECTED of the unscored survivors are expected to reach the top k
+# (docs/BENCHMARKS.md C21: chosen on three synthetic stores of other seeds and shapes and on scifact)
+STOP_EXPECTED = 0.03
 EXACT_DOCS = 32  # the best of residual interaction that exact MaxSim re-ranks (at least 2k)
 RESIDUAL_SLICE = 128  # survivors read and scored by residual interaction per step (steps spread over threads)
 PREFETCH_SLICE = 16  # the step with prefetch on, so steps whose rows have arrived can go first
 READY_WINDOW = 16  # pending exact-MaxSim chunks checked for arrived rows before taking the next one
 STREAM_CHUNK = 8  # survivors scored per exact-MaxSim step (a larger step held more heap, no faster)
 # waves are whole slices and slices whole prefetch steps: then the survivors scored so far are exactly the first
-# ones in centroid-interaction order, and the next one's score bounds every later one's (stop() relies on it)
+# ones in centroid-interaction order, the last wave's the last WAVE of them (stop() relies on both)
 assert FIRST_WAVE % RESIDUAL_SLICE == 0 and WAVE % RESIDUAL_SLICE == 0 and RESIDUAL_SLICE % PREFETCH_SLICE == 0
 
 Hits = list[tuple[str, float]]
@@ -49,8 +53,9 @@ class Reranker:
         the best of them.
 
         final: the survivors, best first by centroid interaction, whose scores are ci. They are
-        scored in waves (the first FIRST_WAVE, then WAVE at a time) until the next survivor could
-        not reach the best n_exact = max(EXACT_DOCS, 2k) so far (stop), or none are left.
+        scored in waves (the first FIRST_WAVE, then WAVE at a time) until stop() expects none of the
+        rest to reach the top k, or none are left; exact MaxSim then scores the best
+        n_exact = max(EXACT_DOCS, 2k) of them.
         A wave is cut into RESIDUAL_SLICE-document slices, each read in document order (no
         reordering copy) and spread over the query's threads; with rows read ahead, in steps of
         PREFETCH_SLICE, those whose rows have all arrived first. Each step is scored by residual
@@ -90,7 +95,7 @@ class Reranker:
                 self.rows.read_ahead(final[end : end + WAVE])
             kept += self.workers.map(lambda j: one(cuts[j]), len(cuts))
             done = end
-            if done < len(docs) and stop(scores[:done], ci[at[:done]], float(ci[done]), n_exact):
+            if done < len(docs) and stop(scores[:done], ci[at[:done]], ci[done:], k):
                 break
             # going on: the kernel reads all of the next wave at once (hints are only given for rows that will
             # be read, so a stop never wastes the device's time on a wave nobody scores)
@@ -142,14 +147,42 @@ class Reranker:
         return maxsim_torch(Q, tokens, lens, self.device)
 
 
-def stop(scores: np.ndarray, ci: np.ndarray, next_ci: float, n_exact: int) -> bool:
-    """Whether to stop scoring survivors: scores are residual interaction's and ci centroid interaction's
-    for those scored so far; next_ci is the next survivor's (no later one has more). Residual
-    interaction adds to centroid interaction what the residuals add; if the next survivor gained
-    the most any survivor has gained so far, plus STOP_MARGIN of it, it would still fall short of
-    the n_exact-th best score: stop. An estimate, not a bound; docs/BENCHMARKS.md 3.4 measures it."""
-    if len(scores) < n_exact:
+def stop(scores: np.ndarray, ci: np.ndarray, rest_ci: np.ndarray, k: int) -> bool:
+    """Whether to stop scoring survivors. scores: residual interaction's scores of those scored so far, the
+    last wave last; ci: their centroid interaction's; rest_ci: the unscored survivors' (best first).
+
+    A survivor's residual interaction is its centroid interaction plus what its residuals add (its gain).
+    The gains of the last wave, the nearest in centroid-interaction order to the survivors not scored,
+    give the gain's mean and spread, taken as normal; then the expected number of unscored survivors whose
+    centroid interaction plus a gain would pass the k-th best score so far is a sum of normal tails. Stop
+    when it is under STOP_EXPECTED. The work so adapts to the query and the store: where centroid
+    interaction already settles the top k (a clear gap to the rest) one wave is scored, where it cannot
+    (a flat tail of near-ties with a wide gain) the waves go on. An estimate, not a bound:
+    docs/BENCHMARKS.md C21 measures its search loss."""
+    if len(scores) < k:
         return False
-    gain = float((scores - ci).max())
-    nth_best = float(np.partition(scores, len(scores) - n_exact)[len(scores) - n_exact])
-    return next_ci + gain + STOP_MARGIN * abs(gain) < nth_best
+    gains = (scores - ci)[-WAVE:].astype(np.float64)
+    mean, spread = float(gains.mean()), max(float(gains.std()), 1e-6)
+    kth_best = float(np.partition(scores, len(scores) - k)[len(scores) - k])
+    return expected_passing(rest_ci.astype(np.float64) + mean, kth_best, spread) < STOP_EXPECTED
+
+
+def expected_passing(centres: np.ndarray, threshold: float, spread: float) -> float:
+    """Sum over centres of P(centre + N(0, spread^2) > threshold): normal tails by erfc (numpy has none;
+    scipy's would be a dependency on the query path for one function). Only centres within 9 spreads below
+    the threshold can add more than 1e-19, so only those are evaluated."""
+    near = centres[centres > threshold - 9.0 * spread]
+    if len(near) == 0:
+        return 0.0
+    return float(0.5 * erfc((threshold - near) / (spread * math.sqrt(2.0))).sum())
+
+
+def erfc(x: np.ndarray) -> np.ndarray:
+    """The complementary error function, elementwise, to a relative error under 1.2e-7 (Numerical Recipes'
+    Chebyshev fit, erfcc)."""
+    z = np.abs(x)
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = -z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (
+        0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))))
+    y = t * np.exp(poly)
+    return np.where(x >= 0, y, 2.0 - y)

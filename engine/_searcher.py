@@ -54,8 +54,9 @@ class Searcher:
     nprobe: centroids probed per query token. ndocs (at least k): at most how
     many candidates centroid interaction passes on to residual interaction,
     best first; their rows are read and scored in waves of 256, stopping once
-    the next could not reach the best max(EXACT_DOCS, 2k), which are then
-    scored exactly (stats()["scored_per_query"] says how many were scored).
+    none of the rest is expected to reach the top k (engine/_rerank.py stop);
+    the best max(EXACT_DOCS, 2k) are then scored exactly
+    (stats()["scored_per_query"] says how many were scored).
     probe_delta: also probe every centroid whose score is within this of the
     token's best (at most MAX_PROBE a token): tokens whose best centroids are
     close calls probe more of them; None turns it off. Defaults: nprobe 8,
@@ -78,8 +79,9 @@ class Searcher:
     True / False force it. stats()["read_hit_rate"] says how many reads found their rows cached.
     prefilter: where probing finds more than this many candidates per survivor, only the best
     by centroid interaction over their probed centroids go on to full centroid interaction (a
-    lower bound, cheaper: engine/_probe.py); "auto" (512, chosen in docs/BENCHMARKS.md C18) or
-    None for no cut. It acts only on large stores (above ~131,000 candidates at the defaults).
+    lower bound, cheaper: engine/_probe.py); "auto" (32,768 candidates in all: CUT_CANDIDATES / ndocs
+    per survivor, chosen in docs/BENCHMARKS.md C21) or None for no cut. It acts only where probing
+    finds more candidates than that (stores of more than ~3e6 tokens).
     threads: threads one query's work is spread over (query-centroid product,
     centroid interaction, re-ranking chunks); default 2 where the process may
     use 2 cores. Results do not depend on it.

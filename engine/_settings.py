@@ -17,24 +17,32 @@ MAX_PROBE = 32  # most centroids one query token probes when probe_delta widens 
 # plus the close calls (probe_delta 0.1: every centroid within 0.1 of a token's best) raise it at every size
 # for a small latency cost; at 5e6-1e7 tokens almost every miss was a document never probed.
 DEFAULT_PROBE_DELTA = 0.1
-# ndocs, how many survivors of centroid interaction residual interaction may score (3.3, 3.4): it scores them
-# in waves in centroid-interaction order and stops once the next could not reach the best (engine/_rerank.py).
-# Below LARGE_STORE_TOKENS at most DEFAULT_NDOCS: real vectors need ~1000 there (centroid interaction ranks
-# documents exact MaxSim keeps as deep as ~1000th), and the stop ends most queries far earlier. From
-# LARGE_STORE_TOKENS on LARGE_NDOCS, one wave.
+# ndocs, how many survivors of centroid interaction residual interaction may score (3.3, 3.4, C21): it scores
+# them in waves in centroid-interaction order and stops once it expects none of the rest to reach the top k
+# (engine/_rerank.py stop), most queries after the first wave. The cap only bounds the hardest queries' work:
+# DEFAULT_NDOCS below LARGE_STORE_TOKENS, LARGE_NDOCS from there (centroid interaction ranks exhaustive search's
+# top 10 deeper as a store grows: at 1e8 tokens 0.915 of them within its best 256, 0.968 within 4,096; C21).
 LARGE_STORE_TOKENS = 4_000_000
 DEFAULT_NDOCS = 1024
-LARGE_NDOCS = 256
+LARGE_NDOCS = 4096
 # Query tokens a single query may have: a query's working set grows with its tokens times the centroids
 # (the (K, q) score table) and times the candidates' tokens; ColBERT-style encoders emit 32-512.
 DEFAULT_MAX_QUERY_TOKENS = 1024
 # Kernel read hints (posix_fadvise WILLNEED) for the survivors' rows as soon as they are known: "auto" gives them
 # while the rows come from the device and not while the page cache holds them (engine/_rows.py HintPolicy)
 DEFAULT_READ_HINTS = "auto"
-# Centroid interaction ranks at most this many candidates per survivor; when the probed lists hold more, they are
+# Centroid interaction ranks at most prefilter x ndocs candidates; when the probed lists hold more, they are
 # cut first by centroid interaction over their probed centroids only (a lower bound of the full one; PLAID's
-# stage 2 prunes to centroids above a score threshold to the same end). Chosen in docs/BENCHMARKS.md C18.
-DEFAULT_PREFILTER = 512
+# stage 2 prunes to centroids above a score threshold to the same end). By default the cut keeps
+# CUT_CANDIDATES whatever ndocs (prefilter = CUT_CANDIDATES / ndocs): at 1e8 tokens it cost 0.001 of
+# recall@10 against no cut and took p50 from 55 to 37 ms; below ~3e6 tokens no query has that many
+# candidates (docs/BENCHMARKS.md C18, C21).
+CUT_CANDIDATES = 32_768
+
+
+def default_prefilter(ndocs: int) -> int:
+    """The prefilter (candidates per survivor) that keeps CUT_CANDIDATES candidates for ndocs survivors."""
+    return max(1, -(-CUT_CANDIDATES // max(1, ndocs)))
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,7 @@ class SearchSettings:
     max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS
     read_hints: bool | str = DEFAULT_READ_HINTS
     index_dir: str | None = None
-    prefilter: int | None = DEFAULT_PREFILTER
+    prefilter: int | None = default_prefilter(DEFAULT_NDOCS)
 
     def survivors(self, k: int) -> int:
         """How many candidates centroid interaction keeps for a top-k query."""
@@ -82,9 +90,10 @@ def choose_settings(store_tokens: int, *, nprobe: int | None = None, ndocs: int 
     """The settings for a store of `store_tokens` tokens: what the caller gave (already checked by
     engine/_args.py check_options), the defaults by store size for the rest."""
     large = store_tokens >= LARGE_STORE_TOKENS
+    ndocs = (LARGE_NDOCS if large else DEFAULT_NDOCS) if ndocs is None else int(ndocs)
     return SearchSettings(
         nprobe=DEFAULT_NPROBE if nprobe is None else int(nprobe),
-        ndocs=(LARGE_NDOCS if large else DEFAULT_NDOCS) if ndocs is None else int(ndocs),
+        ndocs=ndocs,
         probe_delta=DEFAULT_PROBE_DELTA if isinstance(probe_delta, str) else probe_delta,
         device=device,
         prefetch=bool(prefetch),
@@ -93,5 +102,5 @@ def choose_settings(store_tokens: int, *, nprobe: int | None = None, ndocs: int 
         max_query_tokens=DEFAULT_MAX_QUERY_TOKENS if max_query_tokens is None else int(max_query_tokens),
         read_hints=read_hints if isinstance(read_hints, str) else bool(read_hints),
         index_dir=index_dir,
-        prefilter=DEFAULT_PREFILTER if isinstance(prefilter, str) else prefilter,
+        prefilter=default_prefilter(ndocs) if isinstance(prefilter, str) else prefilter,
     )

@@ -9,7 +9,7 @@ import pytest
 
 import lodestore
 from lodestore.engine import _pairs
-from lodestore.engine._settings import DEFAULT_PREFILTER
+from lodestore.engine._settings import CUT_CANDIDATES, default_prefilter
 from lodestore.engine._args import normalize_query
 
 
@@ -70,8 +70,8 @@ def test_no_cut_and_a_cut_wider_than_the_candidates_give_the_same_answers(engine
         assert s.settings.prefilter is None
         want = s.search(engine_queries, k=10)
     with lodestore.Searcher(engine_store, ndocs=30) as s:
-        assert s.settings.prefilter == DEFAULT_PREFILTER
-        assert s.search(engine_queries, k=10) == want  # 512 x 30 is more than this store's documents
+        assert s.settings.prefilter == default_prefilter(30) and s.settings.prefilter * 30 >= CUT_CANDIDATES
+        assert s.search(engine_queries, k=10) == want  # 32,768 candidates is more than this store's documents
     with lodestore.Searcher(engine_store, ndocs=30, prefilter=1) as s:
         assert s.search(engine_queries, k=10) != want  # the cut is in play: the test can fail
 

@@ -127,7 +127,7 @@ def test_searcher_hits_carry_exact_scores_and_match_exhaustive(engine_store_path
     from lodestore.engine import _rerank
     from lodestore.engine._exhaustive import exhaustive_search
 
-    monkeypatch.setattr(_rerank, "STOP_MARGIN", float("inf"))  # never stop early: every survivor is scored
+    monkeypatch.setattr(_rerank, "STOP_EXPECTED", -1.0)  # never stop early: every survivor is scored
     with lodestore.Searcher(engine_store_path, nprobe=64, ndocs=100000, probe_delta=None, **placement) as s:
         n = len(s.prober.candidates(*_table_and_probes(s, engine_queries[0]), 10, None, s.settings)[0])
         assert n > 4 * 128
@@ -170,21 +170,55 @@ def test_lookup_tables_are_aligned_and_equal_the_rounded_products():
 
 
 def test_stop_rule():
-    """Stop once the next survivor, gaining the most any has gained (plus STOP_MARGIN of it), falls short
-    of the n_exact-th best; never before n_exact are scored."""
-    from lodestore.engine._rerank import STOP_MARGIN, stop as _stop
+    """Stop once the unscored survivors' expected entrants into the top k (centroid interaction plus a
+    normal gain fitted to the last wave's gains) fall under STOP_EXPECTED; never before k are scored."""
+    from lodestore.engine._rerank import STOP_EXPECTED, WAVE, stop as _stop
 
-    scores = np.array([10.0, 9.0, 8.0, 7.0], dtype=np.float32)
-    ci = np.array([9.0, 8.5, 7.0, 6.0], dtype=np.float32)  # gains 1.0, 0.5, 1.0, 1.0: the largest is 1.0
-    assert not _stop(scores, ci, 0.0, 5)  # fewer than n_exact scored
-    theta = 8.0  # the 3rd best
-    edge = theta - 1.0 - STOP_MARGIN * 1.0
-    assert _stop(scores, ci, edge - 0.01, 3)
-    assert not _stop(scores, ci, edge + 0.01, 3)
-    # a negative largest gain (residuals only took away: -1 here) still gets its margin, a looser test, not a tighter
-    edge = theta + 1.0 - STOP_MARGIN * 1.0
-    assert _stop(scores, ci + 2.0, edge - 0.01, 3)
-    assert not _stop(scores, ci + 2.0, edge + 0.01, 3)
+    rng = np.random.default_rng(5)
+    ci = np.sort(rng.uniform(8.0, 10.0, 2 * WAVE))[::-1].astype(np.float32)  # best first
+    gains = rng.normal(0.5, 0.1, len(ci)).astype(np.float32)
+    scores = ci + gains
+    kth = float(np.sort(scores)[-10])
+    assert not _stop(scores[:5], ci[:5], ci[5:], 10)  # fewer than k scored
+    assert _stop(scores, ci, np.full(1000, kth - 3.0, np.float32), 10)  # 3 below, 0.1 of spread: out of reach
+    assert not _stop(scores, ci, np.full(1000, kth - 0.5, np.float32), 10)  # a flat tail at even odds
+    assert _stop(scores, ci, np.zeros(0, np.float32), 10)  # none left
+    # at the edge: one unscored survivor whose odds are just under / just over STOP_EXPECTED
+    last = (scores - ci)[-WAVE:].astype(np.float64)
+    mean, spread = last.mean(), last.std()
+    from statistics import NormalDist
+    z = NormalDist().inv_cdf(1.0 - STOP_EXPECTED)  # P(gain > kth - c) = STOP_EXPECTED at c = kth - mean - z spread
+    edge = kth - mean - z * spread
+    assert _stop(scores, ci, np.array([edge - 0.01], np.float32), 10)
+    assert not _stop(scores, ci, np.array([edge + 0.01], np.float32), 10)
+    # only the last wave's gains count: a wide first wave does not keep a tight last one going
+    wide = scores.copy()
+    wide[:WAVE] += rng.normal(0.0, 3.0, WAVE).astype(np.float32)
+    kth_wide = float(np.sort(wide)[-10])
+    assert _stop(wide, ci, np.full(100, kth_wide - mean - 10 * spread, np.float32), 10)
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=st.floats(-12.0, 12.0))
+def test_erfc_matches_the_standard_library(x):
+    import math
+
+    from lodestore.engine._rerank import erfc
+
+    want = math.erfc(x)
+    assert abs(float(erfc(np.array([x]))[0]) - want) <= 2e-7 * want + 1e-300
+
+
+@settings(max_examples=50, deadline=None)
+@given(centres=st.lists(st.floats(-5.0, 5.0), max_size=40), threshold=st.floats(-5.0, 5.0),
+       spread=st.floats(0.01, 3.0))
+def test_expected_passing_is_the_sum_of_normal_tails(centres, threshold, spread):
+    from statistics import NormalDist
+
+    from lodestore.engine._rerank import expected_passing
+
+    want = sum(1.0 - NormalDist(c, spread).cdf(threshold) for c in centres)
+    assert abs(expected_passing(np.array(centres, dtype=np.float64), threshold, spread) - want) <= 1e-6 * max(1.0, want)
 
 
 def test_early_stop_is_deterministic_and_counted(engine_store_path, engine_queries):
