@@ -486,3 +486,23 @@ def test_bench_kmeans_compares_faiss_and_cell_trained_stores(bundle, tmp_path, c
     assert all(0 < r["mean_cos"] <= 1 and 0 <= r["recall"] <= 1 and r["build_s"] >= r["train_s"] > 0 for r in rows)
     with lodestore.Store.open(work / "store-faiss") as a, lodestore.Store.open(work / "store-cell") as b:
         assert not np.array_equal(a.codec_state().codec.centroids, b.codec_state().codec.centroids)
+
+
+def test_bench_stop_tabulates_each_rule_and_restores_the_engine(bundle, built, capsys):
+    """tools/bench_stop.py: one row per rule; a fixed rule scores exactly its survivors (the candidates
+    permitting); the engine's own rule and constant are back in place afterwards, also after a bad rule."""
+    from lodestore.engine import _rerank
+    from tools import bench_stop
+
+    before = (_rerank.stop, _rerank.STOP_EXPECTED)
+    assert bench_stop.main([str(bundle), str(built), "--rules", "legacy,adaptive,adaptive:0.5,fixed:40",
+                            "--queries", "4"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| rule")]
+    assert [r.split(" | ")[0] for r in rows] == ["| legacy", "| adaptive", "| adaptive:0.5", "| fixed:40"]
+    fixed = rows[3].split(" | ")
+    assert fixed[1] == "40" and int(fixed[5]) <= 40
+    assert (_rerank.stop, _rerank.STOP_EXPECTED) == before
+    with pytest.raises(SystemExit, match="unknown rule"):
+        bench_stop.main([str(bundle), str(built), "--rules", "adaptive,sometimes", "--queries", "2"])
+    assert (_rerank.stop, _rerank.STOP_EXPECTED) == before
