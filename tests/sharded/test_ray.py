@@ -75,11 +75,27 @@ def test_ray_equals_in_process_and_one_store(ray_searcher, ray_root, shard_queri
     assert set(ray_searcher.stats()["generations"]) == {"shard-000", "shard-001"}
 
 
+def _wait_gone(pid: int, timeout_s: float = 60.0) -> None:
+    """Until the local process pid has exited (the local cluster's workers run on this machine)."""
+    import os
+    import time
+
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"actor process {pid} still alive {timeout_s:.0f} s after ray.kill")
+
+
 def test_a_killed_actor_is_restarted_and_answers(ray_searcher, ray_root, shard_queries):
     want = _truth(ray_root, shard_queries)
     actor = ray_searcher._shards.actors[1]
     _, pid = ray_searcher._shards.where()[1]
     ray.kill(actor, no_restart=False)  # between queries
+    _wait_gone(pid)  # ray.kill returns before the process is gone: else the old actor might still answer
     assert [list(h) for h in ray_searcher.search(list(shard_queries), k=10, exhaustive=True)] == want
     assert ray_searcher._shards.where()[1][1] != pid  # a new worker process
 
