@@ -494,15 +494,17 @@ def test_bench_stop_tabulates_each_rule_and_restores_the_engine(bundle, built, c
     from lodestore.engine import _rerank
     from tools import bench_stop
 
-    before = (_rerank.stop, _rerank.STOP_EXPECTED)
-    assert bench_stop.main([str(bundle), str(built), "--rules", "legacy,adaptive,adaptive:0.5,fixed:40",
+    before = (_rerank.stop, _rerank.STOP_EXPECTED, _rerank.FIRST_WAVE, _rerank.WAVE, _rerank.RESIDUAL_SLICE)
+    assert bench_stop.main([str(bundle), str(built), "--rules", "legacy,adaptive,adaptive:0.5,fixed:40,adaptive@32",
                             "--queries", "4"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| rule")]
-    assert [r.split(" | ")[0] for r in rows] == ["| legacy", "| adaptive", "| adaptive:0.5", "| fixed:40"]
+    assert [r.split(" | ")[0] for r in rows] == ["| legacy", "| adaptive", "| adaptive:0.5", "| fixed:40", "| adaptive@32"]
+    waved = int(rows[4].split(" | ")[6])  # median survivors scored: whole waves of 32, fewer than one wave of 256
+    assert waved % 32 == 0 and 0 < waved < 256
     fixed = rows[3].split(" | ")
     assert fixed[1] == "40" and int(fixed[5]) <= 40
-    assert (_rerank.stop, _rerank.STOP_EXPECTED) == before
+    assert (_rerank.stop, _rerank.STOP_EXPECTED, _rerank.FIRST_WAVE, _rerank.WAVE, _rerank.RESIDUAL_SLICE) == before
     with pytest.raises(SystemExit, match="unknown rule"):
         bench_stop.main([str(bundle), str(built), "--rules", "adaptive,sometimes", "--queries", "2"])
-    assert (_rerank.stop, _rerank.STOP_EXPECTED) == before
+    assert (_rerank.stop, _rerank.STOP_EXPECTED, _rerank.FIRST_WAVE, _rerank.WAVE, _rerank.RESIDUAL_SLICE) == before

@@ -8,7 +8,9 @@ A rule is one of:
   fixed:N        no stop: all of N survivors scored (ndocs N)
   legacy         the rule before it (until main bb16ae0): stop once the next survivor, gaining the largest
                  gain seen plus half of it, could not reach the 32nd best; with that checkout's ndocs (256
-                 from 4e6 tokens, else 1024) and cut (512 candidates a survivor): the baseline
+                 from 4e6 tokens, else 1024), cut (512 candidates a survivor) and waves (256, slices of 128):
+                 the baseline
+  RULE@W         any of those with waves of W survivors (the first one too), cut into slices of W / 2
 Each rule gets its own Searcher on the same open store (default settings unless the rule names ndocs;
 --ndocs overrides every rule's). Recall@10 against exhaustive search over the store (tools/bench_search.py's
 cached truth, computed if missing) and, where tools/ground_truth.py has run on BUNDLE, against the
@@ -44,12 +46,22 @@ def legacy_stop(scores: np.ndarray, ci: np.ndarray, rest_ci: np.ndarray, k: int)
 @contextmanager
 def rule_in_force(rule: str):
     """The engine's stop rule swapped for `rule`'s while the block runs; yields the Searcher options it needs."""
-    from lodestore.engine import _rerank
+    from lodestore.engine import _probe, _rerank, _searcher
 
-    saved = (_rerank.stop, _rerank.STOP_EXPECTED)
+    saved = (_rerank.stop, _rerank.STOP_EXPECTED, _rerank.FIRST_WAVE, _rerank.WAVE, _rerank.RESIDUAL_SLICE)
+    rule, _, wave = rule.partition("@")
     name, _, arg = rule.partition(":")
     options: dict = {}
+
+    def waves(w: int, slice_: int) -> None:
+        _rerank.FIRST_WAVE = _rerank.WAVE = _probe.FIRST_WAVE = _searcher.FIRST_WAVE = w
+        _rerank.RESIDUAL_SLICE = slice_
+
     try:
+        if name == "legacy":
+            waves(256, 128)
+        if wave:
+            waves(int(wave), int(wave) // 2)
         if name == "adaptive":
             if arg:
                 _rerank.STOP_EXPECTED = float(arg)
@@ -63,7 +75,9 @@ def rule_in_force(rule: str):
             raise SystemExit(f"unknown rule {rule!r}: adaptive[:TAU], fixed:N or legacy")
         yield options
     finally:
-        _rerank.stop, _rerank.STOP_EXPECTED = saved
+        _rerank.stop, _rerank.STOP_EXPECTED = saved[:2]
+        _rerank.FIRST_WAVE, _rerank.WAVE, _rerank.RESIDUAL_SLICE = saved[2:]
+        _probe.FIRST_WAVE = _searcher.FIRST_WAVE = saved[2]
 
 
 def main(argv: list[str] | None = None) -> int:
