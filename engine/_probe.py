@@ -20,7 +20,6 @@ from ._corpus import Corpus
 from ._filter import Allowed
 from ._maxsim import aligned_empty, centroid_interaction, int8_query, score_table_i8, top_k
 from ._parallel import Workers
-from ._rerank import FIRST_WAVE
 from ._rows import RowReader
 from ._settings import MAX_PROBE, SearchSettings
 
@@ -114,7 +113,7 @@ class Prober:
                 # centroid interaction over the probed pairs only: a lower bound of the full one
                 bound = centroid_interaction(table, pair_cents, first, counts, self.workers)
                 if self.rows.reading_ahead:
-                    self._read_ahead(docs[top_k(bound, 2 * min(survivors, FIRST_WAVE))])
+                    self._read_ahead(docs[top_k(bound, 2 * min(survivors, settings.wave))])
                 if len(docs) > keep:
                     docs = np.sort(docs[top_k(bound, keep)])
         if len(docs) == 0:

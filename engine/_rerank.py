@@ -1,6 +1,6 @@
 """Stages 4-5 of a query: residual interaction over the survivors in waves, a stop rule, then exact MaxSim.
 
-  4. Residual interaction: the survivors' token rows are read (slices of RESIDUAL_SLICE documents over
+  4. Residual interaction: the survivors' token rows are read (slices of half a wave over
      the query's threads) and each survivor is scored by MaxSim with every token's residual scored from
      per-query lookup tables (one int16 row per residual byte), never decoded: within rounding, MaxSim
      over the un-normalized decoded tokens. Waves of survivors are scored until stop() expects none of
@@ -23,19 +23,17 @@ from ._maxsim import maxsim_concat, maxsim_torch, residual_interaction, residual
 from ._parallel import Workers
 from ._rows import RowReader, RowsOf, select_docs, sliced
 
-FIRST_WAVE = 256  # survivors residual interaction scores before the first stop test (2 slices)
-WAVE = 256  # survivors scored between stop tests: fixed, so results never depend on the thread count
 # stop() ends the waves once fewer than STOP_EXPECTED of the unscored survivors are expected to reach the top k
 # (docs/BENCHMARKS.md C21: chosen on three synthetic stores of other seeds and shapes and on scifact)
 STOP_EXPECTED = 0.03
 EXACT_DOCS = 32  # the best of residual interaction that exact MaxSim re-ranks (at least 2k)
-RESIDUAL_SLICE = 128  # survivors read and scored by residual interaction per step (steps spread over threads)
 PREFETCH_SLICE = 16  # the step with prefetch on, so steps whose rows have arrived can go first
 READY_WINDOW = 16  # pending exact-MaxSim chunks checked for arrived rows before taking the next one
 STREAM_CHUNK = 8  # survivors scored per exact-MaxSim step (a larger step held more heap, no faster)
-# waves are whole slices and slices whole prefetch steps: then the survivors scored so far are exactly the first
-# ones in centroid-interaction order, the last wave's the last WAVE of them (stop() relies on both)
-assert FIRST_WAVE % RESIDUAL_SLICE == 0 and WAVE % RESIDUAL_SLICE == 0 and RESIDUAL_SLICE % PREFETCH_SLICE == 0
+# A wave (SearchSettings.wave survivors, fixed per store so results never depend on the thread count) is two
+# slices, each read and scored as one step (steps spread over the query's threads), and slices are whole
+# prefetch steps: then the survivors scored so far are exactly the first ones in centroid-interaction order,
+# the last wave's the last `wave` of them (stop() relies on both).
 
 Hits = list[tuple[str, float]]
 
@@ -48,15 +46,16 @@ class Reranker:
         self.score_scale = score_scale
         self.byte_tables = np.ascontiguousarray(corpus.codec.byte_tables(), dtype=np.float32)
 
-    def rerank(self, Q: np.ndarray, table: np.ndarray, final: np.ndarray, ci: np.ndarray, k: int) -> tuple[Hits, int]:
+    def rerank(self, Q: np.ndarray, table: np.ndarray, final: np.ndarray, ci: np.ndarray, k: int,
+               wave: int) -> tuple[Hits, int]:
         """(top-k hits, survivors scored): residual interaction over the survivors, then exact MaxSim over
         the best of them.
 
         final: the survivors, best first by centroid interaction, whose scores are ci. They are
-        scored in waves (the first FIRST_WAVE, then WAVE at a time) until stop() expects none of the
+        scored in waves of `wave` (engine/_settings.py) until stop() expects none of the
         rest to reach the top k, or none are left; exact MaxSim then scores the best
         n_exact = max(EXACT_DOCS, 2k) of them.
-        A wave is cut into RESIDUAL_SLICE-document slices, each read in document order (no
+        A wave is cut into two slices, each read in document order (no
         reordering copy) and spread over the query's threads; with rows read ahead, in steps of
         PREFETCH_SLICE, those whose rows have all arrived first. Each step is scored by residual
         interaction (engine/_maxsim.py: centroid score + the residual's score from per-query
@@ -68,11 +67,14 @@ class Reranker:
             if len(final) == 0:
                 return [], 0
             return self.exact_chunked(Q, final, k, *self.rows.rows_of(final)), len(final)
-        at = np.concatenate([np.argsort(final[a : a + RESIDUAL_SLICE], kind="stable") + a
-                             for a in range(0, len(final), RESIDUAL_SLICE)])  # docs[j] = final[at[j]]: slices in doc order
+        slice_ = wave // 2
+        if slice_ < PREFETCH_SLICE or slice_ % PREFETCH_SLICE:
+            raise ValueError(f"a wave is two slices of whole {PREFETCH_SLICE}-document prefetch steps, got {wave}")
+        at = np.concatenate([np.argsort(final[a : a + slice_], kind="stable") + a
+                             for a in range(0, len(final), slice_)])  # docs[j] = final[at[j]]: slices in doc order
         docs = final[at]
         ahead = self.rows.reading_ahead
-        step = PREFETCH_SLICE if ahead else RESIDUAL_SLICE
+        step = PREFETCH_SLICE if ahead else slice_
         lut = residual_lut(Q, self.byte_tables)
         scores = np.full(len(docs), -np.inf, dtype=np.float32)
         kept: list = []
@@ -87,19 +89,19 @@ class Reranker:
 
         done = 0
         while done < len(docs):
-            end = min(len(docs), FIRST_WAVE if done == 0 else done + WAVE)
+            end = min(len(docs), done + wave)
             cuts = list(range(done, end, step))
             if ahead:  # small steps, those read ahead already first
                 cuts.sort(key=lambda a: not self.rows.ready(docs[a : a + step]))
             if end < len(docs):  # the next wave, while this one is scored
-                self.rows.read_ahead(final[end : end + WAVE])
+                self.rows.read_ahead(final[end : end + wave])
             kept += self.workers.map(lambda j: one(cuts[j]), len(cuts))
             done = end
-            if done < len(docs) and stop(scores[:done], ci[at[:done]], ci[done:], k):
+            if done < len(docs) and stop(scores[:done], ci[at[:done]], ci[done:], k, wave):
                 break
             # going on: the kernel reads all of the next wave at once (hints are only given for rows that will
             # be read, so a stop never wastes the device's time on a wave nobody scores)
-            self.rows.hint(docs[done : min(len(docs), done + WAVE)])
+            self.rows.hint(docs[done : min(len(docs), done + wave)])
         kept.sort(key=lambda p: int(p[0][0]))  # by position: ready-first order may have scored them out of order
         best = np.sort(top_k(scores[:done], n_exact))  # positions in docs, ascending
         pos = np.concatenate([p[0] for p in kept])  # ascending: steps in order, each sorted
@@ -147,9 +149,9 @@ class Reranker:
         return maxsim_torch(Q, tokens, lens, self.device)
 
 
-def stop(scores: np.ndarray, ci: np.ndarray, rest_ci: np.ndarray, k: int) -> bool:
+def stop(scores: np.ndarray, ci: np.ndarray, rest_ci: np.ndarray, k: int, wave: int) -> bool:
     """Whether to stop scoring survivors. scores: residual interaction's scores of those scored so far, the
-    last wave last; ci: their centroid interaction's; rest_ci: the unscored survivors' (best first).
+    last wave (of `wave`) last; ci: their centroid interaction's; rest_ci: the unscored survivors' (best first).
 
     A survivor's residual interaction is its centroid interaction plus what its residuals add (its gain).
     The gains of the last wave, the nearest in centroid-interaction order to the survivors not scored,
@@ -161,7 +163,7 @@ def stop(scores: np.ndarray, ci: np.ndarray, rest_ci: np.ndarray, k: int) -> boo
     docs/BENCHMARKS.md C21 measures its search loss."""
     if len(scores) < k:
         return False
-    gains = (scores - ci)[-WAVE:].astype(np.float64)
+    gains = (scores - ci)[-wave:].astype(np.float64)
     mean, spread = float(gains.mean()), max(float(gains.std()), 1e-6)
     kth_best = float(np.partition(scores, len(scores) - k)[len(scores) - k])
     return expected_passing(rest_ci.astype(np.float64) + mean, kth_best, spread) < STOP_EXPECTED

@@ -30,7 +30,7 @@ from ._maxsim import aligned_empty
 from ._parallel import Workers, default_threads
 from ._prefetch import Prefetcher
 from ._probe import Prober
-from ._rerank import FIRST_WAVE, Hits, Reranker
+from ._rerank import Hits, Reranker
 from ._rows import RowReader
 from ._settings import DEFAULT_BUDGET, SearchSettings, choose_settings
 
@@ -53,7 +53,8 @@ class Searcher:
     "index-paged"; its cost: docs/BENCHMARKS.md C18); only the centroids stay in RAM.
     nprobe: centroids probed per query token. ndocs (at least k): at most how
     many candidates centroid interaction passes on to residual interaction,
-    best first; their rows are read and scored in waves of 256, stopping once
+    best first; their rows are read and scored in waves (128 survivors below 4e6
+    tokens, 256 from there: engine/_settings.py), stopping once
     none of the rest is expected to reach the top k (engine/_rerank.py stop);
     the best max(EXACT_DOCS, 2k) are then scored exactly
     (stats()["scored_per_query"] says how many were scored).
@@ -354,11 +355,11 @@ class Searcher:
             tables.append(own)
         del table
         for cand, _ in cands:  # the first wave, best first (those not read ahead already); rerank asks for the next
-            self.rows.read_ahead(cand[:FIRST_WAVE])
-            self.rows.hint(cand[:FIRST_WAVE])
+            self.rows.read_ahead(cand[:settings.wave])
+            self.rows.hint(cand[:settings.wave])
         out = []
         for q, own, (cand, ci) in zip(queries, tables, cands):
-            hits, scored = self.reranker.rerank(q, own, cand, ci, k)
+            hits, scored = self.reranker.rerank(q, own, cand, ci, k, settings.wave)
             self._scored += scored
             out.append(hits)
         return out

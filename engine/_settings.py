@@ -21,10 +21,16 @@ DEFAULT_PROBE_DELTA = 0.1
 # them in waves in centroid-interaction order and stops once it expects none of the rest to reach the top k
 # (engine/_rerank.py stop), most queries after the first wave. The cap only bounds the hardest queries' work:
 # DEFAULT_NDOCS below LARGE_STORE_TOKENS, LARGE_NDOCS from there (centroid interaction ranks exhaustive search's
-# top 10 deeper as a store grows: at 1e8 tokens 0.915 of them within its best 256, 0.968 within 4,096; C21).
+# top 10 deeper as a store grows; C21 measures how deep at 1e8 tokens).
 LARGE_STORE_TOKENS = 4_000_000
 DEFAULT_NDOCS = 1024
 LARGE_NDOCS = 4096
+# Survivors a wave (the first one too): below LARGE_STORE_TOKENS DEFAULT_WAVE, where most queries stop after one
+# wave (half the rows of 256 to read and score, at the same recall); from there LARGE_WAVE (smaller waves cost
+# more there: more stop tests over thousands of unscored survivors). docs/BENCHMARKS.md C21. A wave is two
+# slices of whole 16-document prefetch steps.
+DEFAULT_WAVE = 128
+LARGE_WAVE = 256
 # Query tokens a single query may have: a query's working set grows with its tokens times the centroids
 # (the (K, q) score table) and times the candidates' tokens; ColBERT-style encoders emit 32-512.
 DEFAULT_MAX_QUERY_TOKENS = 1024
@@ -34,9 +40,9 @@ DEFAULT_READ_HINTS = "auto"
 # Centroid interaction ranks at most prefilter x ndocs candidates; when the probed lists hold more, they are
 # cut first by centroid interaction over their probed centroids only (a lower bound of the full one; PLAID's
 # stage 2 prunes to centroids above a score threshold to the same end). By default the cut keeps
-# CUT_CANDIDATES whatever ndocs (prefilter = CUT_CANDIDATES / ndocs): at 1e8 tokens it cost 0.001 of
-# recall@10 against no cut and took p50 from 55 to 37 ms; below ~3e6 tokens no query has that many
-# candidates (docs/BENCHMARKS.md C18, C21).
+# CUT_CANDIDATES whatever ndocs (prefilter = CUT_CANDIDATES / ndocs): measured against exhaustive search it costs
+# almost no recall and most of centroid interaction's time at 1e8 tokens; below ~3e6 tokens no query has that
+# many candidates (docs/BENCHMARKS.md C21).
 CUT_CANDIDATES = 32_768
 
 
@@ -59,7 +65,8 @@ class SearchSettings:
     from the device; engine/_rows.py HintPolicy). index_dir: where a memory budget below the index
     puts the paged part's (unlinked) file; None: the system's temporary directory. prefilter: at
     most this many candidates per survivor reach full centroid interaction (the rest are cut by
-    centroid interaction over their probed centroids); None: no cut.
+    centroid interaction over their probed centroids); None: no cut. wave: survivors residual
+    interaction scores between two stop tests, by store size (not a Searcher option).
     """
 
     nprobe: int
@@ -73,6 +80,7 @@ class SearchSettings:
     read_hints: bool | str = DEFAULT_READ_HINTS
     index_dir: str | None = None
     prefilter: int | None = default_prefilter(DEFAULT_NDOCS)
+    wave: int = DEFAULT_WAVE
 
     def survivors(self, k: int) -> int:
         """How many candidates centroid interaction keeps for a top-k query."""
@@ -103,4 +111,5 @@ def choose_settings(store_tokens: int, *, nprobe: int | None = None, ndocs: int 
         read_hints=read_hints if isinstance(read_hints, str) else bool(read_hints),
         index_dir=index_dir,
         prefilter=default_prefilter(ndocs) if isinstance(prefilter, str) else prefilter,
+        wave=LARGE_WAVE if large else DEFAULT_WAVE,
     )

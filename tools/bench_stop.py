@@ -10,7 +10,8 @@ A rule is one of:
                  gain seen plus half of it, could not reach the 32nd best; with that checkout's ndocs (256
                  from 4e6 tokens, else 1024), cut (512 candidates a survivor) and waves (256, slices of 128):
                  the baseline
-  RULE@W         any of those with waves of W survivors (the first one too), cut into slices of W / 2
+  RULE@W         any of those with waves of W survivors (the first one too; default: the Searcher's, by
+                 store size)
 Each rule gets its own Searcher on the same open store (default settings unless the rule names ndocs;
 --ndocs overrides every rule's). Recall@10 against exhaustive search over the store (tools/bench_search.py's
 cached truth, computed if missing) and, where tools/ground_truth.py has run on BUNDLE, against the
@@ -22,6 +23,7 @@ docs/BENCHMARKS.md C21.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from contextlib import contextmanager
@@ -33,7 +35,7 @@ LEGACY_MARGIN = 0.5
 LEGACY_NTH = 32
 
 
-def legacy_stop(scores: np.ndarray, ci: np.ndarray, rest_ci: np.ndarray, k: int) -> bool:
+def legacy_stop(scores: np.ndarray, ci: np.ndarray, rest_ci: np.ndarray, k: int, wave: int) -> bool:
     """The stop rule before the adaptive one (BENCHMARKS 3.4), with the engine's stop() signature."""
     n_exact = max(LEGACY_NTH, 2 * k)
     if len(scores) < n_exact:
@@ -46,22 +48,17 @@ def legacy_stop(scores: np.ndarray, ci: np.ndarray, rest_ci: np.ndarray, k: int)
 @contextmanager
 def rule_in_force(rule: str):
     """The engine's stop rule swapped for `rule`'s while the block runs; yields the Searcher options it needs."""
-    from lodestore.engine import _probe, _rerank, _searcher
+    from lodestore.engine import _rerank
 
-    saved = (_rerank.stop, _rerank.STOP_EXPECTED, _rerank.FIRST_WAVE, _rerank.WAVE, _rerank.RESIDUAL_SLICE)
+    saved = (_rerank.stop, _rerank.STOP_EXPECTED)
     rule, _, wave = rule.partition("@")
     name, _, arg = rule.partition(":")
     options: dict = {}
-
-    def waves(w: int, slice_: int) -> None:
-        _rerank.FIRST_WAVE = _rerank.WAVE = _probe.FIRST_WAVE = _searcher.FIRST_WAVE = w
-        _rerank.RESIDUAL_SLICE = slice_
-
+    if name == "legacy":
+        options["wave"] = 256
+    if wave:
+        options["wave"] = int(wave)
     try:
-        if name == "legacy":
-            waves(256, 128)
-        if wave:
-            waves(int(wave), int(wave) // 2)
         if name == "adaptive":
             if arg:
                 _rerank.STOP_EXPECTED = float(arg)
@@ -75,9 +72,7 @@ def rule_in_force(rule: str):
             raise SystemExit(f"unknown rule {rule!r}: adaptive[:TAU], fixed:N or legacy")
         yield options
     finally:
-        _rerank.stop, _rerank.STOP_EXPECTED = saved[:2]
-        _rerank.FIRST_WAVE, _rerank.WAVE, _rerank.RESIDUAL_SLICE = saved[2:]
-        _probe.FIRST_WAVE = _searcher.FIRST_WAVE = saved[2]
+        _rerank.stop, _rerank.STOP_EXPECTED = saved
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,11 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         large = store.stats()["tokens"] >= 4_000_000
         for rule in args.rules.split(","):
             with rule_in_force(rule) as options:
+                wave = options.pop("wave", None)
                 if options.pop("legacy", False):
                     options = {"ndocs": 256 if large else 1024, "prefilter": 512}
                 if args.ndocs is not None:
                     options["ndocs"] = args.ndocs
                 with lodestore.Searcher(store, **options) as s:
+                    if wave is not None:  # not a Searcher option: the settings pick it by store size
+                        s.settings = dataclasses.replace(s.settings, wave=wave)
                     for q in queries:  # untimed: the page cache and the first queries' costs
                         s.search(q, k=10)
                     times, results, scored = [], [], []
@@ -115,14 +113,14 @@ def main(argv: list[str] | None = None) -> int:
                         times.append(time.perf_counter() - t)
                         results.append([h[0] for h in hits])
                         scored.append(s.stats()["scored_per_query"])
-                    rows.append((rule, s.settings.ndocs, s.settings.prefilter, recall(results, reference),
+                    rows.append((rule, s.settings.ndocs, s.settings.prefilter, s.settings.wave, recall(results, reference),
                                  recall(results, raw) if raw is not None else None, scored, times))
-    base = np.median(rows[0][6])
+    base = np.median(rows[0][7])
     print(f"\nstore: {args.store}; {len(queries)} queries, k=10\n")
-    print("| rule | ndocs | prefilter | R@10 store | R@10 raw | scored mean | p50 | p90 | p50 ms | p95 ms | vs first |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for rule, ndocs, pre, rec, rec_raw, scored, times in rows:
-        print(f"| {rule} | {ndocs} | {pre} | {rec:.3f} | {'-' if rec_raw is None else f'{rec_raw:.3f}'} | "
+    print("| rule | ndocs | prefilter | wave | R@10 store | R@10 raw | scored mean | p50 | p90 | p50 ms | p95 ms | vs first |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for rule, ndocs, pre, wave, rec, rec_raw, scored, times in rows:
+        print(f"| {rule} | {ndocs} | {pre} | {wave} | {rec:.3f} | {'-' if rec_raw is None else f'{rec_raw:.3f}'} | "
               f"{np.mean(scored):.0f} | {np.median(scored):.0f} | {np.percentile(scored, 90):.0f} | "
               f"{np.median(times) * 1e3:.1f} | {np.percentile(times, 95) * 1e3:.1f} | x{np.median(times) / base:.2f} |")
     return 0

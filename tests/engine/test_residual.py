@@ -172,7 +172,12 @@ def test_lookup_tables_are_aligned_and_equal_the_rounded_products():
 def test_stop_rule():
     """Stop once the unscored survivors' expected entrants into the top k (centroid interaction plus a
     normal gain fitted to the last wave's gains) fall under STOP_EXPECTED; never before k are scored."""
-    from lodestore.engine._rerank import STOP_EXPECTED, WAVE, stop as _stop
+    from lodestore.engine._rerank import STOP_EXPECTED, stop
+
+    WAVE = 128
+
+    def _stop(scores, ci, rest, k):
+        return stop(scores, ci, rest, k, WAVE)
 
     rng = np.random.default_rng(5)
     ci = np.sort(rng.uniform(8.0, 10.0, 2 * WAVE))[::-1].astype(np.float32)  # best first
@@ -223,13 +228,14 @@ def test_expected_passing_is_the_sum_of_normal_tails(centres, threshold, spread)
 
 def test_early_stop_is_deterministic_and_counted(engine_store_path, engine_queries):
     """With the stop on, one or two threads score the same survivors and return the same hits; the stats
-    count the survivors scored, whole waves (or all survivors), never more than ndocs."""
+    count the survivors scored, whole waves (or all survivors), never more than ndocs; waves of 128 for a
+    store this small, and a wave that is not two whole prefetch steps' slices is refused."""
     import lodestore
-    from lodestore.engine._rerank import FIRST_WAVE, WAVE
 
     runs = []
     for threads in (1, 2):
         with lodestore.Searcher(engine_store_path, nprobe=64, ndocs=900, probe_delta=None, threads=threads) as s:
+            wave = s.settings.wave
             hits = [s.search(q, k=10) for q in engine_queries[:8]]
             counts = []
             for q in engine_queries[:8]:
@@ -239,5 +245,12 @@ def test_early_stop_is_deterministic_and_counted(engine_store_path, engine_queri
             runs.append((hits, counts))
     assert runs[0] == runs[1]
     assert min(runs[0][1]) < 900, "no query stopped early: the test exercises nothing"
+    assert wave == 128
     for n in runs[0][1]:
-        assert n <= 900 and (n == 900 or (n - FIRST_WAVE) % WAVE == 0)
+        assert n <= 900 and (n == 900 or n % wave == 0)
+    with lodestore.Searcher(engine_store_path, nprobe=64, ndocs=900, probe_delta=None) as s:
+        import dataclasses
+
+        s.settings = dataclasses.replace(s.settings, wave=40)  # slices of 20: not whole 16-document steps
+        with pytest.raises(ValueError, match="two slices of whole"):
+            s.search(engine_queries[0], k=10)
