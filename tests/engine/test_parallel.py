@@ -151,9 +151,12 @@ def test_search_settings_follow_store_size(engine_store, monkeypatch):
     with lodestore.Searcher(engine_store) as small:
         st = small.stats()
         assert (st["nprobe"], st["ndocs"], st["probe_delta"]) == (8, srch.DEFAULT_NDOCS, srch.DEFAULT_PROBE_DELTA)
+        assert small.settings.wave == srch.DEFAULT_WAVE
+        assert small.settings.prefilter * small.ndocs >= srch.CUT_CANDIDATES
     monkeypatch.setattr(srch, "LARGE_STORE_TOKENS", 1000)  # the ~90k-token test store counts as large
     with lodestore.Searcher(engine_store) as large, lodestore.Searcher(engine_store, ndocs=100, probe_delta=None) as own:
         assert (large.ndocs, large.probe_delta) == (srch.LARGE_NDOCS, srch.DEFAULT_PROBE_DELTA)
+        assert large.settings.wave == srch.LARGE_WAVE and large.settings.prefilter == srch.CUT_CANDIDATES // srch.LARGE_NDOCS
         assert (own.ndocs, own.probe_delta) == (100, None)  # what the caller says wins
 
 
