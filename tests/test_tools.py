@@ -509,3 +509,21 @@ def test_bench_stop_tabulates_each_rule_and_restores_the_engine(bundle, built, c
     with pytest.raises(SystemExit, match="unknown rule"):
         bench_stop.main([str(bundle), str(built), "--rules", "adaptive,sometimes", "--queries", "2"])
     assert (_rerank.stop, _rerank.STOP_EXPECTED) == before
+
+
+def test_ground_truth_keeps_zero_padded_query_tokens_at_zero(bundle, tmp_path):
+    """A zero-padded query token (encoders pad short queries) adds nothing, as in the engine: the truth equals
+    the truth of the query without it, and exhaustive search over a store agrees (no NaN ranking)."""
+    import shutil
+
+    padded = tmp_path / "padded"
+    shutil.copytree(bundle, padded)
+    queries = np.load(bundle / "queries.npy")
+    queries[:, -3:] = 0.0  # the last three tokens of every query: padding
+    np.save(padded / "queries.npy", queries)
+    (padded / "truth_k100.npy").unlink(missing_ok=True)
+    top = ground_truth.exact_topk(padded, k=5, progress=False)
+    trimmed = tmp_path / "trimmed"
+    shutil.copytree(padded, trimmed)
+    np.save(trimmed / "queries.npy", np.ascontiguousarray(queries[:, :-3]))
+    np.testing.assert_array_equal(top, ground_truth.exact_topk(trimmed, k=5, progress=False))

@@ -56,7 +56,8 @@ def range_topk(queries: np.ndarray, pieces, first_doc: int, n_docs: int, n_token
     from tqdm import tqdm
 
     queries = np.asarray(queries, dtype=np.float32)
-    queries = queries / np.linalg.norm(queries, axis=2, keepdims=True)
+    norms = np.linalg.norm(queries, axis=2, keepdims=True)
+    queries = queries / np.where(norms == 0, 1.0, norms)  # zero (padding) tokens stay zero, as the engine keeps them
     nq, ql, dim = queries.shape
     qflat = queries.reshape(nq * ql, dim)
     scores = np.empty((nq, n_docs), dtype=np.float32)
