@@ -40,8 +40,8 @@ DEFAULT_READ_HINTS = "auto"
 # Centroid interaction ranks at most prefilter x ndocs candidates; when the probed lists hold more, they are
 # cut first by centroid interaction over their probed centroids only (a lower bound of the full one; PLAID's
 # stage 2 prunes to centroids above a score threshold to the same end). By default the cut keeps
-# CUT_CANDIDATES whatever ndocs (prefilter = CUT_CANDIDATES / ndocs): measured against exhaustive search it costs
-# almost no recall and most of centroid interaction's time at 1e8 tokens; below ~3e6 tokens no query has that
+# CUT_CANDIDATES whatever ndocs (prefilter = CUT_CANDIDATES / ndocs): measured against exhaustive search it loses
+# almost no recall and saves most of centroid interaction's time at 1e8 tokens; below ~3e6 tokens no query has that
 # many candidates (docs/BENCHMARKS.md C21).
 CUT_CANDIDATES = 32_768
 
