@@ -39,11 +39,16 @@ def content_key(codec: Any) -> str:
 
 
 def one_copy(codec: Any) -> Any:
-    """The loaded codec with this one's content if the process has one, else this one (remembered)."""
+    """The loaded codec with this one's content if the process has one, else this one (remembered, its
+    arrays made read-only: a shared copy written in place would change every store holding it)."""
     key = content_key(codec)
     with _LOCK:
         known = _LOADED.get(key)
         if known is not None:
             return known
+        for f in dataclasses.fields(codec):
+            value = getattr(codec, f.name)
+            if isinstance(value, np.ndarray):
+                value.flags.writeable = False
         _LOADED[key] = codec
         return codec

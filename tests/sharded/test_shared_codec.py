@@ -54,3 +54,22 @@ def test_the_shared_tables_are_freed_with_the_last_store(sharded_template):
     gc.collect()
     assert len(corpus._INT8) == before
 
+
+
+def test_the_shared_codec_cannot_be_written_in_place():
+    """A codec shared by stores is read-only: writing its centroids would change every store holding it."""
+    import dataclasses
+
+    import numpy as np
+    import pytest
+
+    from lodestore.store.codecs._shared import one_copy
+    from lodestore.store.codecs.scalar import ScalarCodec
+
+    rng = np.random.default_rng(9)
+    cents = rng.standard_normal((8, 16)).astype(np.float32)
+    codec = one_copy(ScalarCodec(cents, np.array([0.0], np.float32), np.array([-0.1, 0.1], np.float32), 1))
+    with pytest.raises(ValueError, match="read-only"):
+        codec.centroids[0, 0] = 1.0
+    assert all(not getattr(codec, f.name).flags.writeable for f in dataclasses.fields(codec)
+               if isinstance(getattr(codec, f.name), np.ndarray))
