@@ -4,7 +4,7 @@
      the query's threads) and each survivor is scored by MaxSim with every token's residual scored from
      per-query lookup tables (one int16 row per residual byte), never decoded: within rounding, MaxSim
      over the un-normalized decoded tokens. Waves of survivors are scored until stop() expects none of
-     the rest to reach the top k.
+     the rest to reach the best of them exact MaxSim re-ranks.
   5. The best max(EXACT_DOCS, 2k) of those are decoded and ranked by exact MaxSim (their rows are
      already in memory), STREAM_CHUNK documents at a time; top k.
 
@@ -23,7 +23,8 @@ from ._maxsim import maxsim_concat, maxsim_torch, residual_interaction, residual
 from ._parallel import Workers
 from ._rows import RowReader, RowsOf, select_docs, sliced
 
-# stop() ends the waves once fewer than STOP_EXPECTED of the unscored survivors are expected to reach the top k
+# stop() ends the waves once fewer than STOP_EXPECTED of the unscored survivors are expected to reach the best
+# max(EXACT_DOCS, 2k) that exact MaxSim re-ranks
 # (docs/BENCHMARKS.md C21: chosen on three synthetic stores of other seeds and shapes and on scifact)
 STOP_EXPECTED = 0.03
 EXACT_DOCS = 32  # the best of residual interaction that exact MaxSim re-ranks (at least 2k)
@@ -53,8 +54,8 @@ class Reranker:
 
         final: the survivors, best first by centroid interaction, whose scores are ci. They are
         scored in waves of `wave` (engine/_settings.py) until stop() expects none of the
-        rest to reach the top k, or none are left; exact MaxSim then scores the best
-        n_exact = max(EXACT_DOCS, 2k) of them.
+        rest to reach the best n_exact = max(EXACT_DOCS, 2k), or none are left; exact MaxSim
+        then scores those n_exact.
         A wave is cut into two slices, each read in document order (no
         reordering copy) and spread over the query's threads; with rows read ahead, in steps of
         PREFETCH_SLICE, those whose rows have all arrived first. Each step is scored by residual
@@ -97,7 +98,7 @@ class Reranker:
                 self.rows.read_ahead(final[end : end + wave])
             kept += self.workers.map(lambda j: one(cuts[j]), len(cuts))
             done = end
-            if done < len(docs) and stop(scores[:done], ci[at[:done]], ci[done:], k, wave):
+            if done < len(docs) and stop(scores[:done], ci[at[:done]], ci[done:], n_exact, wave):
                 break
             # going on: the kernel reads all of the next wave at once (hints are only given for rows that will
             # be read, so a stop never wastes the device's time on a wave nobody scores)
@@ -149,24 +150,26 @@ class Reranker:
         return maxsim_torch(Q, tokens, lens, self.device)
 
 
-def stop(scores: np.ndarray, ci: np.ndarray, rest_ci: np.ndarray, k: int, wave: int) -> bool:
+def stop(scores: np.ndarray, ci: np.ndarray, rest_ci: np.ndarray, n_best: int, wave: int) -> bool:
     """Whether to stop scoring survivors. scores: residual interaction's scores of those scored so far, the
     last wave (of `wave`) last; ci: their centroid interaction's; rest_ci: the unscored survivors' (best first).
 
     A survivor's residual interaction is its centroid interaction plus what its residuals add (its gain).
     The gains of the last wave, the nearest in centroid-interaction order to the survivors not scored,
     give the gain's mean and spread, taken as normal; then the expected number of unscored survivors whose
-    centroid interaction plus a gain would pass the k-th best score so far is a sum of normal tails. Stop
-    when it is under STOP_EXPECTED. The work so adapts to the query and the store: where centroid
+    centroid interaction plus a gain would pass the n_best-th best score so far is a sum of normal tails.
+    Stop when it is under STOP_EXPECTED. The caller passes n_best = the number exact MaxSim re-ranks
+    (max(EXACT_DOCS, 2k)), not k: residual interaction only estimates exact MaxSim, so what must not be
+    missed is a survivor that would enter that set (against the k-th best a k = 1 search lost its best). The work so adapts to the query and the store: where centroid
     interaction already settles the top k (a clear gap to the rest) one wave is scored, where it cannot
     (a flat tail of near-ties with a wide gain) the waves go on. An estimate, not a bound:
     docs/BENCHMARKS.md C21 measures its search loss."""
-    if len(scores) < k:
+    if len(scores) < n_best:
         return False
     gains = (scores - ci)[-wave:].astype(np.float64)
     mean, spread = float(gains.mean()), max(float(gains.std()), 1e-6)
-    kth_best = float(np.partition(scores, len(scores) - k)[len(scores) - k])
-    return expected_passing(rest_ci.astype(np.float64) + mean, kth_best, spread) < STOP_EXPECTED
+    nth_best = float(np.partition(scores, len(scores) - n_best)[len(scores) - n_best])
+    return expected_passing(rest_ci.astype(np.float64) + mean, nth_best, spread) < STOP_EXPECTED
 
 
 def expected_passing(centres: np.ndarray, threshold: float, spread: float) -> float:

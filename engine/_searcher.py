@@ -55,7 +55,7 @@ class Searcher:
     many candidates centroid interaction passes on to residual interaction,
     best first; their rows are read and scored in waves (128 survivors below 4e6
     tokens, 256 from there: engine/_settings.py), stopping once
-    none of the rest is expected to reach the top k (engine/_rerank.py stop);
+    none of the rest is expected to reach the best max(EXACT_DOCS, 2k) (engine/_rerank.py stop);
     the best max(EXACT_DOCS, 2k) are then scored exactly
     (stats()["scored_per_query"] says how many were scored).
     probe_delta: also probe every centroid whose score is within this of the

@@ -18,8 +18,8 @@ MAX_PROBE = 32  # most centroids one query token probes when probe_delta widens 
 # for a small latency cost; at 5e6-1e7 tokens almost every miss was a document never probed.
 DEFAULT_PROBE_DELTA = 0.1
 # ndocs, how many survivors of centroid interaction residual interaction may score (3.3, 3.4, C21): it scores
-# them in waves in centroid-interaction order and stops once it expects none of the rest to reach the top k
-# (engine/_rerank.py stop), most queries after the first wave. The cap only bounds the hardest queries' work:
+# them in waves in centroid-interaction order and stops once it expects none of the rest to reach the best
+# that exact MaxSim re-ranks (engine/_rerank.py stop), most queries after one or two waves. The cap only bounds the hardest queries' work:
 # DEFAULT_NDOCS below LARGE_STORE_TOKENS, LARGE_NDOCS from there (centroid interaction ranks exhaustive search's
 # top 10 deeper as a store grows; C21 measures how deep at 1e8 tokens).
 LARGE_STORE_TOKENS = 4_000_000

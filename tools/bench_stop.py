@@ -32,16 +32,16 @@ from pathlib import Path
 import numpy as np
 
 LEGACY_MARGIN = 0.5
-LEGACY_NTH = 32
+LEGACY_LARGE_TOKENS = 4_000_000  # from here the legacy defaults scored one wave of 256 (ndocs 256)
 
 
-def legacy_stop(scores: np.ndarray, ci: np.ndarray, rest_ci: np.ndarray, k: int, wave: int) -> bool:
-    """The stop rule before the adaptive one (BENCHMARKS 3.4), with the engine's stop() signature."""
-    n_exact = max(LEGACY_NTH, 2 * k)
-    if len(scores) < n_exact:
+def legacy_stop(scores: np.ndarray, ci: np.ndarray, rest_ci: np.ndarray, n_best: int, wave: int) -> bool:
+    """The stop rule before the adaptive one (BENCHMARKS 3.4), with the engine's stop() signature (n_best is
+    the number exact MaxSim re-ranks, max(32, 2k): the legacy rule's n_exact)."""
+    if len(scores) < n_best:
         return False
     gain = float((scores - ci).max())
-    nth_best = float(np.partition(scores, len(scores) - n_exact)[len(scores) - n_exact])
+    nth_best = float(np.partition(scores, len(scores) - n_best)[len(scores) - n_best])
     return float(rest_ci[0]) + gain + LEGACY_MARGIN * abs(gain) < nth_best
 
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = raw_truth(args.bundle, len(queries))
     rows = []
     with lodestore.Store.open(args.store) as store:
-        large = store.stats()["tokens"] >= 4_000_000
+        large = store.stats()["tokens"] >= LEGACY_LARGE_TOKENS
         for rule in args.rules.split(","):
             with rule_in_force(rule) as options:
                 wave = options.pop("wave", None)

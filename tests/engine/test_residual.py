@@ -170,8 +170,9 @@ def test_lookup_tables_are_aligned_and_equal_the_rounded_products():
 
 
 def test_stop_rule():
-    """Stop once the unscored survivors' expected entrants into the top k (centroid interaction plus a
-    normal gain fitted to the last wave's gains) fall under STOP_EXPECTED; never before k are scored."""
+    """Stop once the unscored survivors' expected entrants into the best n (the caller's n: those exact MaxSim
+    re-ranks; centroid interaction plus a normal gain fitted to the last wave's gains) fall under
+    STOP_EXPECTED; never before n are scored."""
     from lodestore.engine._rerank import STOP_EXPECTED, stop
 
     WAVE = 128
