@@ -8,6 +8,7 @@ import json
 import numpy as np
 
 from lodestore.hybrid import DEFAULT_FUSION, FUSIONS, MODES
+from lodestore.store.codecs.pq import PQ_SUBSPACES_ALLOWED
 
 
 def params(args: argparse.Namespace) -> list | None:
@@ -38,7 +39,7 @@ def add_codec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codec", choices=("scalar", "pq"), default=None,
                    help="residual codec (default: scalar if --nbits is given, pq if --pq-subspaces is, else the library default)")
     p.add_argument("--nbits", type=int, default=None, choices=(1, 2, 4), help="scalar codec: bits per dimension (default 2)")
-    p.add_argument("--pq-subspaces", type=int, default=None, choices=(16, 32, 64),
+    p.add_argument("--pq-subspaces", type=int, default=None, choices=PQ_SUBSPACES_ALLOWED,
                    help="pq codec: bytes per token residual (default: the most that fit in dim/4 bytes)")
 
 

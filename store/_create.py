@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .codecs import codec_class, creation_settings, resolve_codec
+from .codecs import creation_reader_features, creation_settings, resolve_codec
 from ._commit import SEGMENTS_DIR, acquire_lock
 from ._fs import fsync_dir
 from ._manifest import POOLING_WRITER_FEATURE, Manifest, write_manifest
@@ -40,7 +40,7 @@ def new_store(root: Path, dim: Any, nbits: int | None, *, codec: str | None, pq_
     lock_fd = acquire_lock(root)
     manifest = Manifest(generation=0, dim=int(dim), nbits=int(nbits),
                         settings={**settings, **creation_settings(codec, pq_subspaces)}, encoder=encoder,
-                        reader_features=codec_class(codec).reader_features,
+                        reader_features=creation_reader_features(codec, pq_subspaces),
                         writer_features=(("projection",) if "input_dim" in settings else ())
                         + ((POOLING_WRITER_FEATURE,) if pool_factor > 1 else ()))
     write_manifest(root, manifest)

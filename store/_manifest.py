@@ -27,7 +27,17 @@ OLDEST_READABLE_VERSION = 1
 # feature it does not know; a writer refuses one naming an unknown writer feature.
 # "codec-pq": the store's codec is the residual product quantizer (FORMAT.md section 7.5).
 PQ_READER_FEATURE = "codec-pq"
-KNOWN_READER_FEATURES: frozenset[str] = frozenset({PQ_READER_FEATURE})
+# "codec-pq-wide": a pq codec of 96 or 128 subspaces (FORMAT.md section 7.5), which readers that know
+# only 16, 32 and 64 would take for corruption; listed beside codec-pq so they refuse it as unsupported.
+PQ_WIDE_READER_FEATURE = "codec-pq-wide"
+PQ_NARROW_SUBSPACES = (16, 32, 64)
+PQ_WIDE_SUBSPACES = (96, 128)
+KNOWN_READER_FEATURES: frozenset[str] = frozenset({PQ_READER_FEATURE, PQ_WIDE_READER_FEATURE})
+
+
+def pq_reader_features(subspaces: int) -> tuple[str, ...]:
+    """The reader features of a store created with the pq codec of `subspaces` subspaces."""
+    return (PQ_READER_FEATURE,) + ((PQ_WIDE_READER_FEATURE,) if subspaces in PQ_WIDE_SUBSPACES else ())
 #: "projection": documents arrive with settings.input_dim values and must be projected
 #: (FORMAT.md 7.6); a writer that would store them unprojected must refuse the store.
 #: "token-pooling": documents are pooled at settings.pool_factor before they are stored
@@ -192,6 +202,9 @@ class Manifest:
             return CorruptStoreError(f"{source}: {why}")
 
         pq = PQ_READER_FEATURE in self.reader_features
+        if PQ_WIDE_READER_FEATURE in self.reader_features and not pq:
+            raise bad(f"reader feature {PQ_WIDE_READER_FEATURE!r} without {PQ_READER_FEATURE!r}")
+        subspaces = PQ_WIDE_SUBSPACES if PQ_WIDE_READER_FEATURE in self.reader_features else PQ_NARROW_SUBSPACES
         if not 1 <= self.dim <= 65536 or (self.nbits != 0 if pq else self.nbits not in (1, 2, 4) or self.dim * self.nbits % 8):
             raise bad(f"dim {self.dim} and nbits {self.nbits} are not a valid pair")
         c = self.codec
@@ -200,13 +213,13 @@ class Manifest:
         if c is not None:
             if c.path != CODEC_PATH or c.dim != self.dim or c.nbits != self.nbits or not 1 <= c.num_centroids <= 65536:
                 raise bad(f"codec entry {c} disagrees with the manifest or the format")
-            if c.kind == "pq" and (c.pq_subspaces not in (16, 32, 64) or self.dim % c.pq_subspaces or self.nbits):
+            if c.kind == "pq" and (c.pq_subspaces not in subspaces or self.dim % c.pq_subspaces or self.nbits):
                 raise bad(f"pq codec with {c.pq_subspaces} subspaces does not fit dim {self.dim}")
             if c.kind == "residual" and c.pq_subspaces is not None:
                 raise bad("a residual codec entry has pq_subspaces")
         elif self.segments:
             raise bad("segments are listed but no codec")
-        self._check_settings(bad, pq)
+        self._check_settings(bad, pq, subspaces)
         names: set[str] = set()
         for e in self.segments:
             m = SEGMENT_NAME.match(e.name)
@@ -224,7 +237,7 @@ class Manifest:
             if d is None or d.group(1) != e.name or not int(m.group(1)) <= int(d.group(2)) <= self.generation:
                 raise bad(f"segment {e.name}: deletion bitmap name {e.deletes!r} is not {e.name}.GGGGGG.del")
 
-    def _check_settings(self, bad, pq: bool) -> None:
+    def _check_settings(self, bad, pq: bool, subspaces: tuple[int, ...]) -> None:
         """The settings keys readers use (FORMAT.md 5.1): types and ranges; unknown keys are ignored."""
         st = self.settings
 
@@ -234,7 +247,7 @@ class Manifest:
         k = st.get("num_centroids")
         if k is not None and not (is_int(k) and 1 <= k <= 65536) or not is_int(st.get("seed", 0)):
             raise bad(f"settings num_centroids {k!r} / seed {st.get('seed')!r} are not valid")
-        if st.get("codec", "scalar") != ("pq" if pq else "scalar") or pq and st.get("pq_subspaces") not in (16, 32, 64):
+        if st.get("codec", "scalar") != ("pq" if pq else "scalar") or pq and st.get("pq_subspaces") not in subspaces:
             raise bad(f"settings codec {st.get('codec')!r} ({st.get('pq_subspaces')!r} subspaces) disagrees with "
                       "the reader features")
         if "input_dim" in st or "projection" in self.writer_features:

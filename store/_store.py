@@ -66,7 +66,7 @@ class Store:
         """Create an empty store at `path` (which must not exist or be an empty directory).
 
         codec: "scalar" (centroid + `nbits` 1/2/4 bits per dimension, default 2) or
-        "pq" (centroid + `pq_subspaces` 16/32/64 bytes, one per residual subspace;
+        "pq" (centroid + `pq_subspaces` 16/32/64/96/128 bytes, one per residual subspace;
         default: the most that fit in dim/4 bytes). None: "scalar" when nbits is
         given, "pq" when pq_subspaces is, else the default: "pq" where it fits in dim/4 bytes
         (dim >= 64), "scalar" below (store/codecs/__init__.py says why).

@@ -269,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     x, doclens = load_unit(args.bundle)
     queries_raw = np.load(args.bundle / "queries.npy")[: args.queries].astype(np.float32)
-    queries = queries_raw / np.linalg.norm(queries_raw, axis=2, keepdims=True)
+    norms = np.linalg.norm(queries_raw, axis=2, keepdims=True)
+    queries = queries_raw / np.where(norms == 0, 1.0, norms)  # zero (padding) tokens stay zero, as the engine keeps them
     truth = raw_truth(args.bundle, x, doclens, queries, args.work)
     print(f"bundle {args.bundle}: {len(x):,} tokens, {len(doclens):,} docs, dim {x.shape[1]}, "
           f"{len(queries)} queries; load avg {os.getloadavg()[0]:.1f}")

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from .._errors import CorruptStoreError, StoreError, UnsupportedFormatError
-from .._manifest import CodecEntry
+from .._manifest import CodecEntry, pq_reader_features
 from .._smallarray import read_attributes, verify_small
 from ._kmeans import default_num_centroids, training_sample_size
 from .pq import PQ_SUBSPACES_ALLOWED, PQCodec, check_pq_params
@@ -28,7 +28,7 @@ from .scalar import NBITS_ALLOWED, ResidualCodec, ScalarCodec, check_params, pac
 
 __all__ = [
     "CODECS", "Codec", "DEFAULT_CODEC", "DEFAULT_NBITS", "PQCodec", "ResidualCodec", "ScalarCodec",
-    "codec_class", "creation_settings", "default_codec", "default_num_centroids", "ensure_trained", "pack_bits",
+    "codec_class", "creation_reader_features", "creation_settings", "default_codec", "default_num_centroids", "ensure_trained", "pack_bits",
     "read_codec", "resolve_codec", "settings_codec", "train_codec", "training_sample_size", "unpack_bits",
     "verify_codec", "write_codec",
 ]
@@ -147,6 +147,12 @@ def resolve_codec(dim: int, nbits: int | None, codec: str | None, pq_subspaces: 
 def creation_settings(codec: str, pq_subspaces: int | None) -> dict[str, Any]:
     """Extra writer settings for the manifest (none for the scalar codec: its manifests stay as in v1)."""
     return {} if codec == "scalar" else {"codec": codec, "pq_subspaces": pq_subspaces}
+
+
+def creation_reader_features(codec: str, pq_subspaces: int | None) -> tuple[str, ...]:
+    """The reader features a store created with this codec lists from generation 0 (FORMAT.md section 6):
+    codec-pq for pq, and codec-pq-wide beside it for 96 or 128 subspaces."""
+    return pq_reader_features(pq_subspaces) if codec == "pq" else codec_class(codec).reader_features
 
 
 def settings_codec(settings: dict[str, Any]) -> tuple[str, int | None]:

@@ -23,12 +23,12 @@ from typing import ClassVar
 import numpy as np
 
 from .._errors import CorruptStoreError
-from .._manifest import PQ_READER_FEATURE, CodecEntry
+from .._manifest import PQ_NARROW_SUBSPACES, PQ_READER_FEATURE, PQ_WIDE_SUBSPACES, CodecEntry
 from .._smallarray import read_attributes, read_small
 from ._centroids import ENCODE_BATCH, CentroidCodec, as_centroids, write_group
 from ._kmeans import train_centroids
 
-PQ_SUBSPACES_ALLOWED = (16, 32, 64)
+PQ_SUBSPACES_ALLOWED = PQ_NARROW_SUBSPACES + PQ_WIDE_SUBSPACES  # 96 and 128 need reader feature codec-pq-wide
 PQ_BITS = 8  # 256 codewords per subspace: one byte per subspace
 PQ_CODES = 1 << PQ_BITS
 # Residual vectors the codebooks are trained on: faiss's k-means uses at most 256
@@ -64,7 +64,7 @@ class PQCodec(CentroidCodec):
     manifest_kind: ClassVar[str] = "pq"
     arrays: ClassVar[tuple[str, ...]] = ARRAYS
     size_setting: ClassVar[str] = "pq_subspaces"
-    reader_features: ClassVar[tuple[str, ...]] = (PQ_READER_FEATURE,)
+    reader_features: ClassVar[tuple[str, ...]] = (PQ_READER_FEATURE,)  # and codec-pq-wide for 96, 128 subspaces
     # Residual vectors the codebooks train on: a second draw (store/_training.py)
     residual_sample_size: ClassVar[int] = PQ_TRAINING_SAMPLE
 
@@ -84,7 +84,7 @@ class PQCodec(CentroidCodec):
             raise ValueError(f"codebooks of shape {cb.shape} do not cover dim {self.dim}")
         object.__setattr__(self, "codebooks", cb)
         object.__setattr__(self, "_flat", cb.reshape(-1, cb.shape[2]))
-        object.__setattr__(self, "_base", (np.arange(cb.shape[0]) * PQ_CODES).astype(np.uint16))  # m*256 <= 16384
+        object.__setattr__(self, "_base", (np.arange(cb.shape[0]) * PQ_CODES).astype(np.uint16))  # m*256 <= 32768
 
     @property
     def subspaces(self) -> int:

@@ -18,12 +18,13 @@ ENGINE_DIM, ENGINE_K, ENGINE_SPLIT = 128, 256, 600  # as the engine store (conft
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
-@pytest.fixture(scope="module")
-def pq_store(tmp_path_factory, engine_corpus):
+@pytest.fixture(scope="module", params=[32, 128])  # 128: a wide codec (reader feature codec-pq-wide), 1-d subspaces
+def pq_store(tmp_path_factory, engine_corpus, request):
     path = tmp_path_factory.mktemp("engine_pq") / "store"
     c = engine_corpus
     docs = [c.doc(i) for i in range(len(c.ids))]
-    with lodestore.Store.create(path, dim=ENGINE_DIM, codec="pq", pq_subspaces=32, num_centroids=ENGINE_K, seed=1) as s:
+    with lodestore.Store.create(path, dim=ENGINE_DIM, codec="pq", pq_subspaces=request.param, num_centroids=ENGINE_K,
+                                seed=1) as s:
         s.add(c.ids[:ENGINE_SPLIT], docs[:ENGINE_SPLIT])
         s.add(c.ids[ENGINE_SPLIT:], docs[ENGINE_SPLIT:])
     s = lodestore.Store.open(path)

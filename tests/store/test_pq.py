@@ -108,7 +108,7 @@ def test_row_layout_byte_s_is_the_code_of_subspace_s(trained):
     seed=st.integers(0, 10_000),
     n_docs=st.integers(1, 25),
     splits=st.lists(st.integers(1, 24), max_size=2),
-    dim_m=st.sampled_from([(32, 16), (64, 16), (64, 32), (128, 64)]),
+    dim_m=st.sampled_from([(32, 16), (64, 16), (64, 32), (128, 64), (192, 96), (128, 128)]),
 )
 def test_pq_store_round_trips_every_document(tmp_path_factory, clustered_corpus, row_cosines, seed, n_docs, splits, dim_m):
     """Any corpus, in any number of commits: ids, order, the codec's exact output, and every document
@@ -211,7 +211,7 @@ def test_invalid_codec_arguments_are_refused(tmp_path, kwargs, message):
     assert not (tmp_path / "s").exists()
 
 
-@pytest.mark.parametrize("dim, m", [(128, 32), (384, 64), (64, 16), (32, 16), (16, 16)])
+@pytest.mark.parametrize("dim, m", [(128, 32), (384, 96), (768, 128), (256, 64), (64, 16), (32, 16), (16, 16)])
 def test_default_pq_subspaces_fit_the_2bit_budget(tmp_path, dim, m):
     with store.Store.create(tmp_path / "s", dim=dim, codec="pq") as s:
         assert s.manifest.settings["pq_subspaces"] == m
@@ -273,6 +273,39 @@ def test_a_reader_without_pq_refuses_a_pq_store(pq_store, monkeypatch):
     monkeypatch.setattr(manifest, "KNOWN_READER_FEATURES", frozenset())
     with pytest.raises(UnsupportedFormatError, match="codec-pq"):
         store.Store.open(pq_store)
+
+
+@pytest.fixture
+def wide_store(tmp_path, clustered_corpus):
+    corpus = clustered_corpus(12, 192, seed=3, n_clusters=3, mean_len=8)
+    path = tmp_path / "wide"
+    with store.Store.create(path, dim=192, codec="pq", pq_subspaces=96, num_centroids=8) as s:
+        assert s.manifest.reader_features == ("codec-pq", "codec-pq-wide")  # from generation 0
+        s.add(corpus.ids, corpus.docs)
+    return path
+
+
+def test_a_reader_without_wide_pq_refuses_a_96_subspace_store(wide_store, monkeypatch):
+    """What a reader that knows pq of 16-64 subspaces only does: refuses the store as unsupported,
+    naming the feature, instead of calling its 96 subspaces corruption."""
+    import lodestore.store._manifest as manifest
+
+    with store.Store.open(wide_store) as s:
+        assert s.codec.subspaces == 96 and s.stats()["residual_bytes_per_token"] == 96
+    monkeypatch.setattr(manifest, "KNOWN_READER_FEATURES", frozenset({"codec-pq"}))
+    with pytest.raises(UnsupportedFormatError, match="codec-pq-wide"):
+        store.Store.open(wide_store)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda b: b.update(reader_features=["codec-pq"]),  # 96 subspaces without the feature
+    lambda b: (b["codec"].update(pq_subspaces=64), b["settings"].update(pq_subspaces=64)),  # the feature, 64
+    lambda b: b.update(reader_features=["codec-pq-wide"]),  # wide without codec-pq
+])
+def test_wide_pq_feature_and_subspaces_disagreeing_are_corrupt(wide_store, edit):
+    _rewrite_manifest(wide_store, edit)
+    with pytest.raises(store.CorruptStoreError):
+        store.Store.open(wide_store)
 
 
 def test_pq_codec_group_disagreeing_with_the_manifest_is_corrupt(pq_store):
