@@ -255,3 +255,25 @@ def test_early_stop_is_deterministic_and_counted(engine_store_path, engine_queri
         s.settings = dataclasses.replace(s.settings, wave=40)  # slices of 20: not whole 16-document steps
         with pytest.raises(ValueError, match="two slices of whole"):
             s.search(engine_queries[0], k=10)
+
+
+@pytest.mark.parametrize("k", [1, 10, 20])
+def test_the_stop_rule_guards_the_set_exact_maxsim_reranks_not_the_top_k(engine_store_path, engine_queries, monkeypatch, k):
+    """The bar stop() is given is the n_exact-th best (max(EXACT_DOCS, 2k)), whatever k: against the k-th
+    best a k = 1 search (with a filter) stopped while an unscored survivor could still enter the set exact
+    MaxSim re-ranks, and lost its best document."""
+    import lodestore
+    from lodestore.engine import _rerank
+
+    seen = []
+    real = _rerank.stop
+
+    def spy(scores, ci, rest_ci, n_best, wave):
+        seen.append(n_best)
+        return real(scores, ci, rest_ci, n_best, wave)
+
+    monkeypatch.setattr(_rerank, "stop", spy)
+    with lodestore.Searcher(engine_store_path, nprobe=64, ndocs=900, probe_delta=None) as s:
+        for q in engine_queries[:4]:
+            s.search(q, k=k)
+    assert seen and set(seen) == {max(_rerank.EXACT_DOCS, 2 * k)}
