@@ -32,7 +32,7 @@ from ._prefetch import Prefetcher
 from ._probe import Prober
 from ._rerank import Hits, Reranker
 from ._rows import RowReader
-from ._settings import DEFAULT_BUDGET, SearchSettings, choose_settings
+from ._settings import DEFAULT_BUDGET, SearchSettings, choose_settings, default_prefilter
 
 BATCH_TOKENS = 64  # query tokens of a batch sharing one score table: (K, 64) int16 is 4 MB at K=32,768
 
@@ -111,6 +111,7 @@ class Searcher:
             memory_budget=memory_budget, max_query_tokens=max_query_tokens, read_hints=read_hints,
             index_dir=None if index_dir is None else os.fspath(index_dir), prefilter=prefilter)
         self.workers = workers
+        self._prefilter_auto = isinstance(prefilter, str)  # "auto": the cut follows ndocs (set_search_options)
         self.generation = self.store.generation
         try:
             self._use(*self._load(self.store))
@@ -133,16 +134,25 @@ class Searcher:
     max_query_tokens = property(lambda self: self.settings.max_query_tokens)
 
     def set_search_options(self, *, nprobe: int | None = None, ndocs: int | None = None,
-                           probe_delta: float | None | str = "keep") -> None:
-        """Change nprobe, ndocs or probe_delta (None for probe_delta turns it off; "keep" keeps it) for
-        later queries, checked as the constructor checks them (for parameter sweeps)."""
+                           probe_delta: float | None | str = "keep", prefilter: int | None | str = "keep") -> None:
+        """Change nprobe, ndocs, probe_delta or prefilter (None turns probe_delta or the cut off; "keep"
+        keeps it) for later queries, checked as the constructor checks them (for parameter sweeps). A
+        prefilter left "auto" keeps the cut at CUT_CANDIDATES in all when ndocs changes."""
         keep = isinstance(probe_delta, str) and probe_delta == "keep"
+        keep_cut = isinstance(prefilter, str) and prefilter == "keep"
         check_options(nprobe, ndocs, "auto" if keep else probe_delta, None)
+        if not keep_cut:
+            check_prefilter(prefilter)
+            self._prefilter_auto = isinstance(prefilter, str)
         changes: dict[str, Any] = {}
         if nprobe is not None:
             changes["nprobe"] = int(nprobe)
         if ndocs is not None:
             changes["ndocs"] = int(ndocs)
+        if self._prefilter_auto and (ndocs is not None or not keep_cut):
+            changes["prefilter"] = default_prefilter(int(ndocs) if ndocs is not None else self.settings.ndocs)
+        elif not keep_cut:
+            changes["prefilter"] = prefilter
         if not keep:
             changes["probe_delta"] = choose_settings(0, probe_delta=probe_delta).probe_delta
         self.settings = dataclasses.replace(self.settings, **changes)

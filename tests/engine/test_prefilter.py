@@ -80,3 +80,26 @@ def test_no_cut_and_a_cut_wider_than_the_candidates_give_the_same_answers(engine
 def test_a_bad_prefilter_is_refused_before_opening(engine_store, bad):
     with pytest.raises(ValueError, match="prefilter must be"):
         lodestore.Searcher(engine_store, prefilter=bad)
+
+
+def test_set_search_options_keeps_an_auto_cut_at_its_total(engine_store, engine_queries):
+    """ndocs changed for a sweep: an "auto" cut follows it (CUT_CANDIDATES in all, not the old count per
+    survivor); a cut the caller fixed stays; a new prefilter is checked and taken."""
+    with lodestore.Searcher(engine_store, ndocs=30) as s:
+        s.set_search_options(ndocs=512)
+        assert s.settings.prefilter == default_prefilter(512) and s.ndocs == 512
+        s.set_search_options(prefilter=3)
+        assert s.settings.prefilter == 3
+        s.set_search_options(ndocs=64)
+        assert s.settings.prefilter == 3  # fixed by the caller: kept
+        s.set_search_options(prefilter="auto")
+        assert s.settings.prefilter == default_prefilter(64)
+        s.set_search_options(prefilter=None)
+        assert s.settings.prefilter is None
+        with pytest.raises(ValueError, match="prefilter must be"):
+            s.set_search_options(prefilter=0)
+        assert s.settings.prefilter is None  # nothing changed by a refused call
+        s.search(engine_queries[0], k=10)
+    with lodestore.Searcher(engine_store, ndocs=30, prefilter=2) as s:
+        s.set_search_options(ndocs=90)
+        assert s.settings.prefilter == 2
