@@ -53,43 +53,53 @@ def merge_pairs(segments, seg_base: np.ndarray, k: int, code_dtype, n_pairs: int
     doc_counts = np.zeros(n_docs, dtype=np.int64)
     list_counts = np.zeros(n_blocks * k, dtype=np.int64)
     done_doc = done_ivf = 0  # pairs written so far in each view
-    pending: list[tuple[np.ndarray, np.ndarray]] = []  # the current block's pairs, document-major
+    # the current block's pairs, document-major: (centroids, documents as offsets inside the block), each a
+    # copy, so a segment's arrays are freed before the next segment's are read
+    pending: list[tuple[np.ndarray, np.ndarray]] = []
     block = 0  # the block being gathered
+    cent_dtype = np.dtype(code_dtype) if k <= np.iinfo(code_dtype).max + 1 else np.dtype(np.int32)
 
     def flush_block() -> None:
         nonlocal done_ivf, block
-        cents = np.concatenate([c for c, _ in pending]) if pending else np.zeros(0, np.int32)
-        docs = np.concatenate([d for _, d in pending]) if pending else np.zeros(0, np.int64)
+        cents = np.concatenate([c for c, _ in pending]) if pending else np.zeros(0, cent_dtype)
+        docs = np.concatenate([d for _, d in pending]) if pending else np.zeros(0, np.uint16)
         pending.clear()
         order = np.argsort(cents, kind="stable")  # stable: documents stay ascending in each list
-        ivf_docs[done_ivf : done_ivf + len(order)] = (docs[order] - block * block_docs).astype(np.uint16)
+        ivf_docs[done_ivf : done_ivf + len(order)] = docs[order]
         list_counts[block * k : (block + 1) * k] = np.bincount(cents, minlength=k)
         done_ivf += len(order)
         block += 1
 
+    # Per segment, the transient arrays are its lists (uint32), their centroids (the code dtype), one
+    # int64 permutation and the permuted copies: the open's peak above its outputs (one segment's pairs).
     for base, seg in zip(seg_base[:-1].tolist(), segments):
         offsets, local = seg.ivf()
-        cent = np.repeat(np.arange(k, dtype=np.int32), np.diff(offsets))
         by_doc = np.argsort(local, kind="stable")  # document-major; centroids stay ascending in each document
-        doc = local[by_doc].astype(np.int64) + base
-        cent = cent[by_doc]
-        del by_doc, local
+        doc = local[by_doc]  # document numbers inside the segment, uint32
+        del local
+        cent = np.repeat(np.arange(k, dtype=cent_dtype), np.diff(offsets))[by_doc]
+        del by_doc
         if done_doc + len(doc) > n_pairs:
             raise ValueError(f"{seg.path}: more (centroid, document) pairs than its ivf_offsets said")
         doc_codes[done_doc : done_doc + len(doc)] = cent
         done_doc += len(doc)
-        doc_counts[base : base + seg.n_docs] = np.bincount(doc - base, minlength=seg.n_docs)
+        doc_counts[base : base + seg.n_docs] = np.bincount(doc, minlength=seg.n_docs)
         stop = base + seg.n_docs
+        at = 0  # pairs of this segment handed on so far
         while True:  # hand this segment's pairs to the blocks they fall in
             end = min((block + 1) * block_docs, n_docs)
-            cut = int(np.searchsorted(doc, end, side="left"))
-            pending.append((cent[:cut], doc[:cut]))
-            cent, doc = cent[cut:], doc[cut:]
+            cut = int(np.searchsorted(doc, max(end - base, 0), side="left"))
+            inside = doc[at:cut].astype(np.int64)
+            inside += base - block * block_docs  # offsets inside the block: 0 <= x < block_docs <= 65,536
+            pending.append((cent[at:cut].copy(), inside.astype(np.uint16)))
+            del inside
+            at = cut
             if stop < end:
                 break  # the block goes on in the next segment
             flush_block()
             if block >= n_blocks:
                 break
+        del doc, cent
     if done_doc != n_pairs or done_ivf != n_pairs:
         raise ValueError(f"the segments' inverted lists hold {done_doc:,} pairs, not {n_pairs:,}")
     ivf_offsets = arrays.empty(n_blocks * k + 1, off_dtype)

@@ -395,3 +395,16 @@ def test_old_reader_survives_delete_and_writer_reopen(store_copy, template_corpu
         reader.close()
     store.Store.open(store_copy, writable=True).close()
     assert not bitmap.exists()  # collected once the reader let go
+
+
+@settings(max_examples=100, deadline=None)
+@given(lists=st.lists(st.lists(st.integers(0, 2**32 - 1), max_size=12).map(sorted), max_size=8))
+def test_inverted_list_deltas_round_trip_up_to_2_32(lists):
+    """delta_decode_lists (uint32 running sums that wrap) inverts delta_encode_lists for any ascending lists
+    of document numbers below 2^32, empty lists included: the wrapped sums still give each value exactly."""
+    from lodestore.store._segment import delta_decode_lists, delta_encode_lists
+
+    counts = np.array([len(x) for x in lists], dtype=np.int64)
+    docs = np.array([d for x in lists for d in x], dtype=np.uint32)
+    got = delta_decode_lists(delta_encode_lists(docs, counts), counts)
+    assert got.dtype == np.uint32 and np.array_equal(got, docs)
