@@ -527,3 +527,17 @@ def test_ground_truth_keeps_zero_padded_query_tokens_at_zero(bundle, tmp_path):
     shutil.copytree(padded, trimmed)
     np.save(trimmed / "queries.npy", np.ascontiguousarray(queries[:, :-3]))
     np.testing.assert_array_equal(top, ground_truth.exact_topk(trimmed, k=5, progress=False))
+
+
+def test_bench_peers_ndcg_from_the_bundles_judgements(tmp_path):
+    """nDCG@10 of bench_peers' result lists (bundle positions) against qrels.tsv: judged queries only,
+    graded gains, None for a bundle without judgements."""
+    from tools import bench_peers
+
+    (tmp_path / "ids.txt").write_text("d0\nd1\nd2\nd3\n")
+    (tmp_path / "query_ids.txt").write_text("q1\nq2\nq3\n")
+    assert bench_peers.judged_ndcg(tmp_path, [[0, 1], [1, 2], [3, 0]]) is None
+    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td0\t1\nq2\td2\t1\n")
+    # q1: relevant first (1.0); q2: relevant second (1 / log2(3)); q3 has no judgements: left out
+    got = bench_peers.judged_ndcg(tmp_path, [[0, 1], [1, 2], [3, 0]])
+    assert got == pytest.approx((1.0 + 1.0 / np.log2(3.0)) / 2)

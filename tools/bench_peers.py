@@ -175,6 +175,30 @@ def raw_truth(bundle: Path, n: int) -> np.ndarray | None:
     return np.load(path)[:n, :10]
 
 
+def judged_ndcg(bundle: Path, results: list[list[int]]) -> float | None:
+    """nDCG@10 of the result lists (bundle document positions, query i = the bundle's query i) against
+    the bundle's judgements (qrels.tsv, query_ids.txt and ids.txt, as tools.encode_collection writes
+    them; ir-measures via lodestore.evaluate); None for a bundle without them (synthetic ones)."""
+    files = [bundle / n for n in ("qrels.tsv", "query_ids.txt", "ids.txt")]
+    if not all(f.exists() for f in files):
+        return None
+    from lodestore.evaluate import measure
+
+    lines = files[0].read_text().splitlines()
+    rows = [ln.split("\t") for ln in lines if ln.strip()]
+    if rows and not rows[0][-1].strip().lstrip("-").isdigit():
+        rows = rows[1:]  # the header
+    qrels = [(q, d, int(g)) for q, d, g in (r[:1] + r[-2:] for r in rows)]
+    qids = files[1].read_text().splitlines()[: len(results)]
+    ids = files[2].read_text().splitlines()
+    judged = {q for q, _, _ in qrels}
+    keep = [i for i, q in enumerate(qids) if q in judged]
+    if not keep:
+        return None
+    ranked = [[(ids[d], float(-r)) for r, d in enumerate(results[i][:10])] for i in keep]
+    return measure([qids[i] for i in keep], ranked, qrels, ("nDCG@10",))["nDCG@10"]
+
+
 def recall(results: list[list[int]], truth, k: int = 10) -> float:
     return float(np.mean([len(set(r[:k]) & set(list(t)[:k])) / k for r, t in zip(results, truth)]))
 
@@ -250,6 +274,7 @@ def run(args) -> list[dict]:
             results = r.pop("results")
             row.update(r)
             row["recall_raw"] = recall(results, truth) if truth is not None else None
+            row["ndcg10"] = judged_ndcg(args.bundle, results)
             store = peer_engines.make(engine_key).store_path(args.work / engine_key)
             row["recall_store"] = recall(results, store_truth(store, args.bundle, queries)) if store else None
             print(f"  {name}: p50 {row['p50_ms']:.1f} ms, R@10 raw {row['recall_raw']}", file=sys.stderr, flush=True)
@@ -264,7 +289,7 @@ def _f(v, fmt: str) -> str:
 
 def table(rows: list[dict]) -> str:
     head = ("engine", "cache", "build s", "build peak MB", "disk MB", "B/token", "load s", "p50 ms", "p95 ms", "QPS",
-            "CPU ms/q", "batch ms/q", "RSS MB", "HWM MB", "disk KB/q", "hit rate", "R@10 raw", "R@10 store", "load")
+            "CPU ms/q", "batch ms/q", "RSS MB", "HWM MB", "disk KB/q", "hit rate", "R@10 raw", "R@10 store", "nDCG@10", "load")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         b = r["build"]
@@ -281,7 +306,7 @@ def table(rows: list[dict]) -> str:
                      _f(r["load_s"], ".2f"), _f(r["p50_ms"], ".1f"), _f(r["p95_ms"], ".1f"), _f(r["qps"], ".0f"),
                      _f(r["cpu_ms"], ".1f"), _f(r["batch_ms"], ".1f"), _f(r["rss_mb"], ".0f"), _f(r["hwm_mb"], ".0f"),
                      _f(r["disk_kb_per_q"], ".0f"), _f(r.get("hit_rate"), ".2f"), _f(r["recall_raw"], ".3f"), _f(r["recall_store"], ".3f"),
-                     _f(r["loadavg"], ".1f")]
+                     _f(r.get("ndcg10"), ".4f"), _f(r["loadavg"], ".1f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
