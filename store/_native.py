@@ -43,6 +43,11 @@ if _LIB is not None:
                                       _I, _I, _I, array(np.int64, 1), array(np.int64, 1), _I,
                                       array(np.uint8, writeable=True), _I, array(np.int64, 1, writeable=True)]
         _LIB.ls_read_rows.restype = ctypes.c_int
+        # fds, loaded, n_shards, offsets, wide, n_rows, row_bytes, inner_rows, chunks_per_shard, starts, stops, n, need
+        _LIB.ls_advise_rows.argtypes = [array(np.int32, 1), array(np.bool_, 1), _I, ctypes.c_void_p, ctypes.c_int, _I,
+                                        _I, _I, _I, array(np.int64, 1), array(np.int64, 1), _I,
+                                        array(np.int64, 1, writeable=True)]
+        _LIB.ls_advise_rows.restype = _I
     _LIB.ls_advise.argtypes = [array(np.int32, 1), array(np.int64, 1), array(np.int64, 1), _I]
     _LIB.ls_advise.restype = _I
     for _name in ("ls_crc32c", "ls_crc32c_table"):
@@ -154,3 +159,22 @@ def _read_rows(fds: np.ndarray, loaded: np.ndarray, offsets: np.ndarray, n_rows:
 
 
 read_rows = _read_rows if _ROWS_LIB is not None else None
+
+
+def _advise_rows(fds: np.ndarray, loaded: np.ndarray, offsets: np.ndarray, n_rows: int, row_bytes: int,
+                 inner_rows: int, chunks_per_shard: int, starts: np.ndarray, stops: np.ndarray) -> tuple[int, int]:
+    """posix_fadvise(WILLNEED) of the chunks rows [starts[i], stops[i]) cover (each non-empty, inside the array,
+    ascending), in one call, as store/_rawarray.py advise gives them. fds, loaded, offsets as read_rows.
+    Returns (hints given, -1), or (-READ_NEED_SHARD, the shard), or (-LS_ERR_ARGS, -1) when the ranges are
+    not so (the caller then hints its own way)."""
+    if offsets.dtype not in (np.uint32, np.uint64) or not offsets.flags["C_CONTIGUOUS"] or not len(fds) == len(loaded) \
+            or len(offsets) < len(fds) * chunks_per_shard or len(starts) != len(stops):
+        raise ValueError(f"advise_rows: offsets {offsets.dtype} ({len(offsets)}), {len(fds)} files, {len(loaded)} "
+                         f"loaded flags, {chunks_per_shard} chunks a shard, {len(starts)} starts, {len(stops)} stops")
+    need = np.full(1, -1, dtype=np.int64)
+    given = _ROWS_LIB.ls_advise_rows(fds, loaded, len(fds), offsets.ctypes.data, int(offsets.dtype == np.uint64),
+                                     n_rows, row_bytes, inner_rows, chunks_per_shard, starts, stops, len(starts), need)
+    return int(given), int(need[0])
+
+
+advise_rows = _advise_rows if _ROWS_LIB is not None else None

@@ -324,6 +324,10 @@ class RawShardedArray:
         keep = (starts >= 0) & (stops > starts)
         if not keep.any():
             return 0
+        if native.advise_rows is not None and native.advise is not None:
+            given = self._advise_native(starts[keep], stops[keep])
+            if given is not None:
+                return given
         chunk_ids = self._chunks_of(starts[keep], stops[keep])
         shards = chunk_ids // self.chunks_per_shard
         offs, missing = self.chunk_offsets(chunk_ids)
@@ -343,6 +347,25 @@ class RawShardedArray:
         for fd, off, length in zip(fds, offs[first].tolist(), ((ends - first) * step).tolist()):
             os.posix_fadvise(fd, off, length, os.POSIX_FADV_WILLNEED)
         return len(first)
+
+    def _advise_native(self, starts: np.ndarray, stops: np.ndarray) -> int | None:
+        """advise in one call of the C kernel (store/_native.py advise_rows), for ranges in ascending order
+        (the engine's): the same hints. Shards are opened and their offsets loaded as it asks for them.
+        None where the ranges are not in order (or the reader is closed): advise then hints its own way."""
+        for _ in range(self.n_shards + 1):
+            if self._offsets is None:
+                self.chunk_offsets(np.zeros(0, dtype=np.int64))  # the (empty) table
+            loaded, table = self._loaded, self._offsets  # loaded first: a shard marked in it is in the table
+            if self._closed or loaded is None or table is None:
+                return None
+            given, need = native.advise_rows(self._fd_table, loaded, table, self.shape[0], self.row_bytes,
+                                             self.inner_rows, self.chunks_per_shard, starts, stops)
+            if given == -native.READ_NEED_SHARD:
+                self._fd(need)
+                self.chunk_offsets(np.array([need * self.chunks_per_shard], dtype=np.int64))
+                continue
+            return given if given >= 0 else None
+        return None
 
     def read_all(self) -> np.ndarray:
         """The whole array (used to make it resident, and by tests)."""
