@@ -208,6 +208,21 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return part[order[:k]]
 
 
+def top_k_set(scores: np.ndarray, k: int) -> np.ndarray:
+    """The indices top_k(scores, k) gives, ascending: the same k (the k-th best's ties to the lower indices),
+    without ordering them by score. scores must hold no NaN."""
+    n = len(scores)
+    k = min(k, n)
+    if k == n:
+        return np.arange(n)
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    kth = np.partition(scores, n - k)[n - k]
+    above = np.flatnonzero(scores > kth)  # fewer than k: kth is the k-th largest
+    ties = np.flatnonzero(scores == kth)[: k - len(above)]
+    return np.sort(np.concatenate([above, ties]))
+
+
 def maxsim_torch(query, tokens, doclens, device: str):
     """The same MaxSim in torch (used for the GPU path); returns a numpy float32 array."""
     import torch
