@@ -123,7 +123,8 @@ class Corpus:
             for b, (a, e) in enumerate(zip(bounds[:-1], bounds[1:])):
                 if a < e:
                     key[a:e].sort()
-                    np.add(key[a:e] >> np.uint32(16), b * self.ivf_block, out=docs[a:e], dtype=np.int64, casting="unsafe")
+                    np.add(key[a:e] >> np.uint32(16), b * self.ivf_block, out=docs[a:e], dtype=np.int64,
+                           casting="unsafe")
             return docs, key.astype(np.uint16)  # the low 16 bits: the centroids
         local = np.take(self.ivf_docs, np.repeat(starts, lens) + ramp(lens))
         owner = np.repeat((lists % k).astype(self.codec.code_dtype), lens)

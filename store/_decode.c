@@ -312,6 +312,8 @@ int ls_read_rows(const int32_t *fds, const uint8_t *loaded, int64_t n_shards, co
     }
     if (rows > out_bytes / row_bytes)
         return LS_ERR_ARGS;
+    if (spans > rows / inner_rows + 2 * n + 1) /* ranges that overlap: the caller reads each chunk once instead */
+        return LS_ERR_ARGS;
     const int64_t chunk_bytes = inner_rows * row_bytes;
     const uint64_t absent = wide ? UINT64_MAX : UINT32_MAX;
     int64_t *ids = (int64_t *)malloc((size_t)(spans ? spans : 1) * sizeof(int64_t));

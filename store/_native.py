@@ -1,5 +1,5 @@
 """The optional C kernels of the store (store/_decode.c), loaded through ctypes: decode, and
-reading CRC-checked runs of inner chunks.
+reading CRC-checked runs of inner chunks (and, in one call each, a read's row ranges and its read hints).
 
 ctypes releases the GIL for the call, so a Searcher's threads decode and read in
 parallel; numpy's decode holds it between its five array operations, and the
@@ -143,9 +143,10 @@ def _read_rows(fds: np.ndarray, loaded: np.ndarray, offsets: np.ndarray, n_rows:
                out: np.ndarray) -> tuple[int, np.ndarray]:
     """Rows [starts[i], stops[i]) of a sharded array into out (C-contiguous (rows, ...), every row concatenated
     in order), read and CRC-checked in one call: fds and loaded per shard, offsets the byte offset of every
-    inner chunk (uint32 or uint64, all ones: absent); runs of at most max_run chunks a read call. Returns (status, stats): status 0, READ_NEED_SHARD, or
-    an error after which the caller reads again its own way (which names the file and chunk); stats =
-    [bytes read, read calls, calls that waited for the device (-1: unknown), the shard needed]."""
+    inner chunk (uint32 or uint64, all ones: absent); runs of at most max_run chunks a read call.
+    Returns (status, stats): status 0, READ_NEED_SHARD, or an error after which the caller reads again its
+    own way (which names the file and chunk); stats = [bytes read, read calls, calls that waited for the
+    device (-1: unknown), the shard needed]."""
     if offsets.dtype not in (np.uint32, np.uint64) or not offsets.flags["C_CONTIGUOUS"] or not len(fds) == len(loaded) \
             or len(offsets) < len(fds) * chunks_per_shard:
         raise ValueError(f"read_rows: offsets {offsets.dtype} ({len(offsets)}), {len(fds)} files, {len(loaded)} loaded "
@@ -153,8 +154,8 @@ def _read_rows(fds: np.ndarray, loaded: np.ndarray, offsets: np.ndarray, n_rows:
     stats = np.zeros(4, dtype=np.int64)
     flat = out.reshape(-1).view(np.uint8)
     status = _ROWS_LIB.ls_read_rows(fds, loaded, len(fds), offsets.ctypes.data, int(offsets.dtype == np.uint64),
-                                    n_rows, row_bytes, inner_rows, chunks_per_shard, max_run, starts, stops, len(starts),
-                                    flat, out.nbytes, stats)
+                                    n_rows, row_bytes, inner_rows, chunks_per_shard, max_run, starts, stops,
+                                    len(starts), flat, out.nbytes, stats)
     return int(status), stats
 
 

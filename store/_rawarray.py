@@ -255,7 +255,8 @@ class RawShardedArray:
         """Rows [starts[i], stops[i]) for every i, concatenated in the given order.
 
         Returns (rows, io) where io = {"bytes": ..., "calls": ...} and, where the reader can tell,
-        "waits": the calls that had to wait for the device.
+        "waits": the calls that had to wait for the device. With the C reader, all in one call
+        (_read_rows_native); else read_chunks, then the rows gathered.
         """
         starts = np.asarray(starts, dtype=np.int64)
         stops = np.asarray(stops, dtype=np.int64)
