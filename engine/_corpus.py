@@ -109,13 +109,25 @@ class Corpus:
         """The (document, centroid) pairs of the given centroids' inverted lists, sorted by document
         (int64), then by centroid (the codec's code dtype): each candidate's probed centroids together.
         The lists come block by block, so each block's pairs are sorted on their uint16 offsets (a
-        radix sort) instead of the whole by int64 document numbers."""
+        radix sort; with 16-bit centroid ids, offset and centroid packed in one uint32 and sorted, which
+        gives the same order) instead of the whole by int64 document numbers."""
         k = self.codec.num_centroids
         lists, starts, lens = self._lists(cents)
-        local = np.take(self.ivf_docs, np.repeat(starts, lens) + ramp(lens))
-        owner = np.repeat((lists % k).astype(self.codec.code_dtype), lens)
         n_blocks = (len(self.ivf_offsets) - 1) // k
         bounds = np.concatenate([[0], np.cumsum(lens.reshape(n_blocks, -1).sum(axis=1))]).tolist()
+        if self.ivf_docs.dtype == np.uint16 and np.dtype(self.codec.code_dtype) == np.uint16:
+            # both 16-bit: each pair as one uint32 (offset, centroid), sorted in place: the same order, no gathers
+            key = np.take(self.ivf_docs, np.repeat(starts, lens) + ramp(lens)).astype(np.uint32) << np.uint32(16)
+            key |= np.repeat((lists % k).astype(np.uint32), lens)
+            docs = np.empty(len(key), dtype=np.int64)
+            for b, (a, e) in enumerate(zip(bounds[:-1], bounds[1:])):
+                if a < e:
+                    key[a:e].sort()
+                    np.add(key[a:e] >> np.uint32(16), b * self.ivf_block, out=docs[a:e], dtype=np.int64,
+                           casting="unsafe")
+            return docs, key.astype(np.uint16)  # the low 16 bits: the centroids
+        local = np.take(self.ivf_docs, np.repeat(starts, lens) + ramp(lens))
+        owner = np.repeat((lists % k).astype(self.codec.code_dtype), lens)
         docs = np.empty(len(local), dtype=np.int64)
         cents_out = np.empty(len(local), dtype=owner.dtype)
         for b, (a, e) in enumerate(zip(bounds[:-1], bounds[1:])):

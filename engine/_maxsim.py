@@ -13,6 +13,9 @@ import numpy as np
 from . import _native as native
 
 CI_CHUNK_TOKENS = 8192  # tokens per centroid-interaction slice (bounds the query's working set)
+# the C kernel gathers nothing, so its slices are this many times larger: fewer calls and thread hand-offs,
+# and a large candidate set still has enough slices to share over the threads
+CI_NATIVE_FACTOR = 8
 
 
 def maxsim_concat(query: np.ndarray, tokens: np.ndarray, doclens: np.ndarray, *,
@@ -41,21 +44,23 @@ def centroid_interaction(table: np.ndarray, doc_codes: np.ndarray, starts: np.nd
     Computed in slices of whole documents of ~CI_CHUNK_TOKENS ids: each slice
     gathers its ids, then their table rows (one contiguous row per id), then a
     segmented max over each document's rows, so the working set stays ~1 MB
-    whatever the number of candidates. Slices are spread over `workers`
+    whatever the number of candidates (the C kernel gathers nothing: its slices
+    are CI_NATIVE_FACTOR times larger). Slices are spread over `workers`
     (engine._parallel.Workers) when given; they do not depend on the number of
     threads, so neither do the scores.
     """
     if len(lens) == 0:
         return np.zeros(0, dtype=np.float32)
+    fast = native.centroid_interaction is not None and table.dtype == np.int16 and table.flags.c_contiguous \
+        and doc_codes.dtype == np.uint16 and doc_codes.flags.c_contiguous
+    chunk = CI_CHUNK_TOKENS * CI_NATIVE_FACTOR if fast else CI_CHUNK_TOKENS
     ends = np.cumsum(lens)
     cuts = [0]  # document index where each slice starts
     while cuts[-1] < len(lens):
         a = cuts[-1]
         start = ends[a - 1] if a else 0
-        cuts.append(max(a + 1, int(np.searchsorted(ends, start + CI_CHUNK_TOKENS, side="right"))))
+        cuts.append(max(a + 1, int(np.searchsorted(ends, start + chunk, side="right"))))
     out = np.empty(len(lens), dtype=np.float32)
-    fast = native.centroid_interaction is not None and table.dtype == np.int16 and table.flags.c_contiguous \
-        and doc_codes.dtype == np.uint16 and doc_codes.flags.c_contiguous
 
     def one(i: int) -> None:
         a, b = cuts[i], cuts[i + 1]
@@ -201,6 +206,21 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
         part = np.arange(n)
     order = np.lexsort((part, -scores[part]))
     return part[order[:k]]
+
+
+def top_k_set(scores: np.ndarray, k: int) -> np.ndarray:
+    """The indices top_k(scores, k) gives, ascending: the same k (the k-th best's ties to the lower indices),
+    without ordering them by score. scores must hold no NaN."""
+    n = len(scores)
+    k = min(k, n)
+    if k == n:
+        return np.arange(n)
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    kth = np.partition(scores, n - k)[n - k]
+    above = np.flatnonzero(scores > kth)  # fewer than k: kth is the k-th largest
+    ties = np.flatnonzero(scores == kth)[: k - len(above)]
+    return np.sort(np.concatenate([above, ties]))
 
 
 def maxsim_torch(query, tokens, doclens, device: str):

@@ -18,7 +18,7 @@ import numpy as np
 from . import _native as native
 from ._corpus import Corpus
 from ._filter import Allowed
-from ._maxsim import aligned_empty, centroid_interaction, int8_query, score_table_i8, top_k
+from ._maxsim import aligned_empty, centroid_interaction, int8_query, score_table_i8, top_k, top_k_set
 from ._parallel import Workers
 from ._rows import RowReader
 from ._settings import MAX_PROBE, SearchSettings
@@ -114,8 +114,8 @@ class Prober:
                 bound = centroid_interaction(table, pair_cents, first, counts, self.workers)
                 if self.rows.reading_ahead:
                     self._read_ahead(docs[top_k(bound, 2 * min(survivors, settings.wave))])
-                if len(docs) > keep:
-                    docs = np.sort(docs[top_k(bound, keep)])
+                if len(docs) > keep:  # the same `keep` as top_k's, in document order (docs is ascending)
+                    docs = docs[top_k_set(bound, keep)]
         if len(docs) == 0:
             return docs, np.zeros(0, dtype=np.float32)
         starts, lens = c.distinct_code_spans(docs)

@@ -1,5 +1,5 @@
 """The optional C kernels of the store (store/_decode.c), loaded through ctypes: decode, and
-reading CRC-checked runs of inner chunks.
+reading CRC-checked runs of inner chunks (and, in one call each, a read's row ranges and its read hints).
 
 ctypes releases the GIL for the call, so a Searcher's threads decode and read in
 parallel; numpy's decode holds it between its five array operations, and the
@@ -33,7 +33,21 @@ _LIB = bind(load_library("lodestore.store._decode"), ("ls_decode_abi", LS_DECODE
                        array(np.uint8, writeable=True), _I, array(np.int64, 1, writeable=True),
                        array(np.int64, 1, writeable=True)],
 }, ctypes.c_int)
+_ROWS_LIB = None  # ls_read_rows, bound apart: a library built before it still decodes and reads chunks
 if _LIB is not None:
+    if hasattr(_LIB, "ls_read_rows"):
+        _ROWS_LIB = _LIB
+        # fds, loaded, n_shards, offsets, wide, n_rows, row_bytes, inner_rows, chunks_per_shard, max_run, starts,
+        # stops, n, out, out_bytes, stats
+        _LIB.ls_read_rows.argtypes = [array(np.int32, 1), array(np.bool_, 1), _I, ctypes.c_void_p, ctypes.c_int, _I, _I,
+                                      _I, _I, _I, array(np.int64, 1), array(np.int64, 1), _I,
+                                      array(np.uint8, writeable=True), _I, array(np.int64, 1, writeable=True)]
+        _LIB.ls_read_rows.restype = ctypes.c_int
+        # fds, loaded, n_shards, offsets, wide, n_rows, row_bytes, inner_rows, chunks_per_shard, starts, stops, n, need
+        _LIB.ls_advise_rows.argtypes = [array(np.int32, 1), array(np.bool_, 1), _I, ctypes.c_void_p, ctypes.c_int, _I,
+                                        _I, _I, _I, array(np.int64, 1), array(np.int64, 1), _I,
+                                        array(np.int64, 1, writeable=True)]
+        _LIB.ls_advise_rows.restype = _I
     _LIB.ls_advise.argtypes = [array(np.int32, 1), array(np.int64, 1), array(np.int64, 1), _I]
     _LIB.ls_advise.restype = _I
     for _name in ("ls_crc32c", "ls_crc32c_table"):
@@ -119,3 +133,49 @@ def _advise(fds: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> int:
 
 
 advise = _advise if _LIB is not None else None  # else store/_rawarray.py calls os.posix_fadvise run by run
+
+
+READ_NEED_SHARD = 100  # ls_read_rows: a shard is not open or its chunk offsets not loaded yet (stats[3])
+
+
+def _read_rows(fds: np.ndarray, loaded: np.ndarray, offsets: np.ndarray, n_rows: int, row_bytes: int, inner_rows: int,
+               chunks_per_shard: int, max_run: int, starts: np.ndarray, stops: np.ndarray,
+               out: np.ndarray) -> tuple[int, np.ndarray]:
+    """Rows [starts[i], stops[i]) of a sharded array into out (C-contiguous (rows, ...), every row concatenated
+    in order), read and CRC-checked in one call: fds and loaded per shard, offsets the byte offset of every
+    inner chunk (uint32 or uint64, all ones: absent); runs of at most max_run chunks a read call.
+    Returns (status, stats): status 0, READ_NEED_SHARD, or an error after which the caller reads again its
+    own way (which names the file and chunk); stats = [bytes read, read calls, calls that waited for the
+    device (-1: unknown), the shard needed]."""
+    if offsets.dtype not in (np.uint32, np.uint64) or not offsets.flags["C_CONTIGUOUS"] or not len(fds) == len(loaded) \
+            or len(offsets) < len(fds) * chunks_per_shard:
+        raise ValueError(f"read_rows: offsets {offsets.dtype} ({len(offsets)}), {len(fds)} files, {len(loaded)} loaded "
+                         f"flags, {chunks_per_shard} chunks a shard")
+    stats = np.zeros(4, dtype=np.int64)
+    flat = out.reshape(-1).view(np.uint8)
+    status = _ROWS_LIB.ls_read_rows(fds, loaded, len(fds), offsets.ctypes.data, int(offsets.dtype == np.uint64),
+                                    n_rows, row_bytes, inner_rows, chunks_per_shard, max_run, starts, stops,
+                                    len(starts), flat, out.nbytes, stats)
+    return int(status), stats
+
+
+read_rows = _read_rows if _ROWS_LIB is not None else None
+
+
+def _advise_rows(fds: np.ndarray, loaded: np.ndarray, offsets: np.ndarray, n_rows: int, row_bytes: int,
+                 inner_rows: int, chunks_per_shard: int, starts: np.ndarray, stops: np.ndarray) -> tuple[int, int]:
+    """posix_fadvise(WILLNEED) of the chunks rows [starts[i], stops[i]) cover (each non-empty, inside the array,
+    ascending), in one call, as store/_rawarray.py advise gives them. fds, loaded, offsets as read_rows.
+    Returns (hints given, -1), or (-READ_NEED_SHARD, the shard), or (-LS_ERR_ARGS, -1) when the ranges are
+    not so (the caller then hints its own way)."""
+    if offsets.dtype not in (np.uint32, np.uint64) or not offsets.flags["C_CONTIGUOUS"] or not len(fds) == len(loaded) \
+            or len(offsets) < len(fds) * chunks_per_shard or len(starts) != len(stops):
+        raise ValueError(f"advise_rows: offsets {offsets.dtype} ({len(offsets)}), {len(fds)} files, {len(loaded)} "
+                         f"loaded flags, {chunks_per_shard} chunks a shard, {len(starts)} starts, {len(stops)} stops")
+    need = np.full(1, -1, dtype=np.int64)
+    given = _ROWS_LIB.ls_advise_rows(fds, loaded, len(fds), offsets.ctypes.data, int(offsets.dtype == np.uint64),
+                                     n_rows, row_bytes, inner_rows, chunks_per_shard, starts, stops, len(starts), need)
+    return int(given), int(need[0])
+
+
+advise_rows = _advise_rows if _ROWS_LIB is not None else None

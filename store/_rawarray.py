@@ -25,6 +25,7 @@ from ._smallarray import _sp, read_array_meta
 
 _MISSING = np.uint64(2**64 - 1)
 _MAX_RUN = 256  # chunks per preadv call (2 buffers each; IOV_MAX is 1024 on Linux)
+assert native.read_chunks is None or _MAX_RUN <= native.RUN_CHUNKS  # then the C reader reads a run in one call
 
 
 class RawShardedArray:
@@ -46,6 +47,7 @@ class RawShardedArray:
         self.chunks_per_shard = self.shard_rows // self.inner_rows
         self.n_shards = -(-self.shape[0] // self.shard_rows)
         self._fds: dict[int, int] = {}
+        self._fd_table = np.full(self.n_shards, -1, dtype=np.int32)  # the same descriptors by shard (-1: not open)
         self._offsets: np.ndarray | None = None  # every inner chunk's byte offset (see chunk_offsets)
         self._loaded: np.ndarray | None = None  # which shards' indexes are in it
         self._lock = threading.Lock()
@@ -91,6 +93,7 @@ class RawShardedArray:
                     except OSError as e:
                         raise CorruptStoreError(f"{self.shard_file(shard)}: unreadable shard ({e})") from None
                     self._fds[shard] = fd
+                    self._fd_table[shard] = fd
         return fd
 
     def shard_index(self, shard: int) -> np.ndarray:
@@ -122,6 +125,12 @@ class RawShardedArray:
         the number of shards it touches.
         """
         shards = chunk_ids // self.chunks_per_shard
+        loaded = self._loaded
+        if loaded is not None and loaded[shards].all():  # no lock: a shard is marked loaded after its
+            table = self._offsets  # offsets are in the table (widened first where it had to be)
+            if table is not None:
+                offs = table[chunk_ids]
+                return offs.astype(np.uint64), offs == (_MISSING if table.dtype == np.uint64 else 0xFFFFFFFF)
         with self._lock:
             if self._offsets is None:
                 n = self.n_shards * self.chunks_per_shard
@@ -150,6 +159,7 @@ class RawShardedArray:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+            self._fd_table[:] = -1
             self._offsets = self._loaded = None
 
     # ------------------------------------------------------------------ reads
@@ -224,9 +234,13 @@ class RawShardedArray:
             a = int(first[np.flatnonzero(missing[first])[0]])
             raise CorruptStoreError(
                 f"{self.shard_file(int(shards[a]))}: inner chunk {int(pos[a])} is absent from the shard index")
-        counts = np.diff(np.append(first, n))
-        fd_of = {s: self._fd(s) for s in np.unique(shards[first]).tolist()}
-        fds = np.array([fd_of[s] for s in shards[first].tolist()], dtype=np.int32)
+        counts = np.diff(first, append=n)
+        run_shards = shards[first]
+        fds = self._fd_table[run_shards]
+        if self._closed or (fds < 0).any():  # open them (or say the reader is closed)
+            for s in np.unique(run_shards).tolist():
+                self._fd(s)
+            fds = self._fd_table[run_shards]
         status, which, err, waits = native.read_chunks(fds, offs[first].astype(np.int64), counts, self.chunk_bytes, flat)
         if status == native.READ_BAD_CRC:
             raise self._checksum_mismatch(chunk_ids, shards, pos, which)
@@ -234,14 +248,15 @@ class RawShardedArray:
             raise CorruptStoreError(f"{self.shard_file(int(shards[first[which]]))}: short read (file truncated?)")
         if status == native.READ_ERROR:
             raise OSError(err, os.strerror(err), str(self.shard_file(int(shards[first[which]]))))
-        calls = int((-(-counts // native.RUN_CHUNKS)).sum())
+        calls = len(counts)  # runs are cut at _MAX_RUN chunks, within what the kernel reads in one call
         return n * (self.chunk_bytes + 4), calls, waits
 
     def read_ranges(self, starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, dict]:
         """Rows [starts[i], stops[i]) for every i, concatenated in the given order.
 
         Returns (rows, io) where io = {"bytes": ..., "calls": ...} and, where the reader can tell,
-        "waits": the calls that had to wait for the device.
+        "waits": the calls that had to wait for the device. With the C reader, all in one call
+        (_read_rows_native); else read_chunks, then the rows gathered.
         """
         starts = np.asarray(starts, dtype=np.int64)
         stops = np.asarray(stops, dtype=np.int64)
@@ -251,6 +266,10 @@ class RawShardedArray:
             return np.empty((0,) + self.row_shape, self.dtype), {"bytes": 0, "calls": 0}
         if starts.min() < 0 or stops.max() > self.shape[0] or (lens < 0).any():
             raise IndexError(f"row range outside {self.path.name} of {self.shape[0]} rows")
+        if native.read_rows is not None and native.read_chunks is not None:
+            got = self._read_rows_native(starts, stops, total)
+            if got is not None:
+                return got
         ir = self.inner_rows
         first = starts // ir
         chunk_ids = self._chunks_of(starts, stops)
@@ -261,6 +280,33 @@ class RawShardedArray:
         rows = np.repeat(first_pos, lens) + _ramp(lens)
         gathered = np.take(data.reshape((-1,) + self.row_shape), rows, axis=0)
         return gathered, io
+
+    def _read_rows_native(self, starts: np.ndarray, stops: np.ndarray, total: int) -> tuple[np.ndarray, dict] | None:
+        """read_ranges in one call of the C reader (store/_native.py read_rows): the same rows, read and checked
+        the same way, without a Python step per chunk run or a gathered copy. Shards are opened and their
+        offsets loaded here as the reader asks for them. None on any error: read_ranges then reads again
+        its own way, and names the file and chunk."""
+        out = np.empty((total,) + self.row_shape, dtype=self.dtype)
+        for _ in range(self.n_shards + 1):
+            if self._offsets is None:
+                self.chunk_offsets(np.zeros(0, dtype=np.int64))  # the (empty) table
+            loaded, table = self._loaded, self._offsets  # loaded first: a shard marked in it is in the table
+            if self._closed or loaded is None or table is None:
+                return None
+            status, stats = native.read_rows(self._fd_table, loaded, table, self.shape[0], self.row_bytes,
+                                             self.inner_rows, self.chunks_per_shard, _MAX_RUN, starts, stops, out)
+            if status == native.READ_NEED_SHARD:
+                shard = int(stats[3])
+                self._fd(shard)
+                self.chunk_offsets(np.array([shard * self.chunks_per_shard], dtype=np.int64))
+                continue
+            if status != 0:
+                return None
+            io = {"bytes": int(stats[0]), "calls": int(stats[1])}
+            if stats[2] >= 0:
+                io["waits"] = int(stats[2])
+            return out, io
+        return None
 
     def _chunks_of(self, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
         """Sorted unique inner-chunk ids that rows [starts[i], stops[i]) cover (ranges checked by the caller)."""
@@ -279,6 +325,10 @@ class RawShardedArray:
         keep = (starts >= 0) & (stops > starts)
         if not keep.any():
             return 0
+        if native.advise_rows is not None and native.advise is not None:
+            given = self._advise_native(starts[keep], stops[keep])
+            if given is not None:
+                return given
         chunk_ids = self._chunks_of(starts[keep], stops[keep])
         shards = chunk_ids // self.chunks_per_shard
         offs, missing = self.chunk_offsets(chunk_ids)
@@ -298,6 +348,25 @@ class RawShardedArray:
         for fd, off, length in zip(fds, offs[first].tolist(), ((ends - first) * step).tolist()):
             os.posix_fadvise(fd, off, length, os.POSIX_FADV_WILLNEED)
         return len(first)
+
+    def _advise_native(self, starts: np.ndarray, stops: np.ndarray) -> int | None:
+        """advise in one call of the C kernel (store/_native.py advise_rows), for ranges in ascending order
+        (the engine's): the same hints. Shards are opened and their offsets loaded as it asks for them.
+        None where the ranges are not in order (or the reader is closed): advise then hints its own way."""
+        for _ in range(self.n_shards + 1):
+            if self._offsets is None:
+                self.chunk_offsets(np.zeros(0, dtype=np.int64))  # the (empty) table
+            loaded, table = self._loaded, self._offsets  # loaded first: a shard marked in it is in the table
+            if self._closed or loaded is None or table is None:
+                return None
+            given, need = native.advise_rows(self._fd_table, loaded, table, self.shape[0], self.row_bytes,
+                                             self.inner_rows, self.chunks_per_shard, starts, stops)
+            if given == -native.READ_NEED_SHARD:
+                self._fd(need)
+                self.chunk_offsets(np.array([need * self.chunks_per_shard], dtype=np.int64))
+                continue
+            return given if given >= 0 else None
+        return None
 
     def read_all(self) -> np.ndarray:
         """The whole array (used to make it resident, and by tests)."""
