@@ -320,6 +320,24 @@ def test_ab_search_compares_thread_counts(bundle, built, capsys):
     assert rows[0].split("|")[6] == rows[1].split("|")[6]  # same top-10 ids whatever the thread count
 
 
+def test_ab_search_children_import_the_engine_and_store_of_their_checkout(tmp_path):
+    """The editable install maps lodestore.engine and lodestore.store to the installed checkout whatever
+    sys.path says: ab_search's children find all three packages in the checkout they were given."""
+    from tools import ab_search
+
+    for part in ("lodestore", "engine", "store"):
+        (tmp_path / part).mkdir()
+        (tmp_path / part / "__init__.py").write_text("")
+    finder = ab_search._Checkout(str(tmp_path))
+    for name, part in (("lodestore", "lodestore"), ("lodestore.engine", "engine"), ("lodestore.store", "store")):
+        spec = finder.find_spec(name, None)
+        assert spec.origin == str(tmp_path / part / "__init__.py")
+        assert spec.submodule_search_locations == [str(tmp_path / part)]
+    assert finder.find_spec("lodestore.hybrid", None) is None  # the rest comes from lodestore/ as usual
+    (tmp_path / "store" / "__init__.py").unlink()
+    assert finder.find_spec("lodestore.store", None) is None  # a checkout without it: the usual import
+
+
 def test_bench_peers_ratios_without_raw_ground_truth():
     """A bundle without truth_k100.npy has no raw recall: the ratio line says so instead of crashing."""
     from tools import bench_peers

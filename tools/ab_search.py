@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.abc
+import importlib.util
 import json
 import os
 import subprocess
@@ -26,9 +28,32 @@ from pathlib import Path
 import numpy as np
 
 
+class _Checkout(importlib.abc.MetaPathFinder):
+    """Finds lodestore, lodestore.engine and lodestore.store in one checkout. sys.path alone is not
+    enough: the editable install's own finder maps lodestore.engine and lodestore.store to the
+    installed checkout whatever sys.path says (pyproject.toml's package-dir), so without this a
+    comparison of two checkouts ran the installed engine twice."""
+
+    PARTS = {"lodestore": "lodestore", "lodestore.engine": "engine", "lodestore.store": "store"}
+
+    def __init__(self, repo: str):
+        self.repo = repo
+
+    def find_spec(self, name, path, target=None):
+        part = self.PARTS.get(name)
+        if part is None or not os.path.isfile(os.path.join(self.repo, part, "__init__.py")):
+            return None
+        folder = os.path.join(self.repo, part)
+        return importlib.util.spec_from_file_location(name, os.path.join(folder, "__init__.py"),
+                                                      submodule_search_locations=[folder])
+
+
 def child(cfg: dict) -> dict:
     sys.path.insert(0, cfg["repo"])
+    sys.meta_path.insert(0, _Checkout(cfg["repo"]))
     import lodestore
+    import lodestore.engine
+    import lodestore.store
 
     import inspect
 
@@ -48,7 +73,8 @@ def child(cfg: dict) -> dict:
         times, ids = timed_queries(s, queries)
     return {"p50_ms": float(np.median(times) * 1e3), "mean_ms": float(np.mean(times) * 1e3),
             "hash": hashlib.sha1(json.dumps(ids).encode()).hexdigest()[:8], "load": os.getloadavg()[0],
-            "lodestore": lodestore.__file__, "threads": options.get("threads", 1)}
+            "lodestore": [m.__file__ for m in (lodestore, lodestore.engine, lodestore.store)],
+            "threads": options.get("threads", 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     for (repo, threads), rs in runs.items():
         med = float(np.median([r["p50_ms"] for r in rs]))
         first = first or med
-        assert all(Path(r["lodestore"]).resolve().is_relative_to(repo) for r in rs), rs  # the checkout asked for
+        assert all(Path(f).resolve().is_relative_to(repo) for r in rs for f in r["lodestore"]), rs  # the checkout asked for
         per_round = " / ".join(f"{r['p50_ms']:.1f}" for r in rs)
         used = ",".join(sorted({str(r["threads"]) for r in rs}))
         print(f"| {repo} | {used} | {per_round} | {med:.1f} | x{med / first:.2f} | "
