@@ -45,10 +45,24 @@ SMALL_ARRAYS = ("doc_offsets", "ivf_offsets", "ivf_docs", "id_offsets", "id_byte
 SEGMENT_FORMAT = 1
 
 
+PAGE = 4096
+CRC_BYTES = 4
+
+
 def inner_rows_for(row_bytes: int) -> int:
-    """Rows per inner chunk: the power of two that makes a chunk about 4 KiB (one page)."""
+    """Rows per inner chunk: where whole rows fill a page with the chunk's CRC32C exactly (the codes' 2-byte
+    rows: 2,046 rows + 4 bytes = 4,096), the chunks lie on page boundaries, so reading one costs the
+    device one page instead of the two a chunk straddling a boundary costs; else the power of two
+    that makes a chunk about 4 KiB."""
+    if row_bytes > 0 and (PAGE - CRC_BYTES) % row_bytes == 0:
+        return (PAGE - CRC_BYTES) // row_bytes
     rows = max(16, 4096 // max(row_bytes, 1))
     return 1 << (rows.bit_length() - 1)
+
+
+def shard_rows_for(inner_rows: int) -> int:
+    """Rows per shard: the most whole inner chunks within SHARD_ROWS (SHARD_ROWS itself for powers of two)."""
+    return inner_rows * max(1, SHARD_ROWS // inner_rows)
 
 
 def _token_array(group: "zarr.Group", name: str, shape: tuple[int, ...], dtype: np.dtype) -> "zarr.Array":
@@ -58,7 +72,7 @@ def _token_array(group: "zarr.Group", name: str, shape: tuple[int, ...], dtype: 
     inner = inner_rows_for(row_bytes)
     return group.create_array(
         name, shape=shape, dtype=dtype,
-        shards=(SHARD_ROWS,) + shape[1:], chunks=(inner,) + shape[1:],
+        shards=(shard_rows_for(inner),) + shape[1:], chunks=(inner,) + shape[1:],
         serializer=BytesCodec(endian="little"), compressors=[Crc32cCodec()], fill_value=0,
         config={"write_empty_chunks": True},
     )
@@ -82,6 +96,7 @@ class _RowBuffer:
 
     def __init__(self, array: "zarr.Array"):
         self.array = array
+        self.shard_rows = int(array.shards[0])  # the array's own (codes and residuals may differ)
         self.parts: list[np.ndarray] = []
         self.buffered = 0
         self.written = 0
@@ -89,14 +104,14 @@ class _RowBuffer:
     def append(self, rows: np.ndarray) -> None:
         self.parts.append(rows)
         self.buffered += len(rows)
-        if self.buffered >= SHARD_ROWS:
+        if self.buffered >= self.shard_rows:
             self.flush(final=False)
 
     def flush(self, final: bool) -> None:
         if not self.parts:
             return
         data = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
-        n = len(data) if final else (len(data) // SHARD_ROWS) * SHARD_ROWS
+        n = len(data) if final else (len(data) // self.shard_rows) * self.shard_rows
         if n:
             self.array[self.written : self.written + n] = data[:n]
             self.written += n

@@ -408,3 +408,33 @@ def test_inverted_list_deltas_round_trip_up_to_2_32(lists):
     docs = np.array([d for x in lists for d in x], dtype=np.uint32)
     got = delta_decode_lists(delta_encode_lists(docs, counts), counts)
     assert got.dtype == np.uint32 and np.array_equal(got, docs)
+
+
+def test_codes_chunks_lie_on_page_boundaries(tmp_path):
+    """The codes' inner chunks are 2,046 rows: with its CRC a chunk fills one 4 KiB page exactly, so every
+    chunk starts on a page boundary (one device page a read, not two); shards of 32 chunks (65,472 rows);
+    zarr-python reads the array as written (FORMAT.md 8.4)."""
+    import json
+
+    import zarr
+
+    from lodestore.store._rawarray import RawShardedArray
+    from lodestore.store._safefs import StorePath
+
+    rng = np.random.default_rng(3)
+    docs = [rng.standard_normal((int(rng.integers(20, 60)), 32)).astype(np.float32) for _ in range(2500)]
+    path = tmp_path / "s"
+    with store.Store.create(path, dim=32, nbits=2, num_centroids=16) as s:
+        s.add([str(i) for i in range(len(docs))], docs)
+    seg = next((path / "segments").glob("seg-*[0-9]"))
+    meta = json.loads((seg / "codes" / "zarr.json").read_text())
+    assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [65472]
+    assert meta["codecs"][0]["configuration"]["chunk_shape"] == [2046]
+    codes = RawShardedArray(StorePath(seg / "codes"))
+    assert codes.shape[0] > 65472  # two shards at least
+    for shard in range(codes.n_shards):
+        offsets = codes.shard_index(shard)[:, 0]
+        present = offsets != np.uint64(2**64 - 1)
+        assert (offsets[present] % 4096 == 0).all()
+    np.testing.assert_array_equal(zarr.open_array(seg / "codes", mode="r")[:], codes.read_all())
+    codes.close()
