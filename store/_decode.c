@@ -408,23 +408,23 @@ int64_t ls_advise(const int32_t *fds, const int64_t *offs, const int64_t *lens, 
  * array, start < stop, in ascending order), as store/_rawarray.py advise does it: the chunks in order, back-to-back
  * ones of one shard as one hint, absent ones skipped. fds, loaded, offsets, wide as ls_read_rows. Returns the
  * hints the kernel took, or -LS_READ_NEED_SHARD (*need = the shard) when a shard is not open or loaded yet, or
- * -LS_ERR_ARGS for a range outside the array or chunks out of order (the caller then hints its own way). */
+ * LS_ERR_ARGS (itself negative) for a range outside the array or chunks out of order (the caller then hints its own way). */
 int64_t ls_advise_rows(const int32_t *fds, const uint8_t *loaded, int64_t n_shards, const void *offsets, int wide,
                        int64_t n_rows, int64_t row_bytes, int64_t inner_rows, int64_t chunks_per_shard,
                        const int64_t *starts, const int64_t *stops, int64_t n, int64_t *need)
 {
     if (row_bytes <= 0 || inner_rows <= 0 || chunks_per_shard <= 0)
-        return -LS_ERR_ARGS;
+        return LS_ERR_ARGS;
     const int64_t step = inner_rows * row_bytes + 4;
     const uint64_t absent = wide ? UINT64_MAX : UINT32_MAX;
     int64_t last = -1; /* the last chunk seen */
     for (int64_t i = 0; i < n; i++) { /* every check first: nothing is hinted when the caller must do it */
         if (starts[i] < 0 || stops[i] <= starts[i] || stops[i] > n_rows || starts[i] / inner_rows < last)
-            return -LS_ERR_ARGS;
+            return LS_ERR_ARGS;
         last = (stops[i] - 1) / inner_rows;
         for (int64_t s = starts[i] / inner_rows / chunks_per_shard; s <= last / chunks_per_shard; s++) {
             if (s >= n_shards)
-                return -LS_ERR_ARGS;
+                return LS_ERR_ARGS;
             if (fds[s] < 0 || !loaded[s]) {
                 *need = s;
                 return -LS_READ_NEED_SHARD;

@@ -166,7 +166,7 @@ def _advise_rows(fds: np.ndarray, loaded: np.ndarray, offsets: np.ndarray, n_row
                  inner_rows: int, chunks_per_shard: int, starts: np.ndarray, stops: np.ndarray) -> tuple[int, int]:
     """posix_fadvise(WILLNEED) of the chunks rows [starts[i], stops[i]) cover (each non-empty, inside the array,
     ascending), in one call, as store/_rawarray.py advise gives them. fds, loaded, offsets as read_rows.
-    Returns (hints given, -1), or (-READ_NEED_SHARD, the shard), or (-LS_ERR_ARGS, -1) when the ranges are
+    Returns (hints given, -1), or (-READ_NEED_SHARD, the shard), or (LS_ERR_ARGS, a negative, -1) when the ranges are
     not so (the caller then hints its own way)."""
     if offsets.dtype not in (np.uint32, np.uint64) or not offsets.flags["C_CONTIGUOUS"] or not len(fds) == len(loaded) \
             or len(offsets) < len(fds) * chunks_per_shard or len(starts) != len(stops):

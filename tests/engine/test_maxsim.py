@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lodestore.engine._maxsim import centroid_interaction, maxsim_concat, maxsim_torch, top_k
+from lodestore.engine._maxsim import centroid_interaction, maxsim_concat, maxsim_torch, top_k, top_k_set
 
 
 def centroid_scores_concat(scores: np.ndarray, codes: np.ndarray, doclens: np.ndarray) -> np.ndarray:
@@ -122,6 +122,17 @@ def test_single_token_documents_score_sum_of_dot_products():
 
 
 # --------------------------------------------------------------------------- top_k
+
+
+@given(
+    values=st.lists(st.integers(0, 4), min_size=0, max_size=60),  # few distinct values: many ties
+    k=st.integers(1, 70),
+)
+def test_top_k_set_is_top_k_in_index_order(values, k):
+    """The cut's candidates (engine/_probe.py): the same k indices as top_k, ties at the k-th best to the
+    lower indices, ascending."""
+    scores = np.array(values, dtype=np.float32)
+    np.testing.assert_array_equal(top_k_set(scores, k), np.sort(top_k(scores, k)))
 
 
 @given(

@@ -187,6 +187,51 @@ def test_c_reader_reads_runs_across_shards_like_the_python_reader(tmp_path, monk
             np.testing.assert_array_equal(raw.read_all()[:, ...], raw.read_ranges(np.array([0]), np.array([raw.shape[0]]))[0])
 
 
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_one_call_row_reads_and_hints_match_the_python_reader(tmp_path_factory, data):
+    """read_ranges and advise in one C call (store/_native.py read_rows, advise_rows) against the Python
+    reader they stand in for: the same rows and io counts, the same hints, for ranges in any order, empty,
+    overlapping, and across shards (shards of 4,096 rows here)."""
+    if _native.read_rows is None:
+        pytest.skip("C kernels not built")
+    from lodestore.store import _segment
+    from lodestore.store.testing.synthetic import make_corpus
+
+    path = tmp_path_factory.getbasetemp() / "one_call_store"
+    if not path.exists():
+        saved, _segment.SHARD_ROWS = _segment.SHARD_ROWS, 4096
+        try:
+            tokens, lens = make_corpus(200, 16, n_clusters=4, mean_len=100, min_len=50, max_len=150, seed=7)
+            bounds = np.concatenate([[0], np.cumsum(lens)])
+            with store.Store.create(path, dim=16, nbits=2, num_centroids=16, seed=1) as s:
+                s.add([f"d{i}" for i in range(200)], [tokens[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+        finally:
+            _segment.SHARD_ROWS = saved
+    with store.Store.open(path) as s:
+        raw = s.segments[0].residuals if data.draw(st.booleans()) else s.segments[0].codes
+        n = raw.shape[0]
+        pairs = data.draw(st.lists(st.tuples(st.integers(0, n), st.integers(0, 300)), min_size=1, max_size=12))
+        starts = np.array([a for a, _ in pairs], dtype=np.int64)
+        stops = np.minimum(starts + np.array([b for _, b in pairs], dtype=np.int64), n)
+        fast, io_fast = raw.read_ranges(starts, stops)
+        hinted_fast = raw.advise(np.sort(starts), np.sort(starts) + (stops - starts)[np.argsort(starts)])
+        kernels = _native.read_rows, _native.advise_rows
+        _native.read_rows = _native.advise_rows = None
+        try:
+            slow, io_slow = raw.read_ranges(starts, stops)
+            hinted_slow = raw.advise(np.sort(starts), np.sort(starts) + (stops - starts)[np.argsort(starts)])
+        finally:
+            _native.read_rows, _native.advise_rows = kernels
+    np.testing.assert_array_equal(fast, slow)
+    assert io_fast["bytes"] >= io_slow["bytes"]  # every chunk needed, at least once
+    keep = stops > starts
+    first, last = starts[keep] // raw.inner_rows, (stops[keep] - 1) // raw.inner_rows
+    if (np.diff(starts[keep]) > 0).all() and (first[1:] > last[:-1]).all():  # ascending, no chunk shared
+        assert (io_fast["bytes"], io_fast["calls"]) == (io_slow["bytes"], io_slow["calls"])
+    assert hinted_fast == hinted_slow
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.binary(max_size=300), st.integers(0, 7))
 def test_crc32c_instruction_and_table_agree_with_google_crc32c(data, skip):
