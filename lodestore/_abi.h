@@ -9,7 +9,7 @@
 #ifndef LODESTORE_ABI_H
 #define LODESTORE_ABI_H
 
-#define LS_DECODE_ABI 5  /* store/_decode.c, bound by store/_native.py */
+#define LS_DECODE_ABI 6  /* store/_decode.c, bound by store/_native.py */
 #define LS_KERNELS_ABI 5 /* engine/_kernels.c, bound by engine/_native.py */
 
 /* What every ls_* function that can fail returns. */
@@ -22,5 +22,6 @@
 #define LS_READ_SHORT 1   /* a run ends past the end of its file (the file is truncated) */
 #define LS_READ_ERROR 2   /* the OS reported a read error (errno set) */
 #define LS_READ_BAD_CRC 3 /* a chunk does not match its CRC32C */
+#define LS_READ_NEED_SHARD 100 /* ls_read_rows, ls_advise_rows (negated): a shard is not open or loaded yet */
 
 #endif

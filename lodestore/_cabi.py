@@ -22,10 +22,11 @@ import warnings
 import numpy as np
 
 # lodestore/_abi.h, mirrored
-LS_DECODE_ABI = 5
+LS_DECODE_ABI = 6
 LS_KERNELS_ABI = 5
 LS_OK, LS_ERR_NOMEM, LS_ERR_ARGS, LS_ERR_BAD_INDEX = 0, -1, -2, -3
 LS_READ_SHORT, LS_READ_ERROR, LS_READ_BAD_CRC = 1, 2, 3
+LS_READ_NEED_SHARD = 100
 
 
 def load_library(module: str) -> ctypes.CDLL | None:

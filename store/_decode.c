@@ -285,10 +285,10 @@ int ls_read_chunks(const int32_t *fds, const int64_t *offs, const int64_t *nchun
  * CRC-checked, into a buffer, then each range's rows are copied out in one move.
  * stats: [bytes read, read calls, calls that waited for the device (-1: unknown), shard needed].
  * Returns LS_OK; LS_READ_NEED_SHARD (stats[3] = the shard) when a shard is not open or loaded yet;
- * LS_ERR_ARGS for ranges outside the array or an out that does not hold them; LS_ERR_BAD_INDEX for an
+ * LS_ERR_ARGS for ranges outside the array, out of order or overlapping (beyond sharing the chunk the previous
+ * one ended in: the buffer then never holds a chunk twice), or an out that does not hold them; LS_ERR_BAD_INDEX for an
  * absent chunk; LS_ERR_NOMEM; or read_run's errors. On any error the caller reads again its own way,
  * which names the file and chunk. */
-#define LS_READ_NEED_SHARD 100
 int ls_read_rows(const int32_t *fds, const uint8_t *loaded, int64_t n_shards, const void *offsets, int wide,
                  int64_t n_rows, int64_t row_bytes, int64_t inner_rows, int64_t chunks_per_shard,
                  int64_t max_run, const int64_t *starts, const int64_t *stops, int64_t n, uint8_t *out,
@@ -311,8 +311,6 @@ int ls_read_rows(const int32_t *fds, const uint8_t *loaded, int64_t n_shards, co
             spans += (stops[i] - 1) / inner_rows - starts[i] / inner_rows + 1;
     }
     if (rows > out_bytes / row_bytes)
-        return LS_ERR_ARGS;
-    if (spans > rows / inner_rows + 2 * n + 1) /* ranges that overlap: the caller reads each chunk once instead */
         return LS_ERR_ARGS;
     const int64_t chunk_bytes = inner_rows * row_bytes;
     const uint64_t absent = wide ? UINT64_MAX : UINT32_MAX;
@@ -337,6 +335,10 @@ int ls_read_rows(const int32_t *fds, const uint8_t *loaded, int64_t n_shards, co
         else
             first[i] = m;
         for (; c <= c1; c++) {
+            if (m && c <= ids[m - 1]) { /* ranges out of order or overlapping: the caller reads each chunk once */
+                rc = LS_ERR_ARGS;
+                goto done;
+            }
             int64_t s = c / chunks_per_shard;
             if (s >= n_shards) {
                 rc = LS_ERR_ARGS;

@@ -213,6 +213,10 @@ class Manifest:
         if c is not None:
             if c.path != CODEC_PATH or c.dim != self.dim or c.nbits != self.nbits or not 1 <= c.num_centroids <= 65536:
                 raise bad(f"codec entry {c} disagrees with the manifest or the format")
+            if c.kind == "pq" and c.pq_subspaces in PQ_NARROW_SUBSPACES + PQ_WIDE_SUBSPACES \
+                    and c.pq_subspaces not in subspaces:
+                raise bad(f"a pq codec of {c.pq_subspaces} subspaces with reader features {list(self.reader_features)}: "
+                          f"{PQ_WIDE_READER_FEATURE!r} goes exactly with {' or '.join(map(str, PQ_WIDE_SUBSPACES))}")
             if c.kind == "pq" and (c.pq_subspaces not in subspaces or self.dim % c.pq_subspaces or self.nbits):
                 raise bad(f"pq codec with {c.pq_subspaces} subspaces does not fit dim {self.dim}")
             if c.kind == "residual" and c.pq_subspaces is not None:

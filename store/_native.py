@@ -18,7 +18,7 @@ import ctypes
 import numpy as np
 
 from lodestore._cabi import (LS_DECODE_ABI, LS_ERR_ARGS, LS_ERR_BAD_INDEX, LS_OK, LS_READ_BAD_CRC, LS_READ_ERROR,
-                             LS_READ_SHORT, array, bind, load_library)
+                             LS_READ_NEED_SHARD, LS_READ_SHORT, array, bind, load_library)
 
 from ._errors import CorruptStoreError
 
@@ -33,7 +33,7 @@ _LIB = bind(load_library("lodestore.store._decode"), ("ls_decode_abi", LS_DECODE
                        array(np.uint8, writeable=True), _I, array(np.int64, 1, writeable=True),
                        array(np.int64, 1, writeable=True)],
 }, ctypes.c_int)
-_ROWS_LIB = None  # ls_read_rows, bound apart: a library built before it still decodes and reads chunks
+_ROWS_LIB = None  # ls_read_rows and ls_advise_rows, bound apart (None where the library lacks them)
 if _LIB is not None:
     if hasattr(_LIB, "ls_read_rows"):
         _ROWS_LIB = _LIB
@@ -135,7 +135,7 @@ def _advise(fds: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> int:
 advise = _advise if _LIB is not None else None  # else store/_rawarray.py calls os.posix_fadvise run by run
 
 
-READ_NEED_SHARD = 100  # ls_read_rows: a shard is not open or its chunk offsets not loaded yet (stats[3])
+READ_NEED_SHARD = LS_READ_NEED_SHARD  # ls_read_rows: a shard is not open or its chunk offsets not loaded yet (stats[3])
 
 
 def _read_rows(fds: np.ndarray, loaded: np.ndarray, offsets: np.ndarray, n_rows: int, row_bytes: int, inner_rows: int,

@@ -25,6 +25,7 @@ from ._smallarray import _sp, read_array_meta
 
 _MISSING = np.uint64(2**64 - 1)
 _MAX_RUN = 256  # chunks per preadv call (2 buffers each; IOV_MAX is 1024 on Linux)
+_VERIFY_BYTES = 4 << 20  # verify reads this much of a shard's chunks at a time
 assert native.read_chunks is None or _MAX_RUN <= native.RUN_CHUNKS  # then the C reader reads a run in one call
 
 
@@ -47,12 +48,12 @@ class RawShardedArray:
         self.chunks_per_shard = self.shard_rows // self.inner_rows
         self.n_shards = -(-self.shape[0] // self.shard_rows)
         self._fds: dict[int, int] = {}
-        self._fd_table = np.full(self.n_shards, -1, dtype=np.int32)  # the same descriptors by shard (-1: not open)
         self._offsets: np.ndarray | None = None  # every inner chunk's byte offset (see chunk_offsets)
         self._loaded: np.ndarray | None = None  # which shards' indexes are in it
         self._lock = threading.Lock()
         self._closed = False
-        self._check_shards_present()
+        self._check_shards_present()  # before anything is sized by the shard count zarr.json implies
+        self._fd_table = np.full(self.n_shards, -1, dtype=np.int32)  # the same descriptors by shard (-1: not open)
 
     def _check_shards_present(self) -> None:
         """Every shard the shape implies has its entry under c/ (one listing at open), so the row
@@ -383,13 +384,22 @@ class RawShardedArray:
             except CorruptStoreError as e:
                 failures.append(str(e))
                 continue
-            lo = shard * self.chunks_per_shard
-            for pos in range(min(self.chunks_per_shard, n_chunks - lo)):
-                checked += 1
-                try:
-                    self.read_chunks(np.array([lo + pos]))
-                except CorruptStoreError as e:
-                    failures.append(str(e))
+            first = shard * self.chunks_per_shard
+            end = first + min(self.chunks_per_shard, n_chunks - first)
+            checked += end - first
+            group = max(1, _VERIFY_BYTES // (self.chunk_bytes + 4))
+            for lo in range(first, end, group):
+                hi = min(lo + group, end)
+                try:  # up to _VERIFY_BYTES of chunks in one read; chunk by chunk only to name each bad one
+                    self.read_chunks(np.arange(lo, hi))
+                    continue
+                except CorruptStoreError:
+                    pass
+                for chunk in range(lo, hi):
+                    try:
+                        self.read_chunks(np.array([chunk]))
+                    except CorruptStoreError as e:
+                        failures.append(str(e))
         return checked, failures
 
 

@@ -53,13 +53,13 @@ CHUNK_TARGET = 1024  # bytes of rows in an inner chunk that cannot fill a page e
 
 
 def inner_rows_for(row_bytes: int) -> int:
-    """Rows per inner chunk. Where whole rows fill a page with the chunk's CRC32C exactly (the codes' 2-byte
-    rows: 2,046 rows + 4 bytes = 4,096), the chunks lie on page boundaries, so reading one costs the
+    """Rows per inner chunk. Where 16 or more whole rows fill a page with the chunk's CRC32C exactly (the codes'
+    2-byte rows: 2,046 rows + 4 bytes = 4,096), the chunks lie on page boundaries, so reading one costs the
     device one page instead of the two a chunk straddling a boundary costs. Else the power of two that
     makes a chunk about CHUNK_TARGET bytes (at least 16 rows): a document's rows are read as the whole
     chunks that hold them, so small chunks read little beyond its rows (the device reads whole pages
     around them either way), for 16 bytes of shard index and 4 of a reader's offset table per chunk."""
-    if row_bytes > 0 and (PAGE - CRC_BYTES) % row_bytes == 0:
+    if row_bytes > 0 and (PAGE - CRC_BYTES) % row_bytes == 0 and (PAGE - CRC_BYTES) // row_bytes >= 16:
         return (PAGE - CRC_BYTES) // row_bytes
     rows = max(16, CHUNK_TARGET // max(row_bytes, 1))
     return 1 << (rows.bit_length() - 1)

@@ -191,6 +191,10 @@ def verify_codec(path: Path) -> tuple[int, list[str]]:
     except CorruptStoreError as e:
         return 0, [str(e)]
     checked, failures = 0, []
+    if not isinstance(kind, str):  # a damaged attribute (a list, a number): reported, and the arrays still checked
+        if kind is not None:
+            failures.append(f"{path}/zarr.json: codec kind {kind!r} is not a string")
+        kind = None
     for name in _BY_KIND.get(kind, ScalarCodec).arrays:
         c, f = verify_small(path / name)
         checked += c

@@ -230,8 +230,10 @@ def test_edited_shapes_are_checked_before_allocating(sandbox):
     refused(read_op, root, words=("disagrees with the manifest",), address_space=256 * MB)
 
 
-def test_token_count_forged_everywhere_is_bounded_by_the_files(sandbox):
-    """2^40 tokens claimed by the manifest, doc_offsets (gzip + CRC) and both zarr.json: refused at open."""
+@pytest.mark.parametrize("shard_rows", [None, 16])
+def test_token_count_forged_everywhere_is_bounded_by_the_files(sandbox, shard_rows):
+    """2^40 tokens claimed by the manifest, doc_offsets (gzip + CRC) and both zarr.json: refused at open,
+    before anything is sized by the shard count (with shards of 16 rows, 2^36 shards a token array)."""
     root, _ = sandbox
     doc = manifest(root)
     t = 1 << 40
@@ -240,8 +242,14 @@ def test_token_count_forged_everywhere_is_bounded_by_the_files(sandbox):
     n = doc["segments"][0]["documents"]
     offs = np.linspace(0, t, n + 1).astype("<i8")
     (root / SEG / "doc_offsets/c/0").write_bytes(gzip_chunk(offs.tobytes()))
+    def forge(m):
+        m["shape"][0] = t
+        if shard_rows:
+            m["chunk_grid"]["configuration"]["chunk_shape"][0] = shard_rows
+            m["codecs"][0]["configuration"]["chunk_shape"][0] = shard_rows
+
     for arr in ("codes", "residuals"):
-        edit_zarr(root, f"{SEG}/{arr}", lambda m: m["shape"].__setitem__(0, t))
+        edit_zarr(root, f"{SEG}/{arr}", forge)
     refused(read_op, root, words=("shard file missing",), address_space=256 * MB, timeout=20)
 
 

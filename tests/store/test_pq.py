@@ -297,14 +297,15 @@ def test_a_reader_without_wide_pq_refuses_a_96_subspace_store(wide_store, monkey
         store.Store.open(wide_store)
 
 
-@pytest.mark.parametrize("edit", [
-    lambda b: b.update(reader_features=["codec-pq"]),  # 96 subspaces without the feature
-    lambda b: (b["codec"].update(pq_subspaces=64), b["settings"].update(pq_subspaces=64)),  # the feature, 64
-    lambda b: b.update(reader_features=["codec-pq-wide"]),  # wide without codec-pq
+@pytest.mark.parametrize("edit, message", [
+    (lambda b: b.update(reader_features=["codec-pq"]), "codec-pq-wide' goes exactly with"),  # 96, no feature
+    (lambda b: (b["codec"].update(pq_subspaces=64), b["settings"].update(pq_subspaces=64)),
+     "codec-pq-wide' goes exactly with"),  # the feature with 64
+    (lambda b: b.update(reader_features=["codec-pq-wide"]), "without 'codec-pq'"),  # wide without codec-pq
 ])
-def test_wide_pq_feature_and_subspaces_disagreeing_are_corrupt(wide_store, edit):
+def test_wide_pq_feature_and_subspaces_disagreeing_are_corrupt(wide_store, edit, message):
     _rewrite_manifest(wide_store, edit)
-    with pytest.raises(store.CorruptStoreError):
+    with pytest.raises(store.CorruptStoreError, match=message):
         store.Store.open(wide_store)
 
 
@@ -360,3 +361,14 @@ def test_matmul_encoder_gives_faiss_codes(dim, m):
     np.testing.assert_allclose(dist(ours)[differ], dist(faiss_codes)[differ], rtol=1e-5, atol=1e-7)
     assert np.array_equal(codec.encode_residuals(residuals)[:PQ_CODES], np.repeat(np.arange(PQ_CODES, dtype=np.uint8)[:, None], m, 1))
 
+
+
+def test_verify_reports_a_codec_kind_that_is_not_a_string(pq_store):
+    """Found by the fuzzer: a codec/zarr.json whose kind is a list made verify raise TypeError."""
+    meta = pq_store / "codec" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"]["kind"] = []
+    meta.write_text(json.dumps(doc))
+    with store.Store.open(pq_store) as s:
+        report = s.verify()
+    assert not report.ok and any("codec kind [] is not a string" in f for f in report.failures)
