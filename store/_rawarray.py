@@ -288,25 +288,36 @@ class RawShardedArray:
         offsets loaded here as the reader asks for them. None on any error: read_ranges then reads again
         its own way, and names the file and chunk."""
         out = np.empty((total,) + self.row_shape, dtype=self.dtype)
+
+        def call(loaded, table):
+            status, stats = native.read_rows(self._fd_table, loaded, table, self.shape[0], self.row_bytes,
+                                             self.inner_rows, self.chunks_per_shard, _MAX_RUN, starts, stops, out)
+            if status == native.READ_NEED_SHARD:
+                return None, int(stats[3])
+            if status != 0:
+                return None, None
+            io = {"bytes": int(stats[0]), "calls": int(stats[1])}
+            if stats[2] >= 0:
+                io["waits"] = int(stats[2])
+            return (out, io), None
+
+        return self._native_with_shards(call)
+
+    def _native_with_shards(self, call):
+        """Run a C reader call that may stop for a shard not open or loaded yet: call(loaded, table) ->
+        (result, the shard it needs or None); that shard is opened and its offsets loaded, and the call made
+        again. The result (None for the call's own failures), or None where the reader is closed."""
         for _ in range(self.n_shards + 1):
             if self._offsets is None:
                 self.chunk_offsets(np.zeros(0, dtype=np.int64))  # the (empty) table
             loaded, table = self._loaded, self._offsets  # loaded first: a shard marked in it is in the table
             if self._closed or loaded is None or table is None:
                 return None
-            status, stats = native.read_rows(self._fd_table, loaded, table, self.shape[0], self.row_bytes,
-                                             self.inner_rows, self.chunks_per_shard, _MAX_RUN, starts, stops, out)
-            if status == native.READ_NEED_SHARD:
-                shard = int(stats[3])
-                self._fd(shard)
-                self.chunk_offsets(np.array([shard * self.chunks_per_shard], dtype=np.int64))
-                continue
-            if status != 0:
-                return None
-            io = {"bytes": int(stats[0]), "calls": int(stats[1])}
-            if stats[2] >= 0:
-                io["waits"] = int(stats[2])
-            return out, io
+            result, need = call(loaded, table)
+            if need is None:
+                return result
+            self._fd(need)
+            self.chunk_offsets(np.array([need * self.chunks_per_shard], dtype=np.int64))
         return None
 
     def _chunks_of(self, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
@@ -354,20 +365,15 @@ class RawShardedArray:
         """advise in one call of the C kernel (store/_native.py advise_rows), for ranges in ascending order
         (the engine's): the same hints. Shards are opened and their offsets loaded as it asks for them.
         None where the ranges are not in order (or the reader is closed): advise then hints its own way."""
-        for _ in range(self.n_shards + 1):
-            if self._offsets is None:
-                self.chunk_offsets(np.zeros(0, dtype=np.int64))  # the (empty) table
-            loaded, table = self._loaded, self._offsets  # loaded first: a shard marked in it is in the table
-            if self._closed or loaded is None or table is None:
-                return None
+
+        def call(loaded, table):
             given, need = native.advise_rows(self._fd_table, loaded, table, self.shape[0], self.row_bytes,
                                              self.inner_rows, self.chunks_per_shard, starts, stops)
             if given == -native.READ_NEED_SHARD:
-                self._fd(need)
-                self.chunk_offsets(np.array([need * self.chunks_per_shard], dtype=np.int64))
-                continue
-            return given if given >= 0 else None
-        return None
+                return None, need
+            return (given if given >= 0 else None), None
+
+        return self._native_with_shards(call)
 
     def read_all(self) -> np.ndarray:
         """The whole array (used to make it resident, and by tests)."""
